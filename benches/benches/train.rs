@@ -1,0 +1,73 @@
+//! Training throughput (events/s) of the GRU4Rec trainer with the paper settings (cross-entropy, 100 units,
+//! batch 32, 2048 sampled negatives), one epoch per iteration, on the RSC15 sample split when
+//! `../shared/data` is present and on the built-in synthetic sample otherwise.
+//!
+//! The same-run baseline is the PyTorch implementation of the same loop, `benches/peers/torch_gru4rec.py`,
+//! run right after this bench on the idle machine (see benches/RESULTS.md for the commands).
+
+use std::path::PathBuf;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use lambdarec_trainer::data::{self, PrepareOptions, ReadOptions};
+use lambdarec_trainer::train::{TrainConfig, train};
+
+fn dataset() -> (String, data::Dataset) {
+    let root = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/rsc15-yoochoose-100k"
+    ));
+    let train_path = root.join("yoochoose-clicks-100k_train_full.txt");
+    let prepare = PrepareOptions {
+        min_item_support: 1,
+        ..PrepareOptions::default()
+    };
+    if train_path.is_file() {
+        let raw =
+            data::read_log(&train_path, &ReadOptions::default()).expect("read rsc15 train_full");
+        let test = data::read_log(
+            &root.join("yoochoose-clicks-100k_test.txt"),
+            &ReadOptions::default(),
+        )
+        .expect("read rsc15 test");
+        return (
+            "rsc15-100k".into(),
+            data::prepare(&raw, Some(&test), &prepare).expect("prepare rsc15"),
+        );
+    }
+    eprintln!("../shared/data not found: benchmarking on the built-in synthetic sample instead");
+    let raw = data::synthetic::generate(&data::synthetic::SyntheticOptions::default());
+    (
+        "synthetic".into(),
+        data::prepare(&raw, None, &PrepareOptions::default()).expect("prepare synthetic"),
+    )
+}
+
+fn bench_train(c: &mut Criterion) {
+    let (name, ds) = dataset();
+    let cfg = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    let events = (ds.train.n_events() - ds.train.len()) as u64;
+    let mut g = c.benchmark_group("train_epoch");
+    g.sample_size(10).throughput(Throughput::Elements(events));
+    let threads = rayon_threads();
+    g.bench_function(
+        format!("gru4rec_xe_h100_b32_s2048/{name}/cpu-{threads}t"),
+        |b| {
+            b.iter(|| {
+                train(&ds.train, &ds.vocab.popularity, &cfg, |_, _, _| {}, |_| {}).expect("train")
+            })
+        },
+    );
+    g.finish();
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+criterion_group!(benches, bench_train);
+criterion_main!(benches);

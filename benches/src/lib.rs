@@ -1,0 +1,1 @@
+//! lambdarec benchmarks: see benches/*.rs

@@ -1,0 +1,209 @@
+//! Full-catalogue top-k on the CPU without a batch × n_items score matrix. Each task scans a range of
+//! item panels; a tile of panels is scored for every query of the batch at once (loaded once, used by
+//! all), and each query keeps only the candidates that beat its current k-th score, in a buffer of 2k
+//! that is cut back to k with `select_nth_unstable` when full. The tasks' survivors are merged at the end.
+
+use std::cmp::Ordering;
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm_group, pack_rows, row_groups};
+use super::isa::{Isa, Vec8, multiversion};
+use super::table::LANES;
+use super::{CpuModel, PARALLEL_MIN_WORK, States};
+use crate::{Scored, TopKQuery};
+
+/// The batch as the scan reads it.
+struct QuerySet<'a> {
+    /// `batch × d` query vectors (the sessions' hidden states), packed by `pack_rows`.
+    q: &'a [f32],
+    d: usize,
+    /// Per query: k, capped at the catalogue size.
+    ks: &'a [usize],
+    /// Per query: excluded items, sorted and deduplicated.
+    excludes: &'a [Vec<u32>],
+}
+
+/// Ranking order: score descending, ties to the lower item index.
+fn rank(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// All slots have been validated and every k is ≥ 1.
+pub(super) fn top_k(
+    pool: &rayon::ThreadPool,
+    isa: Isa,
+    m: &CpuModel,
+    states: &States,
+    queries: &[TopKQuery<'_>],
+) -> Vec<Vec<Scored>> {
+    let d = m.hidden;
+    let mut rows = Vec::with_capacity(queries.len() * d);
+    for query in queries {
+        rows.extend_from_slice(states.row(query.slot as usize));
+    }
+    let mut q = Vec::new();
+    pack_rows(&rows, queries.len(), d, &mut q);
+    let ks: Vec<usize> = queries.iter().map(|query| query.k.min(m.n_items)).collect();
+    let excludes: Vec<Vec<u32>> = queries
+        .iter()
+        .map(|query| {
+            let mut e = query.exclude.to_vec();
+            e.sort_unstable();
+            e.dedup();
+            e
+        })
+        .collect();
+    let set = QuerySet {
+        q: &q,
+        d,
+        ks: &ks,
+        excludes: &excludes,
+    };
+
+    let np = m.item_out.n_panels();
+    let work = m.n_items * d * queries.len().max(1);
+    // A few tasks per thread balance uneven progress (heavier early filtering, other load on the box).
+    let tasks = (work / PARALLEL_MIN_WORK)
+        .clamp(1, 4 * pool.current_num_threads())
+        .min(np);
+    let ranges: Vec<(usize, usize)> = (0..tasks)
+        .map(|t| (np * t / tasks, np * (t + 1) / tasks))
+        .collect();
+    let mut parts: Vec<Vec<Vec<(f32, u32)>>> = if tasks > 1 {
+        pool.install(|| {
+            ranges
+                .par_iter()
+                .map(|&(first, end)| scan(isa, m, &set, first, end))
+                .collect()
+        })
+    } else {
+        vec![scan(isa, m, &set, 0, np)]
+    };
+
+    (0..queries.len())
+        .map(|i| {
+            let mut all: Vec<(f32, u32)> = Vec::new();
+            for part in &mut parts {
+                all.append(&mut part[i]);
+            }
+            keep_best(&mut all, ks[i]);
+            all.sort_unstable_by(rank);
+            all.into_iter()
+                .map(|(score, item)| Scored { item, score })
+                .collect()
+        })
+        .collect()
+}
+
+/// Cuts `v` down to its `k` best (unordered).
+fn keep_best(v: &mut Vec<(f32, u32)>, k: usize) {
+    if v.len() > k {
+        v.select_nth_unstable_by(k - 1, rank);
+        v.truncate(k);
+    }
+}
+
+multiversion! {
+    /// Each query's ≤ k best items among panels `first..end`.
+    fn scan(m: &CpuModel, set: &QuerySet<'_>, first: usize, end: usize) -> Vec<Vec<(f32, u32)>> => scan_generic
+}
+
+#[inline(always)]
+fn scan_generic<V: Vec8>(
+    m: &CpuModel,
+    set: &QuerySet<'_>,
+    first: usize,
+    end: usize,
+) -> Vec<Vec<(f32, u32)>> {
+    let (b, d) = (set.ks.len(), set.d);
+    // Panels per pass: 4 for one-row groups (what their kernel takes per call); for many rows, ~16 KiB
+    // of f32 panel data, which stays in L1 while every row group passes over it.
+    let tile = if b < 4 { 4 } else { (16384 / (d * LANES * 4)).clamp(1, 4) };
+    let ldo = tile * LANES;
+    // Scores of one row group for one tile: small, so it stays in L1 between the kernel and the filter.
+    let mut out = vec![0f32; 6 * ldo];
+    let mut scratch = Vec::new();
+    let mut bufs: Vec<TopBuf> = set.ks.iter().map(|&k| TopBuf::new(k)).collect();
+    let mut t0 = first;
+    while t0 < end {
+        let np = tile.min(end - t0);
+        let panels = m.item_out.panels_f32(t0, np, &mut scratch);
+        let bias = &m.item_bias[t0 * LANES..];
+        let base = t0 * LANES;
+        let valid = (np * LANES).min(m.n_items - base);
+        for (first, w) in row_groups(b) {
+            let a = &set.q[first * d..][..w * d];
+            gemm_group::<V>(a, w, d, panels, np, bias, &mut out, ldo);
+            for (i, row) in out.chunks_exact(ldo).take(w).enumerate() {
+                let q = first + i;
+                bufs[q].offer(&row[..valid], base as u32, &set.excludes[q]);
+            }
+        }
+        t0 += np;
+    }
+    bufs.into_iter().map(TopBuf::finish).collect()
+}
+
+/// One query's candidates within one task.
+struct TopBuf {
+    k: usize,
+    cap: usize,
+    /// Once `full`, only scores above `thr` (the k-th best seen so far) can enter.
+    full: bool,
+    thr: f32,
+    items: Vec<(f32, u32)>,
+}
+
+impl TopBuf {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            cap: (2 * k).max(32),
+            full: false,
+            thr: f32::NEG_INFINITY,
+            items: Vec::new(),
+        }
+    }
+
+    /// Considers the scores of items `base..base + scores.len()`, in increasing item order: an item
+    /// that only ties the threshold loses to the earlier, lower-indexed one.
+    #[inline(always)]
+    fn offer(&mut self, scores: &[f32], base: u32, exclude: &[u32]) {
+        for (c, chunk) in scores.chunks(LANES).enumerate() {
+            // Branch-free test of a whole chunk (vectorised); most chunks stop here once warmed up.
+            if self.full
+                && chunk
+                    .iter()
+                    .fold(0u32, |any, &s| any | u32::from(s > self.thr))
+                    == 0
+            {
+                continue;
+            }
+            for (l, &s) in chunk.iter().enumerate() {
+                if !self.full || s > self.thr {
+                    let item = base + (c * LANES + l) as u32;
+                    if exclude.binary_search(&item).is_err() {
+                        self.push(s, item);
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, score: f32, item: u32) {
+        // `+ 0.0` folds −0 into +0, so that `total_cmp` ranks them as the tie they are.
+        self.items.push((score + 0.0, item));
+        if self.items.len() >= self.cap {
+            // cap > k, so this selects: position k − 1 now holds the k-th best.
+            keep_best(&mut self.items, self.k);
+            self.thr = self.items[self.k - 1].0;
+            self.full = true;
+        }
+    }
+
+    fn finish(mut self) -> Vec<(f32, u32)> {
+        keep_best(&mut self.items, self.k);
+        self.items
+    }
+}

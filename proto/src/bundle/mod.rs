@@ -1,0 +1,130 @@
+//! The model bundle: what the trainer publishes and the server loads, and how it lies in a store.
+//!
+//! ```text
+//! <store>/models/<name>/<version>/manifest.json       format version, dims, checksums, training, metrics
+//! <store>/models/<name>/<version>/weights.safetensors named f32 tensors
+//! <store>/models/<name>/<version>/items.arrow         index -> item_id (Utf8), popularity (UInt64)
+//! <store>/models/<name>/LATEST                        the current version's name, written last
+//! ```
+//!
+//! A version directory is complete once its manifest exists (the manifest is written after the
+//! files it checksums), and LATEST is written after the manifest, so a reader following LATEST
+//! never sees half a bundle. Versions are never rewritten; rollback points LATEST back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+mod error;
+mod items;
+mod names;
+mod open;
+mod store;
+mod time;
+mod validate;
+mod weights;
+
+#[cfg(test)]
+mod store_tests;
+
+pub use error::BundleError;
+pub use names::{compare_versions, validate_model_name, validate_version};
+pub use store::Store;
+pub use time::{format_rfc3339_ms, format_version_stamp, now_unix_ms};
+pub use validate::GRU4REC;
+
+/// The manifest format this build writes and the only one it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// File names inside a version directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+pub const ITEMS_FILE: &str = "items.arrow";
+
+/// manifest.json: everything needed to trust and interpret the other files of a version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`] of the writer; readers refuse any other.
+    pub format_version: u32,
+    /// Architecture, e.g. [`GRU4REC`]; decides which tensors must exist.
+    pub model_kind: String,
+    /// Model name (filled by `Store::write_bundle`).
+    pub name: String,
+    /// Version (assigned by `Store::write_bundle`).
+    pub version: String,
+    /// Creation time, Unix epoch ms (filled by `Store::write_bundle`).
+    pub created_unix_ms: u64,
+    /// The same time as RFC 3339 UTC, e.g. `2026-11-26T10:15:00.123Z`, for humans.
+    pub created_at: String,
+    pub dims: Dims,
+    /// Identifies the training data (e.g. a hash of the input files and filters); free form.
+    pub data_fingerprint: String,
+    /// Training parameters; free form, reported as is.
+    pub training: serde_json::Value,
+    /// Evaluation metrics (Recall@20, MRR@20, ...); free form, reported as is.
+    pub metrics: serde_json::Value,
+    /// Every other file of the version, by file name (filled by `Store::write_bundle`).
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// Sizes the server allocates for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Catalogue size N: rows of items.arrow and of the item tensors.
+    pub n_items: u64,
+    /// Input item embedding size E.
+    pub embed_dim: u32,
+    /// GRU hidden size H (the session state's length).
+    pub hidden: u32,
+    /// Whether the input embedding is `item_out` (then E = H and there is no `item_in`).
+    pub tied_embedding: bool,
+}
+
+/// Size and checksum of one file, checked on every read.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Lower-case hex SHA-256 of the file's bytes.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// A dense row-major f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// Elements the shape calls for (1 for a scalar).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The catalogue: item index i has external id `ids[i]` and training popularity `popularity[i]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ItemTable {
+    pub ids: Vec<String>,
+    pub popularity: Vec<u64>,
+}
+
+/// A whole model version in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    pub tensors: BTreeMap<String, Tensor>,
+    pub items: ItemTable,
+}
+
+/// Lower-case hex SHA-256.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}

@@ -1,0 +1,172 @@
+//! `lambdarec train`: the batch layer from a log file to a model bundle in the store.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use lambdarec_trainer::data::PrepareOptions;
+use lambdarec_trainer::model::Loss;
+use lambdarec_trainer::pipeline::{TrainJob, run_train};
+use lambdarec_trainer::train::{Optimizer, TrainConfig};
+
+use super::{EvalArgs, ReadArgs, StoreArgs, existing_file};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example (the RSC15 sample split, paper settings are the defaults):\n  \
+    lambdarec train --data train_full.txt --test test.txt --store ./lambdarec-store --model rsc15")]
+pub struct TrainArgs {
+    /// Interaction log to train on (TSV/CSV/semicolon text with a header row, or Parquet).
+    /// Default: the built-in synthetic sample, so that `lambdarec train` alone shows the whole loop.
+    #[arg(long, env = "LAMBDAREC_DATA", value_parser = existing_file)]
+    pub data: Option<PathBuf>,
+    /// Explicit test log; without it the sessions ending in the last --test-window seconds are the test set.
+    #[arg(long, env = "LAMBDAREC_TEST", value_parser = existing_file, requires = "data")]
+    pub test: Option<PathBuf>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Sessions shorter than this are dropped.
+    #[arg(long, default_value_t = 2)]
+    pub min_session_len: usize,
+    /// Items with fewer training events are dropped (repeated with the session rule until stable).
+    /// Default: 5, or 1 with --test (a given split is taken as already prepared).
+    #[arg(long)]
+    pub min_item_support: Option<usize>,
+    /// Seconds at the end of the log whose sessions form the test set (without --test).
+    #[arg(long, default_value_t = 86_400.0)]
+    pub test_window: f64,
+    /// GRU hidden units.
+    #[arg(long, default_value_t = 100)]
+    pub hidden: usize,
+    /// Input embedding width; 0 ties the input embedding to the output embedding.
+    #[arg(long, default_value_t = 0)]
+    pub embed_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Sessions trained in parallel (session-parallel mini-batch).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long = "lr", default_value_t = 0.2)]
+    pub learning_rate: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f32,
+    /// adagrad or adam.
+    #[arg(long, default_value = "adagrad")]
+    pub optimizer: Optimizer,
+    /// cross-entropy or bpr-max.
+    #[arg(long, default_value = "cross-entropy")]
+    pub loss: Loss,
+    #[arg(long, default_value_t = 0.4)]
+    pub dropout_hidden: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout_embed: f32,
+    /// Extra negatives per mini-batch, sampled ∝ popularity^sample-alpha (besides the in-batch ones).
+    #[arg(long, default_value_t = 2048)]
+    pub n_sample: usize,
+    #[arg(long, default_value_t = 0.5)]
+    pub sample_alpha: f32,
+    /// Weight of the log-Q correction of the sampled softmax (cross-entropy).
+    #[arg(long, default_value_t = 1.0)]
+    pub logq: f32,
+    /// Score regularisation of BPR-max.
+    #[arg(long, default_value_t = 0.0)]
+    pub bpreg: f32,
+    /// Random seed: the same seed, data and flags give the same bundle.
+    #[arg(long, env = "LAMBDAREC_SEED", default_value_t = 42)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let config = TrainConfig {
+        hidden: a.hidden,
+        embed_dim: a.embed_dim,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        learning_rate: a.learning_rate,
+        momentum: a.momentum,
+        optimizer: a.optimizer,
+        loss: a.loss,
+        dropout_hidden: a.dropout_hidden,
+        dropout_embed: a.dropout_embed,
+        n_sample: a.n_sample,
+        sample_alpha: a.sample_alpha,
+        logq: a.logq,
+        bpreg: a.bpreg,
+        seed: a.seed,
+    };
+    let min_item_support = a.min_item_support.unwrap_or(if a.test.is_some() { 1 } else { 5 });
+    let job = TrainJob {
+        train_path: a.data.clone(),
+        test_path: a.test.clone(),
+        read: a.read.options(),
+        prepare: PrepareOptions { min_session_len: a.min_session_len, min_item_support, test_window: a.test_window },
+        config,
+        eval: a.eval.options(),
+        store: a.store.store.clone(),
+        model_name: a.store.model.clone(),
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} events {per_sec} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let mut current_epoch = 0;
+    let outcome = super::runtime()?
+        .block_on(run_train(
+            &job,
+            |epoch, done, loss| {
+                if epoch != current_epoch {
+                    current_epoch = epoch;
+                    bar.reset();
+                    bar.set_prefix(format!("{epoch}/{}", job.config.epochs));
+                }
+                bar.set_position(done);
+                bar.set_message(format!("loss {loss:.4}"));
+            },
+            |st| {
+                bar.set_length(st.events);
+                bar.set_position(st.events);
+                bar.suspend(|| {
+                    tracing::info!(
+                        epoch = st.epoch,
+                        loss = format!("{:.5}", st.loss),
+                        events = st.events,
+                        seconds = format!("{:.1}", st.seconds),
+                        events_per_sec = format!("{:.0}", st.events_per_sec),
+                        "epoch done"
+                    )
+                });
+            },
+        ))
+        .with_context(|| match &a.data {
+            Some(p) => format!("training on {}", p.display()),
+            None => "training on the built-in synthetic sample".to_string(),
+        })?;
+    bar.finish_and_clear();
+    let ev = &outcome.evaluation;
+    if a.json {
+        let mut v = ev.to_json();
+        v["version"] = outcome.version.clone().into();
+        v["model"] = job.model_name.clone().into();
+        v["store"] = job.store.clone().into();
+        v["data_fingerprint"] = outcome.dataset.fingerprint().into();
+        v["epochs"] = serde_json::to_value(&outcome.epochs)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let eps = outcome.epochs.iter().map(|e| e.events_per_sec).sum::<f64>() / outcome.epochs.len() as f64;
+        println!("{}", outcome.dataset.report);
+        println!("trained {} epochs, {:.0} events/s on average", outcome.epochs.len(), eps);
+        print!("{}", ev.table());
+        println!("wrote {}/models/{}/{} (LATEST)", job.store, job.model_name, outcome.version);
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! lambdarec end-to-end tests: see tests/*.rs

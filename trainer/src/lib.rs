@@ -1,0 +1,29 @@
+//! lambdarec batch layer: read interaction logs, prepare sessions the GRU4Rec way, train GRU4Rec with
+//! candle, evaluate against baselines through the same `kernels::Backend` the server uses, and write
+//! versioned model bundles.
+
+pub mod baselines;
+pub mod data;
+pub mod eval;
+pub mod export;
+pub mod model;
+pub mod pipeline;
+pub mod train;
+mod xe_op;
+
+/// Errors of the training pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    #[error("training diverged (non-finite loss) in epoch {epoch} at step {step}; try a lower learning rate")]
+    Diverged { epoch: usize, step: u64 },
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("backend: {0}")]
+    Backend(#[from] lambdarec_kernels::BackendError),
+    #[error("model bundle: {0}")]
+    Bundle(#[from] lambdarec_proto::bundle::BundleError),
+}

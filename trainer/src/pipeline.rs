@@ -1,0 +1,224 @@
+//! The batch-layer jobs end to end, as the `lambdarec train` and `lambdarec eval` commands run them:
+//! read → prepare → train → evaluate (model and baselines on the same events) → write the bundle.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use tracing::info;
+
+use lambdarec_kernels::{Backend, Dtype, ModelWeights, cpu::CpuBackend};
+use lambdarec_proto::bundle::{Bundle, Store};
+
+use crate::TrainError;
+use crate::baselines::{ItemKnn, Pop};
+use crate::data::{self, Dataset, ItemVocab, PrepareOptions, ReadOptions, Sessions};
+use crate::eval::{Metrics, evaluate_model, evaluate_recommender};
+use crate::export;
+use crate::train::{EpochStats, TrainConfig, train};
+
+/// Evaluation settings shared by `train` and `eval`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalOptions {
+    /// Cut-off of the metrics (Recall@k, MRR@k, …).
+    pub k: usize,
+    /// Sessions evaluated in parallel (one batched GRU step and top-k per position).
+    pub batch: usize,
+    /// CPU threads for evaluation (None = all cores).
+    #[serde(skip)]
+    pub threads: Option<usize>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { k: 20, batch: 256, threads: None }
+    }
+}
+
+/// Everything `lambdarec train` needs.
+#[derive(Clone, Debug)]
+pub struct TrainJob {
+    /// None = the built-in synthetic sample (`data::synthetic` with its defaults).
+    pub train_path: Option<PathBuf>,
+    pub test_path: Option<PathBuf>,
+    pub read: ReadOptions,
+    pub prepare: PrepareOptions,
+    pub config: TrainConfig,
+    pub eval: EvalOptions,
+    pub store: String,
+    pub model_name: String,
+}
+
+/// The model's metrics and the baselines', all on the same test events.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    pub model: Metrics,
+    pub baselines: Vec<(String, Metrics)>,
+    pub seconds: f64,
+}
+
+impl Evaluation {
+    /// `{recall@20, mrr@20, coverage@20, pop_share@20, events, baselines: {pop: {…}, item-knn: {…}}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = self.model.to_json();
+        let baselines: serde_json::Map<String, serde_json::Value> =
+            self.baselines.iter().map(|(n, m)| (n.clone(), m.to_json())).collect();
+        v["baselines"] = serde_json::Value::Object(baselines);
+        v
+    }
+
+    /// A small aligned table: model first, then each baseline.
+    pub fn table(&self) -> String {
+        let k = self.model.k;
+        let mut out = format!(
+            "{:<10} {:>10} {:>10} {:>12} {:>13}   ({} test events)\n",
+            "",
+            format!("Recall@{k}"),
+            format!("MRR@{k}"),
+            format!("Coverage@{k}"),
+            format!("PopShare@{k}"),
+            self.model.events
+        );
+        let rows = std::iter::once(("gru4rec", &self.model)).chain(self.baselines.iter().map(|(n, m)| (n.as_str(), m)));
+        for (name, m) in rows {
+            out += &format!(
+                "{name:<10} {:>10.4} {:>10.4} {:>12.4} {:>13.4}\n",
+                m.recall, m.mrr, m.coverage, m.pop_share
+            );
+        }
+        out
+    }
+}
+
+/// What a training job produced.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub dataset: Dataset,
+    pub epochs: Vec<EpochStats>,
+    pub evaluation: Evaluation,
+    pub weights: ModelWeights,
+    pub version: String,
+}
+
+/// Evaluates weights on test sessions with the CPU backend, and the baselines trained on `train`.
+pub fn evaluate(
+    weights: &ModelWeights,
+    train_sessions: Option<&Sessions>,
+    test: &Sessions,
+    opts: &EvalOptions,
+) -> Result<Evaluation, TrainError> {
+    let started = Instant::now();
+    let mut backend = CpuBackend::new(opts.threads)?;
+    let id = backend.upload_model(weights, Dtype::F32)?;
+    let n = weights.n_items;
+    let model = evaluate_model(&mut backend, id, weights.hidden, test, n, opts.k, opts.batch)?;
+    let mut baselines = vec![("pop".to_string(), evaluate_recommender(&mut Pop::new(n), test, n, opts.k))];
+    if let Some(train_sessions) = train_sessions {
+        let mut knn = ItemKnn::fit(train_sessions, n, ItemKnn::DEFAULT_LAMBDA, opts.k.max(100));
+        baselines.push(("item-knn".to_string(), evaluate_recommender(&mut knn, test, n, opts.k)));
+    }
+    Ok(Evaluation { model, baselines, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Runs `lambdarec train`. `progress(epoch, events_done, mean_loss)` drives a progress bar.
+pub async fn run_train(
+    job: &TrainJob,
+    progress: impl FnMut(usize, u64, f64),
+    on_epoch: impl FnMut(&EpochStats),
+) -> Result<TrainOutcome, TrainError> {
+    let store = Store::open(&job.store)?;
+    let raw_train = match &job.train_path {
+        Some(p) => data::read_log(p, &job.read)?,
+        None => {
+            let opts = data::synthetic::SyntheticOptions::default();
+            info!(
+                items = opts.n_items,
+                sessions = opts.n_sessions,
+                seed = opts.seed,
+                "no --data given: training on the built-in synthetic sample (Zipf popularity, item clusters, planted successor pattern)"
+            );
+            data::synthetic::generate(&opts)
+        }
+    };
+    report_bad_lines(&raw_train);
+    let raw_test = match &job.test_path {
+        Some(p) => {
+            let t = data::read_log(p, &job.read)?;
+            report_bad_lines(&t);
+            Some(t)
+        }
+        None => None,
+    };
+    let dataset = data::prepare(&raw_train, raw_test.as_ref(), &job.prepare)?;
+    info!("prepared data:\n{}", dataset.report);
+    drop((raw_train, raw_test));
+
+    let (model, epochs) = train(&dataset.train, &dataset.vocab.popularity, &job.config, progress, on_epoch)?;
+    let weights = model.to_weights();
+    let evaluation = evaluate(&weights, Some(&dataset.train), &dataset.test, &job.eval)?;
+    info!("evaluation:\n{}", evaluation.table());
+
+    let mut bundle = export::to_bundle(&weights, &dataset.vocab, &dataset.fingerprint(), &job.config, &epochs, &evaluation);
+    let version = store.write_bundle(&job.model_name, &mut bundle).await?;
+    info!(store = store.url(), model = %job.model_name, %version, "wrote model bundle");
+    Ok(TrainOutcome { dataset, epochs, evaluation, weights, version })
+}
+
+fn report_bad_lines(log: &data::RawLog) {
+    if log.bad_lines > 0 {
+        tracing::warn!(
+            file = %log.path,
+            skipped = log.bad_lines,
+            first = log.first_bad.as_deref().unwrap_or(""),
+            "skipped bad lines"
+        );
+    }
+}
+
+/// A stored model ready to evaluate or serve.
+pub struct LoadedModel {
+    pub bundle: Bundle,
+    pub weights: ModelWeights,
+    pub vocab: ItemVocab,
+}
+
+/// Reads a bundle (LATEST when `version` is None) and converts it to backend weights.
+pub async fn load_model(store: &str, name: &str, version: Option<&str>) -> Result<LoadedModel, TrainError> {
+    let store = Store::open(store)?;
+    let bundle = store.read_bundle(name, version).await?;
+    let (weights, vocab) = export::from_bundle(&bundle)?;
+    Ok(LoadedModel { bundle, weights, vocab })
+}
+
+/// Everything `lambdarec eval` needs.
+#[derive(Clone, Debug)]
+pub struct EvalJob {
+    pub store: String,
+    pub model: String,
+    /// None = the version LATEST names.
+    pub version: Option<String>,
+    pub test_path: PathBuf,
+    /// Training log for the item-kNN baseline; a bundle holds popularity (POP) but not sessions.
+    pub train_path: Option<PathBuf>,
+    pub read: ReadOptions,
+    pub min_session_len: usize,
+    pub eval: EvalOptions,
+}
+
+/// Runs `lambdarec eval`: the evaluation of a stored bundle on a test log, mapped to the bundle's items.
+pub async fn run_eval(job: &EvalJob) -> Result<(LoadedModel, Evaluation, data::PrepareReport), TrainError> {
+    let loaded = load_model(&job.store, &job.model, job.version.as_deref()).await?;
+    let raw_test = data::read_log(&job.test_path, &job.read)?;
+    report_bad_lines(&raw_test);
+    let (test, report) = data::prepare_eval(&raw_test, &loaded.vocab, job.min_session_len);
+    let train_sessions = match &job.train_path {
+        Some(p) => {
+            let raw = data::read_log(p, &job.read)?;
+            report_bad_lines(&raw);
+            Some(data::prepare_eval(&raw, &loaded.vocab, job.min_session_len).0)
+        }
+        None => None,
+    };
+    let evaluation = evaluate(&loaded.weights, train_sessions.as_ref(), &test, &job.eval)?;
+    Ok((loaded, evaluation, report))
+}
