@@ -7,6 +7,10 @@
 
 use std::path::PathBuf;
 
+// The same allocator as the `lambdarec` binary, so the bench measures what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lambdarec_trainer::data::{self, PrepareOptions, ReadOptions};
 use lambdarec_trainer::train::{TrainConfig, train};
@@ -51,9 +55,9 @@ fn bench_train(c: &mut Criterion) {
     let events = (ds.train.n_events() - ds.train.len()) as u64;
     let mut g = c.benchmark_group("train_epoch");
     g.sample_size(10).throughput(Throughput::Elements(events));
-    let threads = rayon_threads();
+    // Training runs in a one-thread pool by design (see `trainer::train::train`).
     g.bench_function(
-        format!("gru4rec_xe_h100_b32_s2048/{name}/cpu-{threads}t"),
+        format!("gru4rec_xe_h100_b32_s2048/{name}/cpu-1t"),
         |b| {
             b.iter(|| {
                 train(&ds.train, &ds.vocab.popularity, &cfg, |_, _, _| {}, |_| {}).expect("train")
@@ -61,12 +65,6 @@ fn bench_train(c: &mut Criterion) {
         },
     );
     g.finish();
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
 
 criterion_group!(benches, bench_train);

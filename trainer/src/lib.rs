@@ -9,6 +9,8 @@ pub mod export;
 pub mod model;
 pub mod pipeline;
 pub mod train;
+mod gru_op;
+mod simd;
 mod xe_op;
 
 /// Errors of the training pipeline.

@@ -13,6 +13,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use crate::TrainError;
+use crate::gru_op::{GruGrads, GruStep, GruStepOp};
 use crate::xe_op::{OutputGrads, SampledSoftmaxXe};
 
 /// Loss functions of GRU4Rec.
@@ -68,10 +69,6 @@ impl Param {
             out.extend_from_slice(self.row(i as usize));
         }
         Var::from_vec(out, (idx.len(), self.cols), dev)
-    }
-
-    fn as_var(&self, dev: &Device) -> candle_core::Result<Var> {
-        Var::from_slice(&self.data, (self.rows, self.cols), dev)
     }
 }
 
@@ -235,14 +232,16 @@ pub fn train_step(model: &Gru4Rec, s: &StepInput<'_>, rng: &mut SmallRng) -> Res
     let out_idx: Vec<u32> = s.targets.iter().chain(s.negatives).copied().collect();
 
     let x = model.param(ParamId::ItemIn).gather(s.inputs, &dev)?;
-    let w_ih = model.w_ih_t.as_var(&dev)?;
-    let w_hh = model.w_hh_t.as_var(&dev)?;
-    let b_ih = model.b_ih.as_var(&dev)?;
-    let b_hh = model.b_hh.as_var(&dev)?;
-    let h = Tensor::from_slice(s.hidden, (b, hdim), &dev)?;
-
     let xin = dropout(x.as_tensor(), s.dropout_embed, rng)?;
-    let h_new = gru_cell(&xin, &h, w_ih.as_tensor(), w_hh.as_tensor(), b_ih.as_tensor(), b_hh.as_tensor())?;
+    let (gru, gru_grads) = GruStepOp::new(GruStep {
+        w_ih_t: &model.w_ih_t.data,
+        w_hh_t: &model.w_hh_t.data,
+        b_ih: &model.b_ih.data,
+        b_hh: &model.b_hh.data,
+        h: s.hidden,
+        hidden: hdim,
+    });
+    let h_new = xin.apply_op1(gru)?;
     let h_out = dropout(&h_new, s.dropout_hidden, rng)?;
 
     // Output layer over the targets (in-batch negatives of each other) and the sampled negatives.
@@ -284,22 +283,21 @@ pub fn train_step(model: &Gru4Rec, s: &StepInput<'_>, rng: &mut SmallRng) -> Res
             (loss, grads, out_grads)
         }
     };
-    let grad = |v: &Var, len: usize| -> Result<Vec<f32>, TrainError> {
-        Ok(match grads.get(v.as_tensor()) {
-            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-            None => vec![0.0; len],
-        })
+    let item_in = match grads.get(x.as_tensor()) {
+        Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+        None => vec![0.0; b * model.embed_dim],
     };
+    let GruGrads { w_ih_t, w_hh_t, b_ih, b_hh } = std::mem::take(&mut *gru_grads.lock().expect("gru grads lock"));
     Ok(StepGrads {
         loss: loss.to_scalar::<f32>()?,
         hidden: h_out.flatten_all()?.to_vec1::<f32>()?,
-        item_in: grad(&x, b * model.embed_dim)?,
+        item_in,
         item_out: out_grads.0,
         item_bias: out_grads.1,
-        w_ih: grad(&w_ih, model.w_ih_t.data.len())?,
-        w_hh: grad(&w_hh, model.w_hh_t.data.len())?,
-        b_ih: grad(&b_ih, 3 * hdim)?,
-        b_hh: grad(&b_hh, 3 * hdim)?,
+        w_ih: w_ih_t,
+        w_hh: w_hh_t,
+        b_ih,
+        b_hh,
     })
 }
 

@@ -123,8 +123,8 @@ pub fn evaluate(
 /// Runs `lambdarec train`. `progress(epoch, events_done, mean_loss)` drives a progress bar.
 pub async fn run_train(
     job: &TrainJob,
-    progress: impl FnMut(usize, u64, f64),
-    on_epoch: impl FnMut(&EpochStats),
+    progress: impl FnMut(usize, u64, f64) + Send,
+    on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<TrainOutcome, TrainError> {
     let store = Store::open(&job.store)?;
     let raw_train = match &job.train_path {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
+use crate::{TrainError, simd};
 use crate::data::Sessions;
 use crate::model::{Gru4Rec, Loss, ParamId, StepInput, train_step};
 
@@ -139,19 +139,23 @@ impl Sampler {
     }
 }
 
-/// Optimiser state for one parameter, with updates restricted to given rows.
+/// Optimiser state for one parameter, with updates restricted to the rows a step touched (a dense
+/// parameter is one row).
 struct OptState {
     id: ParamId,
     acc: Vec<f32>,
     /// Momentum (Adagrad) or first moment (Adam).
     mom: Vec<f32>,
-    /// Pending gradient of the touched rows (a dense parameter is one row).
-    grad: Vec<f32>,
     /// Width of one row: the table's columns, or the whole parameter when dense.
     cols: usize,
-    touched: Vec<u32>,
+    /// Step at which each row was last seen, and where its summed gradient lives (source, row).
     stamp: Vec<u64>,
+    first: Vec<(u32, u32)>,
+    touched: Vec<(u32, u32)>,
 }
+
+/// A step's gradient rows for one parameter: row indices and their gradients, row-major.
+type GradRows<'a> = (&'a [u32], &'a mut [f32]);
 
 impl OptState {
     fn new(id: ParamId, model: &Gru4Rec, cfg: &TrainConfig, dense: bool) -> OptState {
@@ -162,73 +166,61 @@ impl OptState {
             id,
             acc: vec![0.0; n],
             mom: if cfg.momentum > 0.0 || cfg.optimizer == Optimizer::Adam { vec![0.0; n] } else { Vec::new() },
-            grad: vec![0.0; n],
             cols,
-            touched: Vec::new(),
             stamp: vec![u64::MAX; rows],
+            first: vec![(0, 0); rows],
+            touched: Vec::new(),
         }
     }
 
-    /// Adds `g` (one row per index) to the pending gradient.
-    fn add_rows(&mut self, rows: &[u32], g: &[f32], step: u64) {
+    /// Updates the rows named by `sources`. A row that appears several times (a popular item sampled
+    /// twice, a target that is also an input) has its gradients summed first: the update is non-linear.
+    /// The sums are made in place in the first occurrence's buffer, so no scratch copy of the gradient.
+    fn update(&mut self, model: &mut Gru4Rec, cfg: &TrainConfig, step: u64, sources: &mut [GradRows<'_>]) {
         let cols = self.cols;
-        for (k, &r) in rows.iter().enumerate() {
-            let r = r as usize;
-            let dst = &mut self.grad[r * cols..(r + 1) * cols];
-            if self.stamp[r] != step {
-                self.stamp[r] = step;
-                self.touched.push(r as u32);
-                dst.copy_from_slice(&g[k * cols..(k + 1) * cols]);
-            } else {
-                dst.iter_mut().zip(&g[k * cols..(k + 1) * cols]).for_each(|(d, s)| *d += s);
+        self.touched.clear();
+        for s in 0..sources.len() {
+            let (done, rest) = sources.split_at_mut(s);
+            let (rows, grads) = &mut rest[0];
+            for (k, &r) in rows.iter().enumerate() {
+                let r = r as usize;
+                if self.stamp[r] != step {
+                    self.stamp[r] = step;
+                    self.first[r] = (s as u32, k as u32);
+                    self.touched.push((s as u32, k as u32));
+                    continue;
+                }
+                let (s0, k0) = (self.first[r].0 as usize, self.first[r].1 as usize);
+                if s0 == s {
+                    for i in 0..cols {
+                        grads[k0 * cols + i] += grads[k * cols + i];
+                    }
+                } else {
+                    let dst = &mut done[s0].1[k0 * cols..(k0 + 1) * cols];
+                    dst.iter_mut().zip(&grads[k * cols..(k + 1) * cols]).for_each(|(d, g)| *d += g);
+                }
             }
         }
-    }
-
-    fn add_dense(&mut self, g: &[f32], step: u64) {
-        self.touched.clear();
-        self.touched.push(0);
-        self.stamp[0] = step;
-        self.grad.copy_from_slice(g);
-    }
-
-    fn apply(&mut self, model: &mut Gru4Rec, cfg: &TrainConfig, step: u64) {
         let p = model.param_mut(self.id);
-        let cols = self.cols;
         let lr = cfg.learning_rate;
-        for &r in &self.touched {
-            let range = r as usize * cols..(r as usize + 1) * cols;
-            let (w, g, acc) = (&mut p.data[range.clone()], &self.grad[range.clone()], &mut self.acc[range.clone()]);
+        for &(s, k) in &self.touched {
+            let (rows, grads) = &sources[s as usize];
+            let r = rows[k as usize] as usize;
+            let range = r * cols..(r + 1) * cols;
+            let g = &grads[k as usize * cols..(k as usize + 1) * cols];
+            let (w, acc) = (&mut p.data[range.clone()], &mut self.acc[range.clone()]);
             match cfg.optimizer {
                 Optimizer::Adagrad if cfg.momentum > 0.0 => {
-                    let v = &mut self.mom[range];
-                    for i in 0..w.len() {
-                        acc[i] += g[i] * g[i];
-                        v[i] = cfg.momentum * v[i] - lr * g[i] / (acc[i] + 1e-6).sqrt();
-                        w[i] += v[i];
-                    }
+                    simd::adagrad_momentum(w, g, acc, &mut self.mom[range], lr, cfg.momentum)
                 }
-                Optimizer::Adagrad => {
-                    for i in 0..w.len() {
-                        acc[i] += g[i] * g[i];
-                        w[i] -= lr * g[i] / (acc[i] + 1e-6).sqrt();
-                    }
-                }
+                Optimizer::Adagrad => simd::adagrad(w, g, acc, lr),
                 Optimizer::Adam => {
-                    let (b1, b2) = (0.9f32, 0.999f32);
                     let t = (step + 1) as i32;
-                    let c1 = 1.0 - b1.powi(t);
-                    let c2 = 1.0 - b2.powi(t);
-                    let m = &mut self.mom[range];
-                    for i in 0..w.len() {
-                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                        acc[i] = b2 * acc[i] + (1.0 - b2) * g[i] * g[i];
-                        w[i] -= lr * (m[i] / c1) / ((acc[i] / c2).sqrt() + 1e-8);
-                    }
+                    let (c1, c2) = (1.0 - 0.9f32.powi(t), 1.0 - 0.999f32.powi(t));
+                    simd::adam(w, g, &mut self.mom[range], acc, lr, c1, c2)
                 }
             }
         }
-        self.touched.clear();
     }
 }
 
@@ -239,10 +231,29 @@ pub fn train(
     train: &Sessions,
     popularity: &[u64],
     cfg: &TrainConfig,
-    mut on_progress: impl FnMut(usize, u64, f64),
-    mut on_epoch: impl FnMut(&EpochStats),
+    on_progress: impl FnMut(usize, u64, f64) + Send,
+    on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<(Gru4Rec, Vec<EpochStats>), TrainError> {
     cfg.validate()?;
+    // One step is a few hundred microseconds of small tensor ops; candle would fan each op out over every
+    // core through rayon and lose more to synchronisation than it gains (measured: 2 threads ≈ 25% slower
+    // than 1 on this 2-core machine). The loop runs in a one-thread pool, which also makes the result
+    // independent of the machine's core count.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "lambdarec-train".into())
+        .build()
+        .map_err(|e| TrainError::Config(format!("cannot start the training thread: {e}")))?;
+    pool.install(|| train_loop(train, popularity, cfg, on_progress, on_epoch))
+}
+
+fn train_loop(
+    train: &Sessions,
+    popularity: &[u64],
+    cfg: &TrainConfig,
+    mut on_progress: impl FnMut(usize, u64, f64) + Send,
+    mut on_epoch: impl FnMut(&EpochStats) + Send,
+) -> Result<(Gru4Rec, Vec<EpochStats>), TrainError> {
     let n_items = popularity.len();
     if train.len() == 0 || n_items == 0 {
         return Err(TrainError::Config("the training set is empty".into()));
@@ -309,23 +320,23 @@ pub fn train(
             events += slots.len() as u64;
 
             let out_rows: Vec<u32> = targets.iter().chain(&negatives).copied().collect();
+            let mut g = g;
             for t in tables.iter_mut() {
                 match t.id {
-                    ParamId::ItemOut => {
-                        t.add_rows(&out_rows, &g.item_out, step);
-                        if model.tied() {
-                            t.add_rows(&inputs, &g.item_in, step);
-                        }
-                    }
-                    ParamId::ItemBias => t.add_rows(&out_rows, &g.item_bias, step),
-                    ParamId::ItemIn => t.add_rows(&inputs, &g.item_in, step),
+                    ParamId::ItemOut if model.tied() => t.update(
+                        &mut model,
+                        cfg,
+                        step,
+                        &mut [(&out_rows, &mut g.item_out), (&inputs, &mut g.item_in)],
+                    ),
+                    ParamId::ItemOut => t.update(&mut model, cfg, step, &mut [(&out_rows, &mut g.item_out)]),
+                    ParamId::ItemBias => t.update(&mut model, cfg, step, &mut [(&out_rows, &mut g.item_bias)]),
+                    ParamId::ItemIn => t.update(&mut model, cfg, step, &mut [(&inputs, &mut g.item_in)]),
                     _ => unreachable!("only item tables are row-sparse"),
                 }
-                t.apply(&mut model, cfg, step);
             }
-            for (d, grad) in dense.iter_mut().zip([&g.w_ih, &g.w_hh, &g.b_ih, &g.b_hh]) {
-                d.add_dense(grad, step);
-                d.apply(&mut model, cfg, step);
+            for (d, grad) in dense.iter_mut().zip([&mut g.w_ih, &mut g.w_hh, &mut g.b_ih, &mut g.b_hh]) {
+                d.update(&mut model, cfg, step, &mut [(&[0], grad)]);
             }
             step += 1;
 
@@ -383,6 +394,25 @@ mod tests {
         assert!((f(0) - 10.0 / 17.0).abs() < 0.01, "{counts:?}");
         assert!((f(3) - 5.0 / 17.0).abs() < 0.01, "{counts:?}");
         assert!((s.log_pop[0] as f64 - 100f64.ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn duplicate_rows_are_summed_before_the_update() {
+        let cfg = TrainConfig { hidden: 2, learning_rate: 0.5, ..TrainConfig::default() };
+        let mut model = Gru4Rec::new(4, 0, 2, 1);
+        let before = model.item_out.data.clone();
+        let mut st = OptState::new(ParamId::ItemOut, &model, &cfg, false);
+        // row 1 appears twice in the first source and once in the second; row 3 once
+        let mut g1 = vec![1.0, 2.0, 0.5, 0.5, 3.0, 0.0];
+        let mut g2 = vec![0.5, -1.0];
+        st.update(&mut model, &cfg, 0, &mut [(&[1, 3, 1], &mut g1), (&[1], &mut g2)]);
+        let want_g = [1.0f32 + 3.0 + 0.5, 2.0 + 0.0 - 1.0];
+        for c in 0..2 {
+            let want = before[2 + c] - 0.5 * want_g[c] / (want_g[c] * want_g[c] + 1e-6).sqrt();
+            assert!((model.item_out.data[2 + c] - want).abs() < 1e-6);
+            assert!((model.item_out.data[6 + c] - (before[6 + c] - 0.5 * 0.5 / (0.25f32 + 1e-6).sqrt())).abs() < 1e-6);
+        }
+        assert_eq!(model.item_out.data[0..2], before[0..2], "untouched rows stay");
     }
 
     #[test]
