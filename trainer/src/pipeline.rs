@@ -150,13 +150,27 @@ pub async fn run_train(
         None => None,
     };
     let dataset = data::prepare(&raw_train, raw_test.as_ref(), &job.prepare)?;
-    info!("prepared data:\n{}", dataset.report);
+    let r = &dataset.report;
+    info!(
+        train_events = r.train_events,
+        train_sessions = r.train_sessions,
+        items = r.train_items,
+        test_events = r.test_events,
+        test_sessions = r.test_sessions,
+        "prepared data"
+    );
     drop((raw_train, raw_test));
 
     let (model, epochs) = train(&dataset.train, &dataset.vocab.popularity, &job.config, progress, on_epoch)?;
     let weights = model.to_weights();
     let evaluation = evaluate(&weights, Some(&dataset.train), &dataset.test, &job.eval)?;
-    info!("evaluation:\n{}", evaluation.table());
+    info!(
+        recall = evaluation.model.recall,
+        mrr = evaluation.model.mrr,
+        events = evaluation.model.events,
+        seconds = evaluation.seconds,
+        "evaluated model and baselines"
+    );
 
     let mut bundle = export::to_bundle(&weights, &dataset.vocab, &dataset.fingerprint(), &job.config, &epochs, &evaluation);
     let version = store.write_bundle(&job.model_name, &mut bundle).await?;

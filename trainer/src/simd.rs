@@ -79,9 +79,9 @@ dispatch! {
 }
 
 dispatch! {
-    /// Adds `offsets` to `row`, turns it into its softmax in place and returns `log Σ exp` (the
-    /// log-partition), so a caller gets `−log p_j = lse − row_j` without a second pass.
-    pub fn softmax_in_place(row: &mut [f32], offsets: &[f32]) -> f32 {
+    /// Adds `offsets` to `row` and replaces it with `exp(row − max)`; returns `(max, Σ exp(row − max))`.
+    /// A softmax split over column blocks combines the blocks' pairs (see `xe_op`).
+    pub fn exp_shift_in_place(row: &mut [f32], offsets: &[f32]) -> (f32, f32) {
         // Reductions run in LANES independent accumulators: a single running max/sum is a serial
         // dependency chain the compiler may not reorder (no fast-math), which would keep the loop scalar.
         const LANES: usize = 16;
@@ -102,10 +102,14 @@ dispatch! {
                 *s += *v;
             }
         }
-        let sum: f32 = sums.iter().sum();
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
-        max + sum.ln()
+        (max, sums.iter().sum())
+    }
+}
+
+dispatch! {
+    /// `row *= factor`.
+    pub fn scale(row: &mut [f32], factor: f32) {
+        row.iter_mut().for_each(|v| *v *= factor);
     }
 }
 
@@ -128,10 +132,12 @@ mod tests {
     }
 
     #[test]
-    fn softmax_sums_to_one_and_returns_the_log_partition() {
+    fn exp_shift_gives_the_log_partition() {
         let mut row = vec![1.0f32, 2.0, 3.0, -50.0];
         let off = [0.5f32, 0.0, -1.0, 0.0];
-        let lse = softmax_in_place(&mut row, &off);
+        let (max, sum) = exp_shift_in_place(&mut row, &off);
+        let lse = max + sum.ln();
+        scale(&mut row, 1.0 / sum);
         let want = (1.5f64.exp() + 2f64.exp() + 2f64.exp() + (-50f64).exp()).ln();
         assert!((lse as f64 - want).abs() < 1e-6);
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);

@@ -50,6 +50,9 @@ pub struct TrainConfig {
     /// Score regularisation of BPR-max.
     pub bpreg: f32,
     pub seed: u64,
+    /// Threads of the training loop (None = 1). Does not change the result, only the speed.
+    #[serde(skip)]
+    pub threads: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +73,7 @@ impl Default for TrainConfig {
             logq: 1.0,
             bpreg: 0.0,
             seed: 42,
+            threads: None,
         }
     }
 }
@@ -235,13 +239,14 @@ pub fn train(
     on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<(Gru4Rec, Vec<EpochStats>), TrainError> {
     cfg.validate()?;
-    // One step is a few hundred microseconds of small tensor ops; candle would fan each op out over every
-    // core through rayon and lose more to synchronisation than it gains (measured: 2 threads ≈ 25% slower
-    // than 1 on this 2-core machine). The loop runs in a one-thread pool, which also makes the result
-    // independent of the machine's core count.
+    // One step is about a millisecond of small GEMMs. The output layer can split its columns over two
+    // threads (a fixed split, so the result does not depend on the thread count), but on the shared
+    // 2-core machine we measure on, two threads were no faster than one (wake-ups cost what the split
+    // saves at 32 × 2080 × 100), so one thread is the default; candle's own ops stay in this pool too.
+    let threads = cfg.threads.unwrap_or(1).max(1);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .thread_name(|_| "lambdarec-train".into())
+        .num_threads(threads)
+        .thread_name(|i| format!("lambdarec-train-{i}"))
         .build()
         .map_err(|e| TrainError::Config(format!("cannot start the training thread: {e}")))?;
     pool.install(|| train_loop(train, popularity, cfg, on_progress, on_epoch))

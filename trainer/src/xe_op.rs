@@ -29,8 +29,8 @@ pub struct SampledSoftmaxXe {
     pub offsets: Arc<Vec<f32>>,
     pub hidden: usize,
     pub scale: f32,
-    /// Softmax of the forward pass, kept for the backward pass.
-    probs: Mutex<Vec<f32>>,
+    /// Softmax of the forward pass per column block (`b × block` each), kept for the backward pass.
+    probs: Mutex<Vec<Vec<f32>>>,
     grads: Arc<Mutex<OutputGrads>>,
 }
 
@@ -90,6 +90,66 @@ pub(crate) fn gemm(m: usize, n: usize, k: usize, a: &[f32], a_rs: usize, a_cs: u
     run(out, gemm::Parallelism::None)
 }
 
+/// The columns (output rows) are processed in this many blocks, in parallel when the training pool has
+/// the threads. The split is fixed, so the result is the same whatever the thread count.
+const PARTS: usize = 2;
+
+impl SampledSoftmaxXe {
+    /// Column ranges of the blocks.
+    fn parts(&self) -> [std::ops::Range<usize>; PARTS] {
+        let m = self.m();
+        let mid = m.div_ceil(PARTS);
+        [0..mid, mid..m]
+    }
+}
+
+/// One column block of the forward pass: `exp(h · O_blockᵀ + c − rowmax)` (`b × cols`), with the row
+/// maxima and sums of the block.
+fn forward_block(hs: &[f32], b: usize, h: usize, rows: &[f32], offsets: &[f32]) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let cols = offsets.len();
+    let mut y = vec![0f32; b * cols];
+    // y = h · Oᵀ: Oᵀ is O (cols × h, row-major) read with row stride 1 and column stride h.
+    gemm(b, cols, h, hs, h, 1, rows, 1, h, &mut y);
+    let stats = if cols == 0 {
+        vec![(f32::NEG_INFINITY, 0.0); b]
+    } else {
+        y.chunks_exact_mut(cols).map(|row| simd::exp_shift_in_place(row, offsets)).collect()
+    };
+    (y, stats)
+}
+
+/// One column block of the backward pass: turns the block's probabilities into `dY` in place, and returns
+/// its partial `dh = dY · O_block`, `dO_block = dYᵀ · h` and the offsets' gradient.
+fn backward_block(
+    probs: &mut [f32],
+    first_col: usize,
+    b: usize,
+    hd: usize,
+    g: f32,
+    rows: &[f32],
+    hv: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let cols = rows.len() / hd;
+    let mut d_off = vec![0f32; cols];
+    if cols > 0 {
+        for (i, row) in probs.chunks_exact_mut(cols).enumerate() {
+            // The positive of row i sits in column i.
+            if (first_col..first_col + cols).contains(&i) {
+                row[i - first_col] -= 1.0;
+            }
+            row.iter_mut().zip(d_off.iter_mut()).for_each(|(v, d)| {
+                *v *= g;
+                *d += *v;
+            });
+        }
+    }
+    let mut dh = vec![0f32; b * hd];
+    gemm(b, hd, cols, probs, cols, 1, rows, hd, 1, &mut dh);
+    let mut d_rows = vec![0f32; cols * hd];
+    gemm(cols, hd, b, probs, 1, cols, hv, hd, 1, &mut d_rows);
+    (dh, d_rows, d_off)
+}
+
 impl CustomOp1 for SampledSoftmaxXe {
     fn name(&self) -> &'static str {
         "sampled-softmax-xe"
@@ -103,38 +163,45 @@ impl CustomOp1 for SampledSoftmaxXe {
         if h != self.hidden || self.rows.len() != m * h || b > m {
             bail!("sampled-softmax-xe: hidden {b}×{h} does not fit {m} output rows of width {}", self.hidden);
         }
-        // y = h · Oᵀ: Oᵀ is O (m × h, row-major) read with row stride 1 and column stride h.
-        let mut y = vec![0f32; b * m];
-        gemm(b, m, h, hs, h, 1, &self.rows, 1, h, &mut y);
+        let [pa, pb] = self.parts();
+        let block = |p: &std::ops::Range<usize>| {
+            forward_block(hs, b, h, &self.rows[p.start * h..p.end * h], &self.offsets[p.clone()])
+        };
+        let ((mut ya, sa), (mut yb, sb)) = rayon::join(|| block(&pa), || block(&pb));
+        // Combine the blocks' (max, sum) per row into the softmax normaliser; the loss needs the raw
+        // score of the positive, recomputed as one dot product per row.
         let mut loss = 0f64;
-        for (i, row) in y.chunks_exact_mut(m).enumerate() {
-            let raw_pos = row[i] + self.offsets[i];
-            let lse = simd::softmax_in_place(row, &self.offsets);
-            loss += (lse - raw_pos) as f64;
+        for i in 0..b {
+            let ((ma, suma), (mb, sumb)) = (sa[i], sb[i]);
+            let max = ma.max(mb);
+            let (wa, wb) = (simd::exp(ma - max), simd::exp(mb - max));
+            let total = suma * wa + sumb * wb;
+            let pos: f32 = hs[i * h..(i + 1) * h].iter().zip(&self.rows[i * h..(i + 1) * h]).map(|(x, y)| x * y).sum::<f32>()
+                + self.offsets[i];
+            loss += (max + total.ln() - pos) as f64;
+            let (ca, cb) = (pa.len(), pb.len());
+            simd::scale(&mut ya[i * ca..(i + 1) * ca], wa / total);
+            simd::scale(&mut yb[i * cb..(i + 1) * cb], wb / total);
         }
-        *self.probs.lock().expect("probs lock") = y;
+        *self.probs.lock().expect("probs lock") = vec![ya, yb];
         Ok((CpuStorage::F32(vec![(loss / self.scale as f64) as f32]), Shape::from(())))
     }
 
     fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (b, hd) = h.dims2()?;
-        let m = self.m();
         let g = grad.to_scalar::<f32>()? / self.scale;
         let hv = h.flatten_all()?.to_vec1::<f32>()?;
-        let mut dy = std::mem::take(&mut *self.probs.lock().expect("probs lock"));
-        let mut d_off = vec![0f32; m];
-        for (i, row) in dy.chunks_exact_mut(m).enumerate() {
-            row[i] -= 1.0;
-            row.iter_mut().zip(d_off.iter_mut()).for_each(|(v, d)| {
-                *v *= g;
-                *d += *v;
-            });
-        }
-        // dh = dY · O  (b × m · m × h);  dO = dYᵀ · h  (m × b · b × h)
-        let mut dh = vec![0f32; b * hd];
-        gemm(b, hd, m, &dy, m, 1, &self.rows, hd, 1, &mut dh);
-        let mut d_rows = vec![0f32; m * hd];
-        gemm(m, hd, b, &dy, 1, m, &hv, hd, 1, &mut d_rows);
+        let mut probs = std::mem::take(&mut *self.probs.lock().expect("probs lock"));
+        let [pa, pb] = self.parts();
+        let (first, second) = probs.split_at_mut(1);
+        let (ra, rb) = (&self.rows[pa.start * hd..pa.end * hd], &self.rows[pb.start * hd..pb.end * hd]);
+        let ((mut dh, mut d_rows, mut d_off), (dh_b, d_rows_b, d_off_b)) = rayon::join(
+            || backward_block(&mut first[0], pa.start, b, hd, g, ra, &hv),
+            || backward_block(&mut second[0], pb.start, b, hd, g, rb, &hv),
+        );
+        dh.iter_mut().zip(&dh_b).for_each(|(a, b)| *a += b);
+        d_rows.extend_from_slice(&d_rows_b);
+        d_off.extend_from_slice(&d_off_b);
         *self.grads.lock().expect("grads lock") = OutputGrads { rows: d_rows, offsets: d_off };
         Ok(Some(Tensor::from_vec(dh, (b, hd), h.device())?))
     }
