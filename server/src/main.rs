@@ -30,7 +30,9 @@ enum Command {
     /// Train a GRU4Rec model on an interaction log, evaluate it and write a bundle.
     Train(Box<commands::train::TrainArgs>),
     /// Evaluate a stored model bundle on a test log (next-item Recall@k, MRR@k, coverage, popularity).
-    Eval(commands::eval::EvalArgs),
+    Eval(Box<commands::eval::EvalArgs>),
+    /// Serve recommendations over gRPC: session events in, top-k and scores out, with hot model reload.
+    Serve(Box<commands::serve::ServeArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,7 +45,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => commands::train::run(*args),
-        Command::Eval(args) => commands::eval::run(args),
+        Command::Eval(args) => commands::eval::run(*args),
+        Command::Serve(args) => commands::serve::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -260,7 +260,7 @@ fn train_loop(
     mut on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<(Gru4Rec, Vec<EpochStats>), TrainError> {
     let n_items = popularity.len();
-    if train.len() == 0 || n_items == 0 {
+    if train.is_empty() || n_items == 0 {
         return Err(TrainError::Config("the training set is empty".into()));
     }
     let mut model = Gru4Rec::new(n_items, cfg.embed_dim, cfg.hidden, cfg.seed);
@@ -364,7 +364,7 @@ fn train_loop(
                     hidden.drain(k * h..(k + 1) * h);
                 }
             }
-            if step % 64 == 0 {
+            if step.is_multiple_of(64) {
                 on_progress(epoch, events, loss_sum / events as f64);
             }
         }

@@ -1,6 +1,7 @@
 //! The subcommands of `lambdarec`, one module each, and the flags they share.
 
 pub mod eval;
+pub mod serve;
 pub mod train;
 
 use std::path::PathBuf;

@@ -1,0 +1,99 @@
+//! `lambdarec serve`: the gRPC serving layer (speed layer + recommendations) over a model bundle.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use lambdarec_kernels::Dtype;
+use lambdarec_server::{DeviceChoice, Limits, ServeConfig};
+
+use super::StoreArgs;
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example:\n  lambdarec serve --store ./lambdarec-store --model rsc15 --metrics-listen 127.0.0.1:9090"
+)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "LAMBDAREC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Compute device: auto (CUDA if built in and present, else CPU), cpu, or cuda (fails if unavailable).
+    #[arg(long, env = "LAMBDAREC_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Storage type of the item embedding tables: f32, bf16 or f16 (arithmetic is always f32).
+    #[arg(long, env = "LAMBDAREC_DTYPE", default_value = "f32")]
+    pub dtype: Dtype,
+    /// CPU backend threads (default: one per core).
+    #[arg(long, env = "LAMBDAREC_THREADS")]
+    pub threads: Option<usize>,
+    /// Session capacity (state-table slots); the least recently used session is evicted beyond it.
+    #[arg(long, env = "LAMBDAREC_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
+    /// Seconds after its last use at which a session is forgotten.
+    #[arg(long, env = "LAMBDAREC_SESSION_TTL", default_value_t = 1800.0)]
+    pub session_ttl: f64,
+    /// Most requests served by one batch of backend calls.
+    #[arg(long, env = "LAMBDAREC_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+    /// Microseconds the batcher waits for more requests after the first one of a batch.
+    #[arg(long, env = "LAMBDAREC_MAX_WAIT_US", default_value_t = 200)]
+    pub max_wait_us: u64,
+    /// Requests queued for the batcher beyond which new ones get RESOURCE_EXHAUSTED (with retry-after-ms).
+    #[arg(long, env = "LAMBDAREC_QUEUE_CAPACITY", default_value_t = 4096)]
+    pub queue_capacity: usize,
+    /// Seconds between checks of the store's LATEST for a new version; 0 turns polling off.
+    #[arg(long, env = "LAMBDAREC_POLL_INTERVAL", default_value_t = 30.0)]
+    pub poll_interval: f64,
+    /// Address for Prometheus metrics (GET /metrics); not served when unset.
+    #[arg(long, env = "LAMBDAREC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "LAMBDAREC_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+}
+
+fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("{flag} must be a non-negative number of seconds, got {s}"))
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> anyhow::Result<ServeConfig> {
+        let poll = seconds("--poll-interval", self.poll_interval)?;
+        Ok(ServeConfig {
+            listen: self.listen,
+            store: self.store.store.clone(),
+            model: self.store.model.clone(),
+            device: self.device,
+            dtype: self.dtype,
+            threads: self.threads,
+            max_sessions: self.max_sessions,
+            session_ttl: seconds("--session-ttl", self.session_ttl)?,
+            max_batch: self.max_batch,
+            max_wait: Duration::from_micros(self.max_wait_us),
+            queue_capacity: self.queue_capacity,
+            poll_interval: (!poll.is_zero()).then_some(poll),
+            metrics_listen: self.metrics_listen,
+            limits: Limits {
+                max_message_bytes: self.max_message_bytes,
+                ..Limits::default()
+            },
+        })
+    }
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let config = a.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = lambdarec_server::start(config)
+            .await
+            .context("starting the server")?;
+        server.run_until_signal().await.context("serving")
+    })
+}

@@ -1,0 +1,147 @@
+//! The one typed configuration of the serving layer (the CLI's `serve` flags map onto it) and the
+//! request limits that `recommender.proto` documents.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lambdarec_kernels::Dtype;
+
+/// Request limits. The defaults are the numbers `lambdarec/v1/recommender.proto` promises clients.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest session id, in bytes.
+    pub max_session_id_bytes: usize,
+    /// `k` used when a request asks for 0.
+    pub default_k: usize,
+    /// Largest `k`; larger requests are capped (the proto says "capped", not "rejected").
+    pub max_k: usize,
+    /// Most candidates in one Score request, and most exclude_items in one Recommend request.
+    pub max_candidates: usize,
+    /// Most inline_events in one Recommend request; each one is a GRU step on the batcher thread, so
+    /// an unbounded list would let one caller stall everybody.
+    pub max_inline_events: usize,
+    /// Recent items kept per session (for exclude_seen and GetSession).
+    pub history: usize,
+    /// Most load failures ModelInfo reports.
+    pub failures_kept: usize,
+    /// Largest request message tonic decodes (larger ones are refused before a handler runs).
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_session_id_bytes: 256,
+            default_k: 20,
+            max_k: 1000,
+            max_candidates: 10_000,
+            max_inline_events: 1000,
+            history: 50,
+            failures_kept: 10,
+            max_message_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Which compute device serves the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA when this build has it and a GPU is present, otherwise the CPU (and a log line says why).
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda),
+            other => Err(format!(
+                "unknown device {other:?} (expected auto, cpu or cuda)"
+            )),
+        }
+    }
+}
+
+/// Everything `lambdarec serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// gRPC address; port 0 picks a free port (see `RunningServer::local_addr`).
+    pub listen: SocketAddr,
+    /// Bundle store URL (local path, file://, memory://, s3://, gs://, az://).
+    pub store: String,
+    /// Model name in the store.
+    pub model: String,
+    pub device: DeviceChoice,
+    /// Storage type of the item tables on the device.
+    pub dtype: Dtype,
+    /// CPU backend threads (None: one per core).
+    pub threads: Option<usize>,
+    /// Session capacity: the state table's slots; the least recently used session is evicted beyond it.
+    pub max_sessions: usize,
+    /// A session unused for this long is forgotten.
+    pub session_ttl: Duration,
+    /// Most requests the batcher serves with one set of backend calls.
+    pub max_batch: usize,
+    /// How long the batcher waits for more requests after the first of a batch.
+    pub max_wait: Duration,
+    /// Requests waiting for the batcher beyond which new ones get RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+    /// How often LATEST is checked for a new version; None: never (Reload only).
+    pub poll_interval: Option<Duration>,
+    /// Where Prometheus metrics are served (`GET /metrics`); None: not served.
+    pub metrics_listen: Option<SocketAddr>,
+    pub limits: Limits,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            store: "./lambdarec-store".to_string(),
+            model: "default".to_string(),
+            device: DeviceChoice::Auto,
+            dtype: Dtype::F32,
+            threads: None,
+            max_sessions: 100_000,
+            session_ttl: Duration::from_secs(1800),
+            max_batch: 64,
+            max_wait: Duration::from_micros(200),
+            queue_capacity: 4096,
+            poll_interval: Some(Duration::from_secs(30)),
+            metrics_listen: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Rejects settings the engine cannot run with, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--max-sessions", self.max_sessions),
+            ("--max-batch", self.max_batch),
+            ("--queue-capacity", self.queue_capacity),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        // Slot indices are u32 and one extra slot is the zero state of unknown sessions.
+        if self.max_sessions >= u32::MAX as usize {
+            return Err(format!("--max-sessions must be below {}", u32::MAX));
+        }
+        if self.session_ttl.is_zero() {
+            return Err("--session-ttl must be positive".to_string());
+        }
+        if self.limits.default_k == 0 || self.limits.default_k > self.limits.max_k {
+            return Err("the default k must be within 1..=max k".to_string());
+        }
+        Ok(())
+    }
+}

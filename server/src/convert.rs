@@ -1,0 +1,227 @@
+//! Conversions between `lambdarec.v1` messages and the engine's domain types, both directions, plus
+//! the caller's deadline from the `grpc-timeout` header. Defaults the proto documents are applied here.
+
+use std::time::{Duration, Instant};
+
+use lambdarec_proto::v1;
+use tonic::metadata::MetadataMap;
+
+use crate::config::Limits;
+use crate::engine::{
+    EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest, Recommendation,
+    ScoreOutcome, ScoreRequest, SessionSnapshot,
+};
+use crate::registry::LoadFailure;
+use crate::status::event_code;
+
+// ---- proto → domain ----
+
+/// k = 0 means the default; larger than the limit is capped (as recommender.proto documents).
+pub fn recommend_request(r: v1::RecommendRequest, limits: &Limits) -> RecommendRequest {
+    let k = match r.k as usize {
+        0 => limits.default_k,
+        k => k.min(limits.max_k),
+    };
+    RecommendRequest {
+        session_id: r.session_id,
+        k,
+        exclude_items: r.exclude_items,
+        exclude_seen: r.exclude_seen.unwrap_or(true),
+        inline_events: r.inline_events,
+    }
+}
+
+pub fn score_request(r: v1::ScoreRequest) -> ScoreRequest {
+    ScoreRequest {
+        session_id: r.session_id,
+        candidates: r.candidates,
+    }
+}
+
+pub fn event_request(e: v1::SessionEvent) -> (EventRequest, Option<u64>) {
+    let req = EventRequest {
+        session_id: e.session_id,
+        item_id: e.item_id,
+        timestamp_ms: e.timestamp_ms,
+    };
+    (req, e.client_seq)
+}
+
+/// The caller's deadline from `grpc-timeout`, a little early: tonic's own timeout layer fires at the
+/// exact deadline with CANCELLED, and the caller should see DEADLINE_EXCEEDED from us first.
+pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
+    let margin = (timeout / 10).min(Duration::from_millis(5));
+    Some(Instant::now() + timeout - margin)
+}
+
+/// `grpc-timeout` is 1–8 digits and a unit: H, M, S, m, u or n.
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if !v.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+// ---- domain → proto ----
+
+pub fn recommend_response(r: Recommendation) -> v1::RecommendResponse {
+    let items = r
+        .items
+        .iter()
+        .map(|s| v1::ScoredItem {
+            item_id: r.model.item_id(s.item).to_string(),
+            score: s.score,
+        })
+        .collect();
+    v1::RecommendResponse {
+        items,
+        model_version: r.model.version.to_string(),
+        session_events: r.session_events,
+    }
+}
+
+pub fn score_response(s: ScoreOutcome) -> v1::ScoreResponse {
+    let mut scores = Vec::with_capacity(s.scores.len());
+    let mut unknown_items = Vec::new();
+    let mut known_scores = s.scores.into_iter();
+    for (id, item) in s.candidates.into_iter().zip(&s.items) {
+        match item {
+            Some(_) => scores.push(v1::ScoredItem {
+                item_id: id,
+                score: known_scores.next().unwrap_or(f32::NAN),
+            }),
+            None => unknown_items.push(id),
+        }
+    }
+    v1::ScoreResponse {
+        scores,
+        unknown_items,
+        model_version: s.model.version.to_string(),
+    }
+}
+
+/// The ack of one event, applied or not. `serving` names the model for events rejected before
+/// reaching the engine.
+pub fn event_ack(
+    session_id: String,
+    client_seq: Option<u64>,
+    outcome: Result<EventOutcome, EngineError>,
+    serving: Option<&ModelView>,
+) -> v1::EventAck {
+    let serving_version = || serving.map(|m| m.version.to_string()).unwrap_or_default();
+    let (applied, session_events, model_version) = match outcome {
+        Ok(o) => (o.applied, o.session_events, o.model_version.to_string()),
+        Err(e) => (Err(e), 0, serving_version()),
+    };
+    let (error, code) = match &applied {
+        Ok(()) => (String::new(), v1::ErrorCode::Ok),
+        Err(e) => (e.to_string(), event_code(e)),
+    };
+    v1::EventAck {
+        session_id,
+        client_seq,
+        applied: applied.is_ok(),
+        error,
+        code: code.into(),
+        model_version,
+        session_events,
+    }
+}
+
+pub fn session_info(session_id: String, s: SessionSnapshot) -> v1::SessionInfo {
+    v1::SessionInfo {
+        session_id,
+        events: s.events,
+        recent_items: s
+            .recent
+            .iter()
+            .map(|&i| s.model.item_id(i).to_string())
+            .collect(),
+        last_seen_ms: s.last_seen_ms,
+        model_version: s.state_version.map(|v| v.to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn model_info(
+    serving: Option<(&ModelView, &str)>,
+    store: &str,
+    failures: Vec<LoadFailure>,
+) -> v1::ModelInfoResponse {
+    let failures = failures
+        .into_iter()
+        .map(|f| v1::LoadFailure {
+            version: f.version,
+            error: f.error,
+            at: f.at,
+        })
+        .collect();
+    let Some((m, loaded_at)) = serving else {
+        return v1::ModelInfoResponse {
+            store: store.to_string(),
+            failures,
+            ..Default::default()
+        };
+    };
+    v1::ModelInfoResponse {
+        name: m.name.clone(),
+        version: m.version.to_string(),
+        store: m.store.clone(),
+        n_items: m.n_items() as u64,
+        hidden: m.hidden as u32,
+        dtype: m.dtype.to_string(),
+        device: m.device.clone(),
+        loaded_at: loaded_at.to_string(),
+        manifest_json: m.manifest_json.clone(),
+        failures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("1é"), None);
+    }
+
+    #[test]
+    fn k_defaults_and_caps() {
+        let l = Limits::default();
+        let k = |k| {
+            recommend_request(
+                v1::RecommendRequest {
+                    k,
+                    ..Default::default()
+                },
+                &l,
+            )
+            .k
+        };
+        assert_eq!((k(0), k(7), k(5000)), (20, 7, 1000));
+        let r = recommend_request(v1::RecommendRequest::default(), &l);
+        assert!(r.exclude_seen, "exclude_seen defaults to true");
+    }
+}

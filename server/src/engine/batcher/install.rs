@@ -1,0 +1,167 @@
+//! Model installs on the batcher thread: upload, warm-up of every batch shape (between batches when
+//! the state table can stay), and the atomic swap that keeps sessions (remapping their recent items
+//! when the catalogue changed).
+
+use std::sync::{Arc, PoisonError};
+
+use lambdarec_kernels::{Event, ModelId, ScoreQuery, TopKQuery};
+use tracing::{error, info, warn};
+
+use super::{Active, Batcher};
+use crate::engine::{EngineError, Install, ModelView, Reply};
+
+/// A model being warmed up beside the serving one, one batch shape per loop turn.
+pub(super) struct Warming {
+    id: ModelId,
+    view: Arc<ModelView>,
+    next_shape: usize,
+    reply: Reply<Arc<ModelView>>,
+}
+
+impl Batcher {
+    /// Drops the model being warmed up, if any, telling its installer why.
+    pub(super) fn cancel_install(&mut self, why: EngineError) {
+        if let Some(w) = self.warming.take() {
+            self.backend.drop_model(w.id);
+            let _ = w.reply.send(Err(why));
+        }
+    }
+
+    /// Uploads a new model. With the same hidden size it is warmed up between batches and swapped in
+    /// when done; otherwise (or for the first model) the state table is reallocated and it is warmed
+    /// up at once.
+    pub(super) fn begin_install(&mut self, install: Install) {
+        let Install {
+            weights,
+            view,
+            reply,
+        } = install;
+        self.cancel_install(EngineError::Superseded);
+        let id = match self.backend.upload_model(&weights, view.dtype) {
+            Ok(id) => id,
+            Err(e) => return drop(reply.send(Err(e.into()))),
+        };
+        drop(weights);
+        let view = Arc::new(view);
+        let old_hidden = self.active.as_ref().map(|a| a.view.hidden);
+        if old_hidden == Some(view.hidden) {
+            self.warming = Some(Warming {
+                id,
+                view,
+                next_shape: 1,
+                reply,
+            });
+            return;
+        }
+        let capacity = self.config.max_sessions + 1;
+        let warmed = self
+            .backend
+            .alloc_states(capacity, view.hidden)
+            .and_then(|()| {
+                (1..=self.config.max_batch).try_for_each(|b| self.warm_shape(id, &view, b))
+            });
+        if let Err(e) = warmed {
+            self.backend.drop_model(id);
+            if let Some(h) = old_hidden {
+                // Put back a table the serving model can use (its sessions' states are lost).
+                if let Err(e) = self.backend.alloc_states(capacity, h) {
+                    error!(error = %e, "cannot restore the session state table");
+                }
+            }
+            return drop(reply.send(Err(e.into())));
+        }
+        if let Some(h) = old_hidden {
+            warn!(
+                from = h,
+                to = view.hidden,
+                sessions = self.sessions.len(),
+                "hidden size changed: every session's state restarts from zero"
+            );
+            for e in self.sessions.live_entries_mut() {
+                e.state_version = Some(view.version.clone());
+            }
+        }
+        self.swap(id, view, reply);
+    }
+
+    /// Warms up one more batch shape of the model being installed; swaps it in after the last.
+    pub(super) fn warm_step(&mut self) {
+        let Some(mut w) = self.warming.take() else {
+            return;
+        };
+        match self.warm_shape(w.id, &w.view, w.next_shape) {
+            Err(e) => {
+                self.backend.drop_model(w.id);
+                let _ = w.reply.send(Err(e.into()));
+            }
+            Ok(()) if w.next_shape >= self.config.max_batch => self.swap(w.id, w.view, w.reply),
+            Ok(()) => {
+                w.next_shape += 1;
+                self.warming = Some(w);
+            }
+        }
+    }
+
+    /// Runs every op once at batch size `b` on the scratch slot, then zeroes it again.
+    fn warm_shape(
+        &mut self,
+        id: ModelId,
+        view: &ModelView,
+        b: usize,
+    ) -> lambdarec_kernels::Result<()> {
+        let s = self.scratch;
+        self.backend
+            .gru_step(id, &vec![Event { slot: s, item: 0 }; b])?;
+        let k = self.config.limits.default_k.min(view.n_items());
+        self.backend.top_k(
+            id,
+            &vec![
+                TopKQuery {
+                    slot: s,
+                    k,
+                    exclude: &[]
+                };
+                b
+            ],
+        )?;
+        self.backend.score(
+            id,
+            &vec![
+                ScoreQuery {
+                    slot: s,
+                    candidates: &[0]
+                };
+                b
+            ],
+        )?;
+        self.backend.reset_states(&[s])
+    }
+
+    fn swap(&mut self, id: ModelId, view: Arc<ModelView>, reply: Reply<Arc<ModelView>>) {
+        let old = self.active.replace(Active {
+            id,
+            view: view.clone(),
+        });
+        if let Some(old) = old {
+            self.backend.drop_model(old.id);
+            if old.view.vocab.ids != view.vocab.ids {
+                // Recent items are indices: carry them over by id, dropping items the new model lacks.
+                for e in self.sessions.live_entries_mut() {
+                    let recent = e
+                        .recent
+                        .iter()
+                        .filter_map(|&i| view.vocab.index(old.view.item_id(i)))
+                        .collect();
+                    e.recent = recent;
+                }
+            }
+        }
+        *self
+            .shared
+            .model
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(view.clone());
+        info!(version = %view.version, items = view.n_items(), hidden = view.hidden, "model swapped in");
+        let _ = reply.send(Ok(view));
+    }
+}

@@ -1,0 +1,367 @@
+//! The serving engine: one batcher thread owns the backend and the session store (TEI style: requests
+//! in over a channel, answers out over oneshots); [`Engine`] is the cheap, cloneable async handle that
+//! validates requests and submits them.
+
+mod batcher;
+mod sessions;
+mod types;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lambdarec_kernels::{Backend, ModelWeights};
+use tokio::sync::oneshot;
+
+use crate::config::{Limits, ServeConfig};
+use crate::device::DeviceError;
+use crate::metrics::Metrics;
+
+pub use sessions::Eviction;
+pub use types::{
+    EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest, Recommendation,
+    ScoreOutcome, ScoreRequest, SessionSnapshot,
+};
+use types::{Envelope, Install, Job, Msg, Reply};
+
+/// State shared between the handle and the batcher thread.
+struct Shared {
+    /// The model handlers resolve items against; the batcher replaces it at each swap.
+    model: RwLock<Option<Arc<ModelView>>>,
+    /// Recent batch wall time (µs), for the retry-after hint.
+    batch_micros: AtomicU64,
+    next_generation: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// Settings of the engine (a subset of [`ServeConfig`]).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub max_sessions: usize,
+    pub session_ttl: Duration,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub queue_capacity: usize,
+    pub limits: Limits,
+}
+
+impl From<&ServeConfig> for EngineConfig {
+    fn from(c: &ServeConfig) -> Self {
+        EngineConfig {
+            max_sessions: c.max_sessions,
+            session_ttl: c.session_ttl,
+            max_batch: c.max_batch,
+            max_wait: c.max_wait,
+            queue_capacity: c.queue_capacity,
+            limits: c.limits.clone(),
+        }
+    }
+}
+
+/// Handle to the engine; clones share one batcher.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    config: EngineConfig,
+    device: String,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A future answering one submitted request.
+pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, EngineError>> + Send>>;
+
+impl Engine {
+    /// Opens the backend with `open` on a new batcher thread (a backend may be bound to the thread
+    /// that created it, so it is created where it will live and never leaves).
+    pub fn start(
+        config: EngineConfig,
+        open: impl FnOnce() -> Result<Box<dyn Backend>, DeviceError> + Send + 'static,
+        metrics: Arc<Metrics>,
+    ) -> Result<Engine, DeviceError> {
+        let shared = Arc::new(Shared {
+            model: RwLock::new(None),
+            batch_micros: AtomicU64::new(0),
+            next_generation: AtomicU64::new(1),
+            metrics,
+        });
+        let (tx, rx) = mpsc::channel();
+        let (opened_tx, opened_rx) = mpsc::sync_channel(1);
+        let thread_shared = shared.clone();
+        let thread_config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("lambdarec-batcher".to_string())
+            .spawn(move || match open() {
+                Ok(backend) => {
+                    let _ = opened_tx.send(Ok(backend.device()));
+                    batcher::Batcher::new(backend, thread_config, thread_shared).run(rx);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })
+            .map_err(DeviceError::Thread)?;
+        let device = match opened_rx.recv() {
+            Ok(Ok(device)) => device,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let died = "the batcher thread ended while opening the backend";
+                return Err(DeviceError::Thread(std::io::Error::other(died)));
+            }
+        };
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                config,
+                device,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// The device the backend runs on, e.g. `cpu (2 threads, avx2)`.
+    pub fn device(&self) -> &str {
+        &self.inner.device
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+
+    /// The model serving now, if any.
+    pub fn model(&self) -> Option<Arc<ModelView>> {
+        self.inner
+            .shared
+            .model
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Checks a session id against the proto's limits.
+    pub fn validate_session_id(&self, id: &str) -> Result<(), EngineError> {
+        let max = self.limits().max_session_id_bytes;
+        if id.is_empty() {
+            Err(EngineError::EmptySessionId)
+        } else if id.len() > max {
+            Err(EngineError::SessionIdTooLong { len: id.len(), max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Submits one event now (so events submitted in order are applied in order) and returns the
+    /// future of its outcome.
+    pub fn event(&self, req: EventRequest, deadline: Option<Instant>) -> Pending<EventOutcome> {
+        let submitted = (|| {
+            self.validate_session_id(&req.session_id)?;
+            let model = self.model().ok_or(EngineError::NoModel)?;
+            let item = model.resolve(std::slice::from_ref(&req.item_id));
+            self.submit(deadline, |reply| Job::Event { req, item, reply })
+        })();
+        match submitted {
+            Ok(rx) => Box::pin(async move { rx.await.unwrap_or(Err(EngineError::ShuttingDown)) }),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    pub async fn recommend(
+        &self,
+        req: RecommendRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Recommendation, EngineError> {
+        self.validate_session_id(&req.session_id)?;
+        let l = self.limits();
+        check_count("exclude_items", req.exclude_items.len(), l.max_candidates)?;
+        check_count(
+            "inline_events",
+            req.inline_events.len(),
+            l.max_inline_events,
+        )?;
+        let model = self.model().ok_or(EngineError::NoModel)?;
+        let inline = model.resolve(&req.inline_events);
+        if inline.items.iter().any(Option::is_none) {
+            // Rejected here, before it queues; the batcher checks again if the model changed since.
+            return Err(unknown_inline(&model, &req.inline_events, &inline.items));
+        }
+        let exclude = model.resolve(&req.exclude_items);
+        let rx = self.submit(deadline, |reply| Job::Recommend {
+            req,
+            exclude,
+            inline,
+            reply,
+        })?;
+        wait(rx, deadline).await
+    }
+
+    pub async fn score(
+        &self,
+        req: ScoreRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ScoreOutcome, EngineError> {
+        self.validate_session_id(&req.session_id)?;
+        check_count(
+            "candidates",
+            req.candidates.len(),
+            self.limits().max_candidates,
+        )?;
+        let model = self.model().ok_or(EngineError::NoModel)?;
+        let candidates = model.resolve(&req.candidates);
+        let rx = self.submit(deadline, |reply| Job::Score {
+            req,
+            candidates,
+            reply,
+        })?;
+        wait(rx, deadline).await
+    }
+
+    pub async fn get_session(
+        &self,
+        session_id: String,
+        deadline: Option<Instant>,
+    ) -> Result<SessionSnapshot, EngineError> {
+        self.validate_session_id(&session_id)?;
+        let rx = self.submit(deadline, |reply| Job::GetSession { session_id, reply })?;
+        wait(rx, deadline).await
+    }
+
+    /// Forgets a session; Ok(true) if it existed.
+    pub async fn delete_session(
+        &self,
+        session_id: String,
+        deadline: Option<Instant>,
+    ) -> Result<bool, EngineError> {
+        self.validate_session_id(&session_id)?;
+        let rx = self.submit(deadline, |reply| Job::DeleteSession { session_id, reply })?;
+        wait(rx, deadline).await
+    }
+
+    /// Uploads a model, warms up every batch shape and swaps it in; requests keep being served by
+    /// the old model meanwhile. Control messages bypass the queue bound: a reload must not be shed.
+    pub async fn install(
+        &self,
+        weights: ModelWeights,
+        mut view: ModelView,
+    ) -> Result<Arc<ModelView>, EngineError> {
+        view.generation = self
+            .inner
+            .shared
+            .next_generation
+            .fetch_add(1, Ordering::Relaxed);
+        view.device = self.inner.device.clone();
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Install(Box::new(Install {
+                weights,
+                view,
+                reply,
+            })))
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    /// Answers every request already queued, then stops the batcher thread and waits for it.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.tx.send(Msg::Stop);
+        let thread = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    fn submit<T>(
+        &self,
+        deadline: Option<Instant>,
+        job: impl FnOnce(Reply<T>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<T, EngineError>>, EngineError> {
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(EngineError::DeadlineExceeded);
+        }
+        let shared = &self.inner.shared;
+        let capacity = self.inner.config.queue_capacity;
+        // The queue-depth gauge is the admission counter itself, so the metric is never stale.
+        let queued = shared.metrics.queue_depth.fetch_add(1, Ordering::AcqRel) as usize;
+        if queued >= capacity {
+            shared.metrics.queue_depth.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::Overloaded {
+                queued,
+                capacity,
+                retry_after_ms: self.retry_after_ms(),
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Job(Envelope {
+            deadline,
+            job: job(reply),
+        });
+        if self.inner.tx.send(msg).is_err() {
+            shared.metrics.queue_depth.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(rx)
+    }
+
+    /// About the time the batcher needs to drain a full queue.
+    fn retry_after_ms(&self) -> u64 {
+        let c = &self.inner.config;
+        let per_batch = self
+            .inner
+            .shared
+            .batch_micros
+            .load(Ordering::Relaxed)
+            .max(c.max_wait.as_micros() as u64)
+            .max(100);
+        let batches = c.queue_capacity.div_ceil(c.max_batch) as u64;
+        (batches * per_batch / 1000).clamp(1, 10_000)
+    }
+}
+
+fn check_count(what: &'static str, got: usize, max: usize) -> Result<(), EngineError> {
+    if got > max {
+        Err(EngineError::TooMany { what, got, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn unknown_inline(model: &ModelView, ids: &[String], items: &[Option<u32>]) -> EngineError {
+    let ids = ids
+        .iter()
+        .zip(items)
+        .filter(|(_, i)| i.is_none())
+        .map(|(id, _)| id.clone())
+        .take(10)
+        .collect();
+    EngineError::UnknownInlineItems {
+        ids,
+        version: model.version.clone(),
+    }
+}
+
+async fn wait<T>(
+    rx: oneshot::Receiver<Result<T, EngineError>>,
+    deadline: Option<Instant>,
+) -> Result<T, EngineError> {
+    let answer = match deadline {
+        // Dropping `rx` on timeout closes the oneshot, so the batcher skips the job if not yet run.
+        Some(d) => tokio::time::timeout_at(d.into(), rx)
+            .await
+            .map_err(|_| EngineError::DeadlineExceeded)?,
+        None => rx.await,
+    };
+    answer.unwrap_or(Err(EngineError::ShuttingDown))
+}

@@ -1,0 +1,319 @@
+//! The session store (the speed layer's bookkeeping): session id → state-table slot, recent items,
+//! event count and times, with LRU eviction by capacity and expiry by TTL.
+//!
+//! It is owned by the batcher thread, like the backend, so the hot path takes no lock. The slot of a
+//! session is its index in `entries`: the store is a slab with an intrusive doubly linked LRU list, so
+//! every operation is O(1) and the state table on the device needs no separate allocator.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NIL: u32 = u32::MAX;
+
+/// One session's bookkeeping (its hidden state lives on the backend at the same slot).
+#[derive(Debug)]
+pub struct Entry {
+    key: Option<Arc<str>>,
+    prev: u32,
+    next: u32,
+    /// Item indices under the serving model, oldest first, at most `history` long.
+    pub recent: VecDeque<u32>,
+    /// Events applied so far.
+    pub events: u64,
+    /// Time of the last event (the client's timestamp when it sent one), Unix epoch ms.
+    pub last_seen_ms: i64,
+    /// Version of the model whose GRU step produced the current hidden state.
+    pub state_version: Option<Arc<str>>,
+    /// Server time of the last use (event or query): LRU order and TTL.
+    touched: Instant,
+}
+
+/// Why a session left the store without being deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    Capacity = 0,
+    Ttl = 1,
+}
+
+pub struct SessionStore {
+    index: HashMap<Arc<str>, u32>,
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used: the next to evict.
+    tail: u32,
+    ttl: Duration,
+    history: usize,
+    evicted_capacity: u64,
+    evicted_ttl: u64,
+}
+
+impl SessionStore {
+    pub fn new(capacity: usize, ttl: Duration, history: usize, now: Instant) -> Self {
+        let entries = (0..capacity)
+            .map(|_| Entry {
+                key: None,
+                prev: NIL,
+                next: NIL,
+                recent: VecDeque::new(),
+                events: 0,
+                last_seen_ms: 0,
+                state_version: None,
+                touched: now,
+            })
+            .collect();
+        SessionStore {
+            index: HashMap::new(),
+            entries,
+            // Reversed so that slots are handed out from 0 upwards.
+            free: (0..capacity as u32).rev().collect(),
+            head: NIL,
+            tail: NIL,
+            ttl,
+            history,
+            evicted_capacity: 0,
+            evicted_ttl: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Sessions evicted so far, by cause.
+    pub fn evictions(&self) -> (u64, u64) {
+        (self.evicted_capacity, self.evicted_ttl)
+    }
+
+    /// The slot of a live session, marking it used. An expired session is removed and reported
+    /// missing (the periodic sweep may not have reached it yet).
+    pub fn get(&mut self, key: &str, now: Instant) -> Option<u32> {
+        let slot = *self.index.get(key)?;
+        if self.expired(slot, now) {
+            self.unlink_and_free(slot);
+            self.evicted_ttl += 1;
+            return None;
+        }
+        self.touch(slot, now);
+        Some(slot)
+    }
+
+    /// The slot of a live session without marking it used (GetSession is not a use).
+    pub fn peek(&mut self, key: &str, now: Instant) -> Option<u32> {
+        let slot = *self.index.get(key)?;
+        if self.expired(slot, now) {
+            self.unlink_and_free(slot);
+            self.evicted_ttl += 1;
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Creates a session (the caller has checked it does not exist) and returns its slot, evicting
+    /// the least recently used session when the store is full. The slot's state must be reset.
+    pub fn insert(&mut self, key: &str, now: Instant) -> (u32, Option<Eviction>) {
+        let mut evicted = None;
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let victim = self.tail;
+                debug_assert_ne!(victim, NIL, "a full store has a tail");
+                let cause = if self.expired(victim, now) {
+                    self.evicted_ttl += 1;
+                    Eviction::Ttl
+                } else {
+                    self.evicted_capacity += 1;
+                    Eviction::Capacity
+                };
+                evicted = Some(cause);
+                self.unlink_and_free(victim);
+                self.free.pop().expect("just freed")
+            }
+        };
+        let key: Arc<str> = Arc::from(key);
+        let e = &mut self.entries[slot as usize];
+        e.key = Some(key.clone());
+        e.recent.clear();
+        e.events = 0;
+        e.last_seen_ms = 0;
+        e.state_version = None;
+        e.touched = now;
+        self.index.insert(key, slot);
+        self.push_front(slot);
+        (slot, evicted)
+    }
+
+    /// Forgets a session; true if it existed.
+    pub fn remove(&mut self, key: &str) -> bool {
+        match self.index.get(key) {
+            Some(&slot) => {
+                self.unlink_and_free(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets whichever session holds `slot` (after a failed state update).
+    pub fn remove_slot(&mut self, slot: u32) {
+        if self.entries[slot as usize].key.is_some() {
+            self.unlink_and_free(slot);
+        }
+    }
+
+    /// Removes every session unused for longer than the TTL; returns how many.
+    pub fn sweep(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while self.tail != NIL && self.expired(self.tail, now) {
+            self.unlink_and_free(self.tail);
+            n += 1;
+        }
+        self.evicted_ttl += n as u64;
+        n
+    }
+
+    pub fn entry(&self, slot: u32) -> &Entry {
+        &self.entries[slot as usize]
+    }
+
+    /// Records one applied event on `slot`.
+    pub fn record_event(&mut self, slot: u32, item: u32, at_ms: i64, version: &Arc<str>) {
+        let history = self.history;
+        let e = &mut self.entries[slot as usize];
+        if history > 0 {
+            if e.recent.len() == history {
+                e.recent.pop_front();
+            }
+            e.recent.push_back(item);
+        }
+        e.events += 1;
+        e.last_seen_ms = at_ms;
+        if e.state_version.as_ref() != Some(version) {
+            e.state_version = Some(version.clone());
+        }
+    }
+
+    /// Every live session's entry (for remapping item indices after a model swap).
+    pub fn live_entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.entries.iter_mut().filter(|e| e.key.is_some())
+    }
+
+    fn expired(&self, slot: u32, now: Instant) -> bool {
+        now.saturating_duration_since(self.entries[slot as usize].touched) > self.ttl
+    }
+
+    fn touch(&mut self, slot: u32, now: Instant) {
+        self.entries[slot as usize].touched = now;
+        if self.head != slot {
+            self.unlink(slot);
+            self.push_front(slot);
+        }
+    }
+
+    fn unlink_and_free(&mut self, slot: u32) {
+        self.unlink(slot);
+        let e = &mut self.entries[slot as usize];
+        if let Some(key) = e.key.take() {
+            self.index.remove(&key);
+        }
+        e.recent = VecDeque::new();
+        e.state_version = None;
+        self.free.push(slot);
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (prev, next) = {
+            let e = &self.entries[slot as usize];
+            (e.prev, e.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.entries[next as usize].prev = prev;
+        }
+        let e = &mut self.entries[slot as usize];
+        e.prev = NIL;
+        e.next = NIL;
+    }
+
+    fn push_front(&mut self, slot: u32) {
+        let old = self.head;
+        {
+            let e = &mut self.entries[slot as usize];
+            e.prev = NIL;
+            e.next = old;
+        }
+        if old == NIL {
+            self.tail = slot;
+        } else {
+            self.entries[old as usize].prev = slot;
+        }
+        self.head = slot;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(cap: usize) -> (SessionStore, Instant) {
+        let t0 = Instant::now();
+        (SessionStore::new(cap, Duration::from_secs(10), 3, t0), t0)
+    }
+
+    #[test]
+    fn capacity_evicts_the_least_recently_used() {
+        let (mut s, t0) = store(2);
+        let (a, ev) = s.insert("a", t0);
+        assert_eq!((a, ev), (0, None));
+        let (b, _) = s.insert("b", t0);
+        assert_eq!(b, 1);
+        // Using "a" makes "b" the least recently used.
+        assert_eq!(s.get("a", t0), Some(a));
+        let (c, ev) = s.insert("c", t0);
+        assert_eq!((c, ev), (b, Some(Eviction::Capacity)));
+        assert_eq!(s.get("b", t0), None);
+        assert_eq!(s.get("a", t0), Some(a));
+        assert_eq!(s.evictions(), (1, 0));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn ttl_expires_on_access_and_on_sweep() {
+        let (mut s, t0) = store(4);
+        s.insert("a", t0);
+        s.insert("b", t0 + Duration::from_secs(5));
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(s.sweep(later), 1);
+        assert_eq!(s.peek("a", later), None);
+        assert!(s.peek("b", later).is_some());
+        assert_eq!(s.get("b", t0 + Duration::from_secs(16)), None);
+        assert_eq!(s.evictions(), (0, 2));
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn history_is_a_ring_and_remove_frees_the_slot() {
+        let (mut s, t0) = store(1);
+        let (slot, _) = s.insert("a", t0);
+        let v: Arc<str> = Arc::from("v1");
+        for item in 1..=5 {
+            s.record_event(slot, item, 100 + i64::from(item), &v);
+        }
+        let e = s.entry(slot);
+        assert_eq!(e.recent.iter().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!((e.events, e.last_seen_ms), (5, 105));
+        assert!(s.remove("a"));
+        assert!(!s.remove("a"));
+        let (again, ev) = s.insert("b", t0);
+        assert_eq!((again, ev), (slot, None));
+        assert_eq!(s.entry(again).events, 0);
+    }
+}

@@ -1,0 +1,216 @@
+//! The engine's vocabulary: the served model's view, requests and answers, errors, and the messages
+//! the handle sends to the batcher thread.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lambdarec_kernels::{BackendError, Dtype, ModelWeights, Scored};
+use lambdarec_trainer::data::ItemVocab;
+use tokio::sync::oneshot;
+
+/// A model version as the engine serves it: what handlers need to resolve and name items.
+#[derive(Debug)]
+pub struct ModelView {
+    /// Increases with every install; item indices resolved under one generation are valid only in it.
+    pub generation: u64,
+    pub name: String,
+    pub version: Arc<str>,
+    pub store: String,
+    pub vocab: ItemVocab,
+    pub hidden: usize,
+    pub dtype: Dtype,
+    pub device: String,
+    /// The bundle's manifest as JSON.
+    pub manifest_json: String,
+}
+
+impl ModelView {
+    pub fn n_items(&self) -> usize {
+        self.vocab.len()
+    }
+
+    /// External id of item index `i`.
+    pub fn item_id(&self, i: u32) -> &str {
+        &self.vocab.ids[i as usize]
+    }
+
+    pub(super) fn resolve(&self, ids: &[String]) -> Resolved {
+        Resolved {
+            generation: self.generation,
+            items: ids.iter().map(|id| self.vocab.index(id)).collect(),
+        }
+    }
+}
+
+/// Item ids resolved to indices under one model generation (None: unknown to that model). The
+/// batcher resolves again if a different model is serving when the request is executed.
+#[derive(Debug)]
+pub(super) struct Resolved {
+    pub(super) generation: u64,
+    pub(super) items: Vec<Option<u32>>,
+}
+
+impl Resolved {
+    pub(super) fn under(self, view: &ModelView, ids: &[String]) -> Vec<Option<u32>> {
+        if self.generation == view.generation {
+            self.items
+        } else {
+            view.resolve(ids).items
+        }
+    }
+}
+
+/// Why a request was not served. Mapped to gRPC codes in `status.rs` only.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("session_id is empty")]
+    EmptySessionId,
+    #[error("session_id is {len} bytes long; the limit is {max}")]
+    SessionIdTooLong { len: usize, max: usize },
+    #[error("{what}: {got} given; the limit is {max}")]
+    TooMany {
+        what: &'static str,
+        got: usize,
+        max: usize,
+    },
+    #[error(
+        "inline_events has item ids the model {version} does not know: {ids:?}; nothing was applied"
+    )]
+    UnknownInlineItems { ids: Vec<String>, version: Arc<str> },
+    #[error("item {id:?} is not in the catalogue of model {version}")]
+    UnknownItem { id: String, version: Arc<str> },
+    #[error("session {0:?} not found (never seen, expired or deleted)")]
+    SessionNotFound(String),
+    #[error(
+        "overloaded: {queued} requests are queued (capacity {capacity}); retry in {retry_after_ms} ms"
+    )]
+    Overloaded {
+        queued: usize,
+        capacity: usize,
+        retry_after_ms: u64,
+    },
+    #[error("deadline exceeded before the request was served")]
+    DeadlineExceeded,
+    #[error("no model is loaded yet")]
+    NoModel,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("model install superseded by a newer one")]
+    Superseded,
+    #[error("compute backend failed: {0}")]
+    Backend(String),
+}
+
+impl From<BackendError> for EngineError {
+    fn from(e: BackendError) -> Self {
+        EngineError::Backend(e.to_string())
+    }
+}
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// One click to apply.
+#[derive(Clone, Debug)]
+pub struct EventRequest {
+    pub session_id: String,
+    pub item_id: String,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// The outcome of one event: `applied` is `Err` for a rejected event (the session is unchanged).
+#[derive(Debug)]
+pub struct EventOutcome {
+    pub applied: Result<(), EngineError>,
+    /// Events applied to the session so far (0 for a rejected event on a missing session).
+    pub session_events: u64,
+    pub model_version: Arc<str>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecommendRequest {
+    pub session_id: String,
+    /// Already defaulted and capped by the caller's conversion (see `Limits`).
+    pub k: usize,
+    pub exclude_items: Vec<String>,
+    pub exclude_seen: bool,
+    pub inline_events: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Recommendation {
+    pub items: Vec<Scored>,
+    pub model: Arc<ModelView>,
+    pub session_events: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ScoreRequest {
+    pub session_id: String,
+    pub candidates: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct ScoreOutcome {
+    /// The request's candidates, handed back so the caller can name unknown ones without a copy.
+    pub candidates: Vec<String>,
+    /// Per candidate, its index (None: unknown).
+    pub items: Vec<Option<u32>>,
+    /// Scores of the known candidates, in request order.
+    pub scores: Vec<f32>,
+    pub model: Arc<ModelView>,
+}
+
+#[derive(Debug)]
+pub struct SessionSnapshot {
+    pub events: u64,
+    /// Item indices under `model`, oldest first.
+    pub recent: Vec<u32>,
+    pub last_seen_ms: i64,
+    pub state_version: Option<Arc<str>>,
+    pub model: Arc<ModelView>,
+}
+
+pub(super) enum Job {
+    Event {
+        req: EventRequest,
+        item: Resolved,
+        reply: Reply<EventOutcome>,
+    },
+    Recommend {
+        req: RecommendRequest,
+        exclude: Resolved,
+        inline: Resolved,
+        reply: Reply<Recommendation>,
+    },
+    Score {
+        req: ScoreRequest,
+        candidates: Resolved,
+        reply: Reply<ScoreOutcome>,
+    },
+    GetSession {
+        session_id: String,
+        reply: Reply<SessionSnapshot>,
+    },
+    DeleteSession {
+        session_id: String,
+        reply: Reply<bool>,
+    },
+}
+
+pub(super) struct Envelope {
+    pub(super) deadline: Option<Instant>,
+    pub(super) job: Job,
+}
+
+/// A model to upload, warm up and swap in.
+pub(super) struct Install {
+    pub(super) weights: ModelWeights,
+    pub(super) view: ModelView,
+    pub(super) reply: Reply<Arc<ModelView>>,
+}
+
+pub(super) enum Msg {
+    Job(Envelope),
+    Install(Box<Install>),
+    Stop,
+}

@@ -1,0 +1,16 @@
+//! lambdarec serving and speed layer: the `lambdarec.v1.Recommender` gRPC service over a dynamic
+//! batcher that owns the compute backend and the session store, with a model registry that hot-reloads
+//! bundles. A library so that tests and benches run the real service in-process.
+
+pub mod config;
+mod convert;
+pub mod device;
+pub mod engine;
+pub mod metrics;
+pub mod registry;
+mod server;
+mod service;
+pub mod status;
+
+pub use config::{DeviceChoice, Limits, ServeConfig};
+pub use server::{RunningServer, ServeError, start, start_with_backend};

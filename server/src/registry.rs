@@ -1,0 +1,310 @@
+//! The model registry: loads bundles from the store exactly as the evaluator does
+//! (`trainer::pipeline::load_model`, checksums verified by the store), hands them to the engine to be
+//! warmed up and swapped in, watches LATEST, and remembers recent failures for ModelInfo.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lambdarec_kernels::Dtype;
+use lambdarec_proto::bundle::{BundleError, Store, format_rfc3339_ms, now_unix_ms};
+use lambdarec_proto::v1::recommender_server::SERVICE_NAME;
+use lambdarec_trainer::TrainError;
+use lambdarec_trainer::pipeline::load_model;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{error, info};
+
+use crate::engine::{Engine, EngineError, ModelView};
+use crate::metrics::Metrics;
+
+/// Why a bundle could not be served. The old model keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("model {model:?} has no LATEST in {store}")]
+    NoLatest { model: String, store: String },
+    #[error("cannot read LATEST of model {model:?}: {source}")]
+    Latest {
+        model: String,
+        #[source]
+        source: BundleError,
+    },
+    #[error("cannot load version {version} of model {model:?}: {source}")]
+    Load {
+        model: String,
+        version: String,
+        #[source]
+        source: Box<TrainError>,
+    },
+    #[error("loading version {version} crashed: {reason}")]
+    LoadCrashed { version: String, reason: String },
+    #[error("cannot install version {version}: {source}")]
+    Install {
+        version: String,
+        #[source]
+        source: EngineError,
+    },
+}
+
+/// One failed load, as ModelInfo reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadFailure {
+    /// Empty when LATEST itself could not be read.
+    pub version: String,
+    pub error: String,
+    /// RFC 3339 UTC.
+    pub at: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReloadOutcome {
+    pub version: Arc<str>,
+    pub changed: bool,
+}
+
+#[derive(Default)]
+struct State {
+    failures: VecDeque<LoadFailure>,
+    /// The poller does not retry a version that failed until LATEST moves (Reload still does).
+    last_failed: Option<String>,
+    loaded_at: String,
+}
+
+pub struct Registry {
+    store: String,
+    model: String,
+    dtype: Dtype,
+    failures_kept: usize,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    health: HealthReporter,
+    /// One load at a time: a Reload during a poll waits for it rather than loading twice.
+    reload_lock: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+}
+
+impl Registry {
+    pub fn new(
+        store: String,
+        model: String,
+        dtype: Dtype,
+        failures_kept: usize,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        health: HealthReporter,
+    ) -> Self {
+        Registry {
+            store,
+            model,
+            dtype,
+            failures_kept,
+            engine,
+            metrics,
+            health,
+            reload_lock: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn store_url(&self) -> &str {
+        &self.store
+    }
+
+    /// The serving model and when it was swapped in (RFC 3339).
+    pub fn serving(&self) -> Option<(Arc<ModelView>, String)> {
+        let view = self.engine.model()?;
+        Some((view, self.lock().loaded_at.clone()))
+    }
+
+    /// Recent load failures, oldest first.
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        self.lock().failures.iter().cloned().collect()
+    }
+
+    /// Loads `version` (None: the one LATEST names) unless it is already serving.
+    pub async fn reload(&self, version: Option<&str>) -> Result<ReloadOutcome, RegistryError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let target = match version {
+            Some(v) => v.to_string(),
+            None => match self.latest().await {
+                Ok(v) => v,
+                Err(e) => return Err(self.failed("", e)),
+            },
+        };
+        if let Some(current) = self.engine.model()
+            && *current.version == *target
+        {
+            return Ok(ReloadOutcome {
+                version: current.version.clone(),
+                changed: false,
+            });
+        }
+        match self.load(&target).await {
+            Ok(view) => {
+                {
+                    let mut st = self.lock();
+                    st.loaded_at = format_rfc3339_ms(now_unix_ms());
+                    st.last_failed = None;
+                }
+                self.metrics.set_model_version(&view.version);
+                self.health
+                    .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+                    .await;
+                self.health
+                    .set_service_status("", ServingStatus::Serving)
+                    .await;
+                info!(
+                    model = %view.name, version = %view.version, items = view.n_items(), hidden = view.hidden,
+                    device = %view.device, dtype = %view.dtype, store = %view.store, "serving model"
+                );
+                Ok(ReloadOutcome {
+                    version: view.version.clone(),
+                    changed: true,
+                })
+            }
+            Err(e) => Err(self.failed(&target, e)),
+        }
+    }
+
+    /// Checks LATEST every `every` and loads a new version when it moves.
+    pub fn spawn_poller(self: &Arc<Self>, every: Duration) -> JoinHandle<()> {
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                registry.poll_once().await;
+            }
+        })
+    }
+
+    async fn poll_once(&self) {
+        let latest = match self.latest().await {
+            Ok(v) => v,
+            Err(e) => {
+                let message = error_chain(&e);
+                let repeat = self
+                    .lock()
+                    .failures
+                    .back()
+                    .is_some_and(|f| f.version.is_empty() && f.error == message);
+                if !repeat {
+                    self.failed("", e);
+                }
+                return;
+            }
+        };
+        let serving = self.engine.model().map(|m| m.version.clone());
+        if serving.as_deref() == Some(latest.as_str())
+            || self.lock().last_failed.as_deref() == Some(latest.as_str())
+        {
+            return;
+        }
+        info!(version = %latest, "LATEST moved; loading");
+        // A failure is logged and recorded by `reload`.
+        let _ = self.reload(Some(&latest)).await;
+    }
+
+    async fn latest(&self) -> Result<String, RegistryError> {
+        let model = self.model.clone();
+        let latest = match Store::open(&self.store) {
+            Ok(store) => store.latest_version(&model).await,
+            Err(e) => Err(e),
+        };
+        match latest {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(RegistryError::NoLatest {
+                model,
+                store: self.store.clone(),
+            }),
+            Err(source) => Err(RegistryError::Latest { model, source }),
+        }
+    }
+
+    async fn load(&self, version: &str) -> Result<Arc<ModelView>, RegistryError> {
+        let (store, model, v) = (self.store.clone(), self.model.clone(), version.to_string());
+        // Reading and verifying a bundle hashes and decodes every byte of it: run it off the async
+        // workers so that serving latency does not suffer during a reload.
+        let handle = tokio::runtime::Handle::current();
+        let loaded = tokio::task::spawn_blocking(move || {
+            handle
+                .block_on(load_model(&store, &model, Some(&v)))
+                .map_err(Box::new)
+        })
+        .await
+        .map_err(|e| RegistryError::LoadCrashed {
+            version: version.to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(|source| RegistryError::Load {
+            model: self.model.clone(),
+            version: version.to_string(),
+            source,
+        })?;
+        let manifest_json =
+            serde_json::to_string_pretty(&loaded.bundle.manifest).unwrap_or_default();
+        let m = &loaded.bundle.manifest;
+        let view = ModelView {
+            generation: 0,
+            name: m.name.clone(),
+            version: Arc::from(m.version.as_str()),
+            store: self.store.clone(),
+            vocab: loaded.vocab,
+            hidden: loaded.weights.hidden,
+            dtype: self.dtype,
+            device: String::new(),
+            manifest_json,
+        };
+        self.engine
+            .install(loaded.weights, view)
+            .await
+            .map_err(|source| RegistryError::Install {
+                version: version.to_string(),
+                source,
+            })
+    }
+
+    /// Logs, counts and remembers a failure; returns it.
+    fn failed(&self, version: &str, e: RegistryError) -> RegistryError {
+        let message = error_chain(&e);
+        error!(model = %self.model, version, error = %message, "model load failed; the serving model (if any) keeps serving");
+        self.metrics
+            .load_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut st = self.lock();
+        if !version.is_empty() {
+            st.last_failed = Some(version.to_string());
+        }
+        st.failures.push_back(LoadFailure {
+            version: version.to_string(),
+            error: message,
+            at: format_rfc3339_ms(now_unix_ms()),
+        });
+        while st.failures.len() > self.failures_kept {
+            st.failures.pop_front();
+        }
+        e
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The error and its causes, skipping causes whose text the message above already includes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,227 @@
+//! Assembles and runs the server: engine, registry (initial load, LATEST poller), the Recommender
+//! service with grpc.health.v1 and reflection, the metrics endpoint, and a graceful shutdown that
+//! answers in-flight work before the batcher stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lambdarec_kernels::Backend;
+use lambdarec_proto::FILE_DESCRIPTOR_SET;
+use lambdarec_proto::v1::recommender_server::{RecommenderServer, SERVICE_NAME};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::config::ServeConfig;
+use crate::device::{DeviceError, open_backend};
+use crate::engine::Engine;
+use crate::metrics::{self, Metrics};
+use crate::registry::{Registry, error_chain};
+use crate::service::RecommenderService;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC server task failed: {0}")]
+    Task(String),
+}
+
+/// A started server. Dropping it without `shutdown` leaves the tasks running until the runtime ends.
+pub struct RunningServer {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
+    engine: Engine,
+    registry: Arc<Registry>,
+}
+
+/// Starts everything on the backend `config.device` selects and returns once the gRPC port is bound.
+/// A model that fails to load at startup is logged and reported (health NOT_SERVING, ModelInfo
+/// failures); a later Reload or poll can fix it.
+pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+    let (device, threads) = (config.device, config.threads);
+    start_with_backend(config, move || open_backend(device, threads)).await
+}
+
+/// As [`start`], with the backend made by `open` (on the batcher thread) instead of `config.device`:
+/// for embedding the server with another `Backend` implementation, e.g. an instrumented one in tests.
+pub async fn start_with_backend(
+    config: ServeConfig,
+    open: impl FnOnce() -> Result<Box<dyn Backend>, DeviceError> + Send + 'static,
+) -> Result<RunningServer, ServeError> {
+    config.validate().map_err(ServeError::Config)?;
+    let metrics = Arc::new(Metrics::default());
+    let engine = Engine::start((&config).into(), open, metrics.clone())?;
+    info!(
+        device = engine.device(),
+        dtype = %config.dtype,
+        max_sessions = config.max_sessions,
+        max_batch = config.max_batch,
+        max_wait_us = config.max_wait.as_micros() as u64,
+        queue_capacity = config.queue_capacity,
+        "engine started"
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    let registry = Arc::new(Registry::new(
+        config.store.clone(),
+        config.model.clone(),
+        config.dtype,
+        config.limits.failures_kept,
+        engine.clone(),
+        metrics.clone(),
+        health,
+    ));
+    if let Err(e) = registry.reload(None).await {
+        warn!(error = %error_chain(&e), "no model at startup: health is NOT_SERVING until Reload or the LATEST poller loads one");
+    }
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let bind = |addr, source| ServeError::Bind { addr, source };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| bind(config.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| bind(config.listen, e))?;
+
+    let mut background = Vec::new();
+    let metrics_addr = match config.metrics_listen {
+        Some(at) => {
+            let l = metrics::bind(at).await.map_err(|e| bind(at, e))?;
+            let bound = l.local_addr().map_err(|e| bind(at, e))?;
+            background.push(tokio::spawn(metrics::serve_metrics(l, metrics.clone())));
+            info!(addr = %bound, "metrics at http://{bound}/metrics");
+            Some(bound)
+        }
+        None => None,
+    };
+    if let Some(every) = config.poll_interval {
+        background.push(registry.spawn_poller(every));
+    }
+
+    let (stop, stop_rx) = watch::channel(false);
+    let service =
+        RecommenderService::new(engine.clone(), registry.clone(), metrics, stop_rx.clone());
+    let recommender =
+        RecommenderServer::new(service).max_decoding_message_size(config.limits.max_message_bytes);
+    let mut shutdown_signal = stop_rx;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(
+        Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(recommender)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = shutdown_signal.wait_for(|stopping| *stopping).await;
+            }),
+    );
+    info!(%addr, "listening: lambdarec.v1.Recommender, grpc.health.v1.Health, server reflection");
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        stop,
+        server,
+        background,
+        engine,
+        registry,
+    })
+}
+
+impl RunningServer {
+    /// The bound gRPC address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound metrics address, if metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The registry (to reload from the embedding process, e.g. in tests).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Stops accepting, lets in-flight RPCs finish (event streams stop reading and answer what they
+    /// accepted), then stops the batcher.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        let served = self.server.await;
+        for task in &self.background {
+            task.abort();
+        }
+        self.engine.shutdown().await;
+        info!("server stopped");
+        served
+            .map_err(|e| ServeError::Task(e.to_string()))?
+            .map_err(ServeError::from)
+    }
+
+    /// Serves until ctrl-c or SIGTERM (or until the server fails), then shuts down gracefully.
+    pub async fn run_until_signal(mut self) -> Result<(), ServeError> {
+        tokio::select! {
+            () = termination() => {
+                info!("shutdown signal received; draining in-flight requests");
+                self.shutdown().await
+            }
+            ended = &mut self.server => {
+                self.engine.shutdown().await;
+                ended.map_err(|e| ServeError::Task(e.to_string()))?.map_err(ServeError::from)
+            }
+        }
+    }
+}
+
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,211 @@
+//! Shared fixtures of the server_* tests: one small GRU4Rec bundle trained once per test binary, fresh
+//! in-memory stores holding it, a loopback server config, and the offline reference (the CPU backend
+//! driven exactly like `trainer::eval::evaluate_model`).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use lambdarec_kernels::{
+    Backend, CpuBackend, Dtype, Event, ModelId, ModelWeights, ScoreQuery, Scored, TopKQuery,
+};
+use lambdarec_proto::bundle::{Bundle, Store, Tensor};
+use lambdarec_proto::v1::recommender_client::RecommenderClient;
+use lambdarec_server::{DeviceChoice, ServeConfig};
+use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
+use lambdarec_trainer::data::{PrepareOptions, ReadOptions};
+use lambdarec_trainer::pipeline::{EvalOptions, TrainJob, load_model, run_train};
+use lambdarec_trainer::train::TrainConfig;
+use tonic::transport::Channel;
+
+pub const MODEL: &str = "srv";
+
+/// The trained model and the test sessions it was evaluated on.
+pub struct Base {
+    pub bundle: Bundle,
+    pub weights: ModelWeights,
+    /// Item index → external id.
+    pub ids: Vec<String>,
+    /// Test sessions as item indices.
+    pub sessions: Vec<Vec<u32>>,
+}
+
+/// Trains once per process (hidden 24, one epoch, 64 sampled negatives: a few seconds).
+pub fn base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
+    BASE.get_or_init(|| {
+        // Its own thread and runtime: the caller may be inside a test's runtime.
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(train_base())
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+async fn train_base() -> Base {
+    let dir = tempfile::tempdir().unwrap();
+    let log = generate(&SyntheticOptions {
+        n_items: 300,
+        n_sessions: 2_000,
+        seed: 7,
+        ..SyntheticOptions::default()
+    });
+    let path = dir.path().join("synthetic.tsv");
+    write_tsv(&log, &path).unwrap();
+    let store = format!("memory://server-base-{}", std::process::id());
+    let job = TrainJob {
+        train_path: Some(path),
+        test_path: None,
+        read: ReadOptions::default(),
+        prepare: PrepareOptions::default(),
+        config: TrainConfig {
+            hidden: 24,
+            epochs: 1,
+            n_sample: 64,
+            seed: 3,
+            ..TrainConfig::default()
+        },
+        eval: EvalOptions {
+            threads: Some(1),
+            ..EvalOptions::default()
+        },
+        store: store.clone(),
+        model_name: MODEL.to_string(),
+    };
+    let out = run_train(&job, |_, _, _| {}, |_| {}).await.unwrap();
+    let loaded = load_model(&store, MODEL, None).await.unwrap();
+    let test = &out.dataset.test;
+    let sessions = (0..test.len())
+        .map(|i| test.session(i).to_vec())
+        .filter(|s| s.len() >= 2)
+        .collect();
+    Base {
+        bundle: loaded.bundle,
+        weights: loaded.weights,
+        ids: loaded.vocab.ids.clone(),
+        sessions,
+    }
+}
+
+/// A new in-memory store named after `tag` holding the base bundle as its LATEST; returns (url, version).
+pub async fn fresh_store(tag: &str) -> (String, String) {
+    let url = format!("memory://server-{tag}-{}", std::process::id());
+    let version = publish(&url, base().bundle.clone()).await;
+    (url, version)
+}
+
+/// Writes `bundle` as a new version (and LATEST) of the test model.
+pub async fn publish(url: &str, mut bundle: Bundle) -> String {
+    Store::open(url)
+        .unwrap()
+        .write_bundle(MODEL, &mut bundle)
+        .await
+        .unwrap()
+}
+
+/// The base bundle with other weights (dims taken from `w`).
+pub fn bundle_with(w: &ModelWeights) -> Bundle {
+    let mut b = base().bundle.clone();
+    let (n, e, h) = (w.n_items, w.embed_dim, w.hidden);
+    b.tensors.clear();
+    let mut put = |name: &str, shape: Vec<usize>, data: &[f32]| {
+        b.tensors.insert(
+            name.to_string(),
+            Tensor {
+                shape,
+                data: data.to_vec(),
+            },
+        );
+    };
+    put("gru.w_ih", vec![3 * h, e], &w.w_ih);
+    put("gru.w_hh", vec![3 * h, h], &w.w_hh);
+    put("gru.b_ih", vec![3 * h], &w.b_ih);
+    put("gru.b_hh", vec![3 * h], &w.b_hh);
+    put("item_out", vec![n, h], &w.item_out);
+    put("item_bias", vec![n], &w.item_bias);
+    if let Some(t) = &w.item_in {
+        put("item_in", vec![n, e], t);
+    }
+    b.manifest.dims.hidden = h as u32;
+    b.manifest.dims.embed_dim = e as u32;
+    b.manifest.dims.tied_embedding = w.item_in.is_none();
+    b
+}
+
+/// A loopback server on a free port, CPU backend with one thread, no polling.
+pub fn config(store: &str) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: store.to_string(),
+        model: MODEL.to_string(),
+        device: DeviceChoice::Cpu,
+        threads: Some(1),
+        max_sessions: 1000,
+        poll_interval: None,
+        ..ServeConfig::default()
+    }
+}
+
+pub async fn client(addr: std::net::SocketAddr) -> RecommenderClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    RecommenderClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
+/// The offline evaluator's call sequence on the CPU backend: reset the slot, one `gru_step` per
+/// event, `top_k` without exclusions.
+pub struct Offline {
+    backend: CpuBackend,
+    model: ModelId,
+}
+
+impl Offline {
+    pub fn new(w: &ModelWeights) -> Self {
+        let mut backend = CpuBackend::new(Some(1)).unwrap();
+        let model = backend.upload_model(w, Dtype::F32).unwrap();
+        backend.alloc_states(1, w.hidden).unwrap();
+        Offline { backend, model }
+    }
+
+    /// Feeds a session from a zero state.
+    pub fn session(&mut self, items: &[u32]) {
+        self.backend.reset_states(&[0]).unwrap();
+        for &item in items {
+            self.backend
+                .gru_step(self.model, &[Event { slot: 0, item }])
+                .unwrap();
+        }
+    }
+
+    pub fn top_k(&mut self, k: usize) -> Vec<Scored> {
+        let q = TopKQuery {
+            slot: 0,
+            k,
+            exclude: &[],
+        };
+        self.backend.top_k(self.model, &[q]).unwrap().remove(0)
+    }
+
+    pub fn score(&mut self, candidates: &[u32]) -> Vec<f32> {
+        let q = ScoreQuery {
+            slot: 0,
+            candidates,
+        };
+        self.backend.score(self.model, &[q]).unwrap().remove(0)
+    }
+}
+
+/// Within 1e-4 relative (absolute near zero).
+pub fn assert_close(got: f32, want: f32, what: &str) {
+    let tol = 1e-4 * want.abs().max(1.0);
+    assert!((got - want).abs() <= tol, "{what}: got {got}, want {want}");
+}
