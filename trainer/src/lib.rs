@@ -20,12 +20,14 @@ pub enum TrainError {
     Config(String),
     #[error("training diverged (non-finite loss) in epoch {epoch} at step {step}; try a lower learning rate")]
     Diverged { epoch: usize, step: u64 },
-    #[error("tensor computation failed: {0}")]
+    // Wrapped errors are transparent: their own message is the useful one, and repeating it in ours
+    // would print it twice in a cause chain (`{:#}`).
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Data(#[from] data::DataError),
-    #[error("backend: {0}")]
+    #[error(transparent)]
     Backend(#[from] lambdarec_kernels::BackendError),
-    #[error("model bundle: {0}")]
+    #[error(transparent)]
     Bundle(#[from] lambdarec_proto::bundle::BundleError),
 }
