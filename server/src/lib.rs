@@ -6,6 +6,7 @@ pub mod config;
 mod convert;
 pub mod device;
 pub mod engine;
+pub mod load;
 pub mod metrics;
 pub mod registry;
 mod server;

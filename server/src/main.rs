@@ -33,6 +33,10 @@ enum Command {
     Eval(Box<commands::eval::EvalArgs>),
     /// Serve recommendations over gRPC: session events in, top-k and scores out, with hot model reload.
     Serve(Box<commands::serve::ServeArgs>),
+    /// Load-test a server: replay a log's sessions over gRPC; latency, throughput, online Recall/MRR.
+    Load(Box<commands::load::LoadArgs>),
+    /// The whole loop in one command: sample data, train, evaluate, serve on loopback, replay, keep serving.
+    Quickstart(Box<commands::quickstart::QuickstartArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +51,8 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => commands::train::run(*args),
         Command::Eval(args) => commands::eval::run(*args),
         Command::Serve(args) => commands::serve::run(*args),
+        Command::Load(args) => commands::load::run(*args),
+        Command::Quickstart(args) => commands::quickstart::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! The subcommands of `lambdarec`, one module each, and the flags they share.
 
 pub mod eval;
+pub mod load;
+pub mod quickstart;
 pub mod serve;
 pub mod train;
 

@@ -1,0 +1,255 @@
+//! Replaying one session through the server: events on a shared, multiplexed `StreamEvents` stream
+//! (acks matched by `client_seq`), a `Recommend` after each applied event, and the unknown-item rule.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use lambdarec_proto::v1::recommender_client::RecommenderClient;
+use lambdarec_proto::v1::{ErrorCode, EventAck, RecommendRequest, SessionEvent};
+use lambdarec_trainer::data::RawLog;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::report::Collector;
+
+/// One session of the log: its key and its items (indices into [`Replay::item_ids`]) in time order.
+#[derive(Clone, Debug)]
+pub struct ReplaySession {
+    pub key: String,
+    pub items: Vec<u32>,
+}
+
+/// The sessions of a log, ready to replay.
+#[derive(Clone, Debug, Default)]
+pub struct Replay {
+    pub sessions: Vec<ReplaySession>,
+    /// External id per item index.
+    pub item_ids: Vec<String>,
+}
+
+impl Replay {
+    /// Every session of the log with all its events (unknown items are the server's to reject).
+    pub fn from_log(log: &RawLog) -> Self {
+        // RawLog events are grouped by session and time-ordered within one (see `RawLog`).
+        let mut by_session: Vec<Vec<u32>> = vec![Vec::new(); log.sessions.len()];
+        for e in &log.events {
+            by_session[e.session as usize].push(e.item);
+        }
+        let sessions = by_session
+            .into_iter()
+            .zip(&log.sessions)
+            .filter(|(items, _)| !items.is_empty())
+            .map(|(items, key)| ReplaySession {
+                key: key.clone(),
+                items,
+            })
+            .collect();
+        Replay {
+            sessions,
+            item_ids: log.items.clone(),
+        }
+    }
+
+    pub fn n_events(&self) -> usize {
+        self.sessions.iter().map(|s| s.items.len()).sum()
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<EventAck>>>>;
+
+/// One long-lived `StreamEvents` call shared by many sessions, as a product service would hold it.
+pub(crate) struct EventStream {
+    tx: Mutex<Option<mpsc::Sender<SessionEvent>>>,
+    waiters: Waiters,
+    seq: AtomicU64,
+}
+
+impl EventStream {
+    /// Opens the stream; if that fails every send reports the failure's code.
+    pub(crate) async fn open(mut client: RecommenderClient<Channel>) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let waiters: Waiters = Arc::default();
+        let stream = EventStream {
+            tx: Mutex::new(Some(tx)),
+            waiters: waiters.clone(),
+            seq: AtomicU64::new(0),
+        };
+        match client.stream_events(ReceiverStream::new(rx)).await {
+            Ok(response) => {
+                let mut inbound = response.into_inner();
+                tokio::spawn(async move {
+                    while let Ok(Some(ack)) = inbound.message().await {
+                        let waiter = ack.client_seq.and_then(|s| lock(&waiters).remove(&s));
+                        if let Some(w) = waiter {
+                            let _ = w.send(ack);
+                        }
+                    }
+                    // The stream ended: dropping the waiters fails their sends at once.
+                    lock(&waiters).clear();
+                });
+            }
+            Err(status) => {
+                tracing::warn!(%status, "cannot open StreamEvents");
+                stream.close();
+            }
+        }
+        stream
+    }
+
+    /// Sends one event and waits (at most `timeout`) for its ack.
+    pub(crate) async fn send(
+        &self,
+        session_id: &str,
+        item_id: &str,
+        timeout: Duration,
+    ) -> Result<EventAck, Code> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let (ack_tx, ack_rx) = oneshot::channel();
+        lock(&self.waiters).insert(seq, ack_tx);
+        let tx = lock(&self.tx).clone().ok_or(Code::Unavailable)?;
+        let event = SessionEvent {
+            session_id: session_id.to_string(),
+            item_id: item_id.to_string(),
+            timestamp_ms: None,
+            client_seq: Some(seq),
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            tx.send(event).await.map_err(|_| Code::Unavailable)?;
+            ack_rx.await.map_err(|_| Code::Unavailable)
+        })
+        .await
+        .unwrap_or(Err(Code::DeadlineExceeded));
+        if outcome.is_err() {
+            lock(&self.waiters).remove(&seq);
+        }
+        outcome
+    }
+
+    /// Ends the stream (the server answers what it accepted, then the reader task ends).
+    pub(crate) fn close(&self) {
+        lock(&self.tx).take();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What every session task shares.
+pub(crate) struct Ctx {
+    pub(crate) clients: Vec<RecommenderClient<Channel>>,
+    pub(crate) streams: Vec<EventStream>,
+    pub(crate) collector: Arc<Collector>,
+    pub(crate) k: usize,
+    pub(crate) timeout: Duration,
+    /// Makes session ids unique to this run (and `/pass/` to each pass over the log).
+    pub(crate) run_tag: String,
+}
+
+impl Ctx {
+    /// Replays session `i % n` (pass `i / n`). `late`: how much later than intended it started.
+    pub(crate) async fn replay_session(&self, replay: &Replay, i: usize, late: Duration) {
+        let n = replay.sessions.len();
+        let session = &replay.sessions[i % n];
+        let session_id = format!("{}/{}/{}", self.run_tag, i / n, session.key);
+        let conn = i % self.clients.len();
+        let (stream, mut client) = (&self.streams[conn], self.clients[conn].clone());
+        let mut late = Some(late);
+        // The list recommended after the last applied event, waiting for the next applied item.
+        let mut pending: Option<Vec<String>> = None;
+        for (pos, &item) in session.items.iter().enumerate() {
+            let item_id = replay.item_ids[item as usize].as_str();
+            let ack = stream.send(&session_id, item_id, self.timeout).await;
+            self.collector
+                .event(ack.as_ref().map(|a| a.code()).map_err(|c| *c));
+            match ack {
+                Ok(a) if a.applied => {}
+                // Unknown (or rejected) item: the session is unchanged; skip it (see the module docs).
+                Ok(_) => continue,
+                // The stream failed: the rest of the session cannot be replayed faithfully.
+                Err(_) => return,
+            }
+            if let Some(list) = pending.take() {
+                self.collector.prediction(&list, item_id);
+            }
+            if pos + 1 == session.items.len() {
+                break;
+            }
+            let request = RecommendRequest {
+                session_id: session_id.clone(),
+                k: self.k as u32,
+                exclude_items: Vec::new(),
+                exclude_seen: Some(false),
+                inline_events: Vec::new(),
+            };
+            let sent = Instant::now();
+            let answer = match tokio::time::timeout(self.timeout, client.recommend(request)).await {
+                Ok(Ok(r)) => Ok(r
+                    .into_inner()
+                    .items
+                    .into_iter()
+                    .map(|s| s.item_id)
+                    .collect()),
+                Ok(Err(status)) => Err(status.code()),
+                Err(_) => Err(Code::DeadlineExceeded),
+            };
+            let latency = sent.elapsed() + late.take().unwrap_or_default();
+            self.collector
+                .recommend(latency, answer.as_ref().map(|_| ()).map_err(|c| *c));
+            pending = answer.ok();
+        }
+    }
+}
+
+/// Whether an event outcome is an error worth reporting (unknown items are part of the replay).
+pub(crate) fn event_error(outcome: Result<ErrorCode, Code>) -> Option<String> {
+    match outcome {
+        Ok(ErrorCode::Ok | ErrorCode::UnknownItem) => None,
+        Ok(code) => Some(format!("event:{}", code.as_str_name())),
+        Err(code) => Some(format!("event-stream:{code:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambdarec_trainer::data::RawEvent;
+
+    #[test]
+    fn sessions_keep_time_order_and_skip_empty_ones() {
+        let ev = |session, item, time| RawEvent {
+            session,
+            item,
+            time,
+        };
+        let log = RawLog {
+            events: vec![ev(0, 1, 1.0), ev(0, 0, 2.0), ev(2, 1, 5.0)],
+            sessions: vec!["a".into(), "empty".into(), "c".into()],
+            items: vec!["x".into(), "y".into()],
+            ..RawLog::default()
+        };
+        let r = Replay::from_log(&log);
+        let keys: Vec<&str> = r.sessions.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["a", "c"]);
+        assert_eq!(r.sessions[0].items, [1, 0]);
+        assert_eq!(r.n_events(), 3);
+    }
+
+    #[test]
+    fn unknown_items_are_not_errors() {
+        assert_eq!(event_error(Ok(ErrorCode::Ok)), None);
+        assert_eq!(event_error(Ok(ErrorCode::UnknownItem)), None);
+        assert_eq!(
+            event_error(Ok(ErrorCode::Overloaded)).as_deref(),
+            Some("event:ERROR_CODE_OVERLOADED")
+        );
+        assert_eq!(
+            event_error(Err(Code::Unavailable)).as_deref(),
+            Some("event-stream:Unavailable")
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! `lambdarec quickstart --exit` on a tiny sample: every step runs, and the online replay reproduces
+//! the offline evaluation printed in step 2.
+
+use lambdarec_server::DeviceChoice;
+use lambdarec_server::load::quickstart::{self, QuickstartOptions};
+use lambdarec_trainer::data::synthetic::SyntheticOptions;
+use lambdarec_trainer::train::TrainConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_runs_end_to_end_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = QuickstartOptions {
+        synthetic: SyntheticOptions {
+            n_items: 150,
+            n_sessions: 800,
+            seed: 3,
+            ..SyntheticOptions::default()
+        },
+        config: TrainConfig {
+            hidden: 16,
+            epochs: 1,
+            n_sample: 32,
+            ..TrainConfig::default()
+        },
+        store: dir.path().join("store"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        device: DeviceChoice::Cpu,
+        concurrency: 4,
+        verbose: false,
+        ..QuickstartOptions::default()
+    };
+    let done = quickstart::run(&opts).await.unwrap();
+    assert!(dir.path().join("store/sample.tsv").is_file());
+    assert!(done.test_path.is_file());
+    assert!(done.server.local_addr().ip().is_loopback());
+    let names: Vec<&str> = done
+        .offline
+        .baselines
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["pop", "item-knn"]);
+    let (on, off) = (&done.online.accuracy, &done.offline.model);
+    assert!(done.online.errors.is_empty(), "{:?}", done.online.errors);
+    assert_eq!(on.events, off.events);
+    assert!((on.recall - off.recall).abs() < 1e-6 && (on.mrr - off.mrr).abs() < 1e-6);
+    assert!(
+        quickstart::grpcurl_example(done.server.local_addr(), "42")
+            .contains("lambdarec.v1.Recommender/Recommend")
+    );
+    done.server.shutdown().await.unwrap();
+}
