@@ -57,6 +57,7 @@ fn bench_gru(c: &mut Criterion, rec: &Recorder) {
         let mut g = c.benchmark_group(&group);
         g.throughput(Throughput::Elements(SESSIONS as u64));
         let mut states = rng.vec(SESSIONS * hidden, 0.9);
+        common::wait_idle_if_asked();
         g.bench_function(BASELINE, |b| {
             rec.bench(b, &group, BASELINE, || {
                 naive_step(&w, black_box(&mut states), &events)
@@ -68,6 +69,7 @@ fn bench_gru(c: &mut Criterion, rec: &Recorder) {
                 .expect("alloc_states");
             let model = backend.upload_model(&w, Dtype::F32).expect("upload");
             let case = format!("cpu-{}t-f32", backend.threads());
+            common::wait_idle_if_asked();
             g.bench_function(&case, |b| {
                 rec.bench(b, &group, &case, || {
                     backend.gru_step(model, &events).expect("gru_step")
@@ -83,8 +85,8 @@ fn bench_gru(c: &mut Criterion, rec: &Recorder) {
         loadavg()
     );
     println!(
-        "{:<16} {:<14} {:>10} {:>12} {:>9} {:>8}",
-        "group", "case", "median ms", "events/s", "GFLOP/s", "×naive"
+        "{:<16} {:<14} {:>10} {:>12} {:>9} {:>8} {:>5}",
+        "group", "case", "median ms", "events/s", "GFLOP/s", "×naive", "bg%"
     );
     for (group, case) in rec.cases() {
         let (Some(t), Some(base)) = (rec.median(&group, &case), rec.median(&group, BASELINE))
@@ -100,11 +102,12 @@ fn bench_gru(c: &mut Criterion, rec: &Recorder) {
         // Two 3h×h projections per event (embed = hidden here).
         let flops = 2.0 * 2.0 * (3 * hidden * hidden * SESSIONS) as f64;
         println!(
-            "{group:<16} {case:<14} {:>10.3} {:>12.0} {:>9.1} {:>8.1}",
+            "{group:<16} {case:<14} {:>10.3} {:>12.0} {:>9.1} {:>8.1} {:>5.0}",
             s * 1e3,
             SESSIONS as f64 / s,
             flops / s / 1e9,
-            base.as_secs_f64() / s
+            base.as_secs_f64() / s,
+            100.0 * rec.background(&group, &case).unwrap_or(f64::NAN)
         );
     }
 }

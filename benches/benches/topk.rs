@@ -4,6 +4,8 @@
 //! (faiss / numpy on the same sizes, standard-normal data).
 //!
 //! `cargo bench -p lambdarec-benches --bench topk` (criterion filters work: `-- 100000x128`);
+//! `LAMBDAREC_BENCH_WAIT_IDLE=60` waits for an idle machine before each case (the bg% column shows
+//! the share of the machine other processes used while a case ran);
 //! `LAMBDAREC_BENCH_QUICK=1` limits the grid to the 10k and 100k catalogues.
 
 mod common;
@@ -102,6 +104,7 @@ fn bench_topk(c: &mut Criterion, rec: &Recorder) {
                     exclude: &[],
                 })
                 .collect();
+            common::wait_idle_if_asked();
             g.bench_function(BASELINE, |b| {
                 rec.bench(b, &group, BASELINE, || {
                     black_box(naive_top_k(&w.item_out, d, &states[..batch * d], K));
@@ -110,6 +113,7 @@ fn bench_topk(c: &mut Criterion, rec: &Recorder) {
             for (backend, ids) in backends.iter_mut().zip(&models) {
                 for &(dtype, model) in ids {
                     let case = format!("cpu-{}t-{dtype}", backend.threads());
+                    common::wait_idle_if_asked();
                     g.bench_function(&case, |b| {
                         rec.bench(b, &group, &case, || {
                             black_box(backend.top_k(model, &queries).expect("top_k"));
@@ -131,8 +135,8 @@ fn bench_topk(c: &mut Criterion, rec: &Recorder) {
         loadavg()
     );
     println!(
-        "{:<24} {:<14} {:>10} {:>10} {:>9} {:>9} {:>8}",
-        "group", "case", "median ms", "queries/s", "GB/s", "GFLOP/s", "×naive"
+        "{:<24} {:<14} {:>10} {:>10} {:>9} {:>9} {:>8} {:>5}",
+        "group", "case", "median ms", "queries/s", "GB/s", "GFLOP/s", "×naive", "bg%"
     );
     for (group, case) in rec.cases() {
         let (Some(t), Some(base)) = (rec.median(&group, &case), rec.median(&group, BASELINE))
@@ -148,12 +152,13 @@ fn bench_topk(c: &mut Criterion, rec: &Recorder) {
         let bytes = (n * d * if case.ends_with("bf16") { 2 } else { 4 }) as f64;
         let s = t.as_secs_f64();
         println!(
-            "{group:<24} {case:<14} {:>10.3} {:>10.0} {:>9.1} {:>9.1} {:>8.1}",
+            "{group:<24} {case:<14} {:>10.3} {:>10.0} {:>9.1} {:>9.1} {:>8.1} {:>5.0}",
             s * 1e3,
             batch as f64 / s,
             bytes / s / 1e9,
             2.0 * (n * d * batch) as f64 / s / 1e9,
-            base.as_secs_f64() / s
+            base.as_secs_f64() / s,
+            100.0 * rec.background(&group, &case).unwrap_or(f64::NAN)
         );
     }
 }

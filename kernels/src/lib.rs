@@ -15,6 +15,8 @@ use std::fmt;
 
 pub mod conformance;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod reference;
 
 pub use cpu::CpuBackend;

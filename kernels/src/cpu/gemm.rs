@@ -36,7 +36,9 @@ pub(crate) fn pack_rows(a: &[f32], m: usize, d: usize, out: &mut Vec<f32>) {
 /// The row groups [`pack_rows`] makes of `m` rows: `(first row, rows in the group)`.
 pub(crate) fn row_groups(m: usize) -> impl Iterator<Item = (usize, usize)> {
     let g = group_rows(m);
-    (0..m).step_by(g).map(move |first| (first, g.min(m - first)))
+    (0..m)
+        .step_by(g)
+        .map(move |first| (first, g.min(m - first)))
 }
 
 /// `out[i·ldo + j] = bias[j] + Σ_p a[i][p] · panels[j / 16][p][j % 16]` for `i < m`, `j < np·16`,
@@ -54,7 +56,16 @@ pub(crate) fn gemm_panels<V: Vec8>(
     ldo: usize,
 ) {
     for (first, w) in row_groups(m) {
-        gemm_group::<V>(&a[first * d..][..w * d], w, d, panels, np, bias, &mut out[first * ldo..], ldo);
+        gemm_group::<V>(
+            &a[first * d..][..w * d],
+            w,
+            d,
+            panels,
+            np,
+            bias,
+            &mut out[first * ldo..],
+            ldo,
+        );
     }
 }
 
@@ -75,7 +86,9 @@ pub(crate) fn gemm_group<V: Vec8>(
         return;
     }
     assert!(w <= MR_TALL && a.len() == w * d && panels.len() >= np * d * LANES);
-    assert!(bias.len() >= np * LANES && ldo >= np * LANES && out.len() >= (w - 1) * ldo + np * LANES);
+    assert!(
+        bias.len() >= np * LANES && ldo >= np * LANES && out.len() >= (w - 1) * ldo + np * LANES
+    );
     // Six rows make 12 accumulator vectors; fewer rows take more panels per call so that there are
     // still ≥ 8 independent FMA chains to cover the FMA latency.
     match w {
@@ -103,12 +116,20 @@ fn row_group<V: Vec8, const MR: usize, const NP: usize>(
     let pl = d * LANES;
     let mut n = 0;
     while n + NP <= np {
-        let (p, b, o) = (&panels[n * pl..][..NP * pl], &bias[n * LANES..], &mut out[n * LANES..]);
+        let (p, b, o) = (
+            &panels[n * pl..][..NP * pl],
+            &bias[n * LANES..],
+            &mut out[n * LANES..],
+        );
         kernel::<V, MR, NP>(a, p, b, o, ldo);
         n += NP;
     }
     for n in n..np {
-        let (p, b, o) = (&panels[n * pl..][..pl], &bias[n * LANES..], &mut out[n * LANES..]);
+        let (p, b, o) = (
+            &panels[n * pl..][..pl],
+            &bias[n * LANES..],
+            &mut out[n * LANES..],
+        );
         kernel::<V, MR, 1>(a, p, b, o, ldo);
     }
 }
@@ -125,7 +146,8 @@ fn kernel<V: Vec8, const MR: usize, const NP: usize>(
     let (a, _) = a.as_chunks::<MR>();
     let d = a.len();
     // Every slice is exactly `d` long, so the indexing below needs no bounds checks.
-    let pans: [&[[f32; LANES]]; NP] = std::array::from_fn(|n| &panels.as_chunks::<LANES>().0[n * d..][..d]);
+    let pans: [&[[f32; LANES]]; NP] =
+        std::array::from_fn(|n| &panels.as_chunks::<LANES>().0[n * d..][..d]);
     // LANES = 16 = two 8-lane vectors per panel row.
     let mut acc = [[[V::splat(0.0); 2]; NP]; MR];
     for n in 0..NP {

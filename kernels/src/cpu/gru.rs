@@ -13,8 +13,8 @@ use super::table::LANES;
 use super::{CpuModel, PARALLEL_MIN_WORK};
 use crate::Event;
 
-/// Rows per parallel task: a multiple of the micro-kernel's 6 rows, small enough that a task's
-/// activations stay in L1/L2 and a 4,096-event wave splits into ~85 tasks.
+/// Rows per block (and parallel task): a multiple of the micro-kernel's 6 rows, small enough that a
+/// block's activations stay in L1/L2 and a 4,096-event wave splits into ~85 tasks.
 const CHUNK_ROWS: usize = 48;
 
 /// Applies `events` to the row-major state table `states` (`hidden` wide). All slots and items have
@@ -57,7 +57,9 @@ fn run_wave(pool: &rayon::ThreadPool, isa: Isa, m: &CpuModel, states: &mut [f32]
                 .for_each(|(out, evs)| step_rows(isa, m, prev, evs, out));
         });
     } else {
-        step_rows(isa, m, prev, wave, &mut next);
+        for (out, evs) in next.chunks_mut(CHUNK_ROWS * h).zip(wave.chunks(CHUNK_ROWS)) {
+            step_rows(isa, m, prev, evs, out);
+        }
     }
     // Slots are distinct within a wave, so the scatter order does not matter.
     for (e, row) in wave.iter().zip(next.chunks_exact(h)) {
@@ -77,12 +79,9 @@ fn step_rows_generic<V: Vec8>(m: &CpuModel, states: &[f32], events: &[Event], ou
     let g = np * LANES;
     let mut x = vec![0f32; rows * e];
     let mut hs = vec![0f32; rows * h];
-    for ((ev, x), hs) in events
-        .iter()
-        .zip(x.chunks_exact_mut(e))
-        .zip(hs.chunks_exact_mut(h))
-    {
-        m.input_row(ev.item as usize, x);
+    let items: Vec<usize> = events.iter().map(|ev| ev.item as usize).collect();
+    m.input_rows(&items, &mut x);
+    for (ev, hs) in events.iter().zip(hs.chunks_exact_mut(h)) {
         hs.copy_from_slice(&states[ev.slot as usize * h..][..h]);
     }
     let mut gi = vec![0f32; rows * g];

@@ -105,7 +105,11 @@ impl Vec8 for Portable {
         Portable(std::array::from_fn(|l| {
             // Rust never contracts `a * b + c` into an FMA, and `f32::mul_add` is a slow library call
             // where the baseline has no FMA instruction (x86-64); aarch64's baseline has one.
-            if cfg!(target_arch = "aarch64") { a.0[l].mul_add(b.0[l], c.0[l]) } else { a.0[l] * b.0[l] + c.0[l] }
+            if cfg!(target_arch = "aarch64") {
+                a.0[l].mul_add(b.0[l], c.0[l])
+            } else {
+                a.0[l] * b.0[l] + c.0[l]
+            }
         }))
     }
 }

@@ -64,12 +64,12 @@ impl CpuModel {
         }
     }
 
-    /// The input embedding of `item` (from `item_out` when tied).
-    fn input_row(&self, item: usize, out: &mut [f32]) {
+    /// The input embeddings of `items` (from `item_out` when tied), row-major into `out`.
+    fn input_rows(&self, items: &[usize], out: &mut [f32]) {
         self.item_in
             .as_ref()
             .unwrap_or(&self.item_out)
-            .row_into(item, out);
+            .gather_rows(items, out);
     }
 }
 

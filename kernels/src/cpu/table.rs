@@ -111,6 +111,37 @@ impl PanelTable {
         }
     }
 
+    /// Copies rows `rows` into `out` (row-major, `rows.len() × dim`). Dimension-outer: in a panel table a
+    /// row's values lie one cache line apart, so walking all rows' panels together keeps many memory
+    /// streams in flight instead of one at a time.
+    pub(crate) fn gather_rows(&self, rows: &[usize], out: &mut [f32]) {
+        let (w, d) = (self.width, self.dim);
+        if w == 1 {
+            for (&r, o) in rows.iter().zip(out.chunks_exact_mut(d)) {
+                self.row_into(r, o);
+            }
+            return;
+        }
+        let bases: Vec<usize> = rows.iter().map(|&r| (r / w) * d * w + r % w).collect();
+        let out = &mut out[..rows.len() * d];
+        for p in 0..d {
+            match &self.data {
+                Storage::F32(v) => bases
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, &b)| out[i * d + p] = v[b + p * w]),
+                Storage::Bf16(v) => bases
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, &b)| out[i * d + p] = v[b + p * w].to_f32()),
+                Storage::F16(v) => bases
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, &b)| out[i * d + p] = v[b + p * w].to_f32()),
+            }
+        }
+    }
+
     /// `dot(row, x)` accumulated in f32 in dimension order.
     pub(crate) fn dot_row(&self, row: usize, x: &[f32]) -> f32 {
         let (w, d) = (self.width, self.dim);

@@ -1,7 +1,8 @@
 //! Full-catalogue top-k on the CPU without a batch × n_items score matrix. Each task scans a range of
-//! item panels; a tile of panels is scored for every query of the batch at once (loaded once, used by
-//! all), and each query keeps only the candidates that beat its current k-th score, in a buffer of 2k
-//! that is cut back to k with `select_nth_unstable` when full. The tasks' survivors are merged at the end.
+//! item panels for a block of queries; a tile of panels is scored for every query of the block at once
+//! (loaded once, used by all), and each query keeps only the candidates that beat its current k-th
+//! score, in a buffer of 2k that is cut back to k with `select_nth_unstable` when full. The survivors
+//! of the tasks that split a query's catalogue are merged at the end.
 
 use std::cmp::Ordering;
 
@@ -13,16 +14,20 @@ use super::table::LANES;
 use super::{CpuModel, PARALLEL_MIN_WORK, States};
 use crate::{Scored, TopKQuery};
 
-/// The batch as the scan reads it.
+/// A block of the batch as the scan reads it.
 struct QuerySet<'a> {
-    /// `batch × d` query vectors (the sessions' hidden states), packed by `pack_rows`.
-    q: &'a [f32],
+    /// `rows × d` query vectors (the sessions' hidden states), packed by `pack_rows`.
+    q: Vec<f32>,
     d: usize,
     /// Per query: k, capped at the catalogue size.
     ks: &'a [usize],
     /// Per query: excluded items, sorted and deduplicated.
     excludes: &'a [Vec<u32>],
 }
+
+/// Fewest item panels per task (4,096 items): below this the per-task candidate warm-up costs more
+/// than the parallelism gains.
+const MIN_PANELS_PER_TASK: usize = 256;
 
 /// Ranking order: score descending, ties to the lower item index.
 fn rank(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
@@ -37,63 +42,85 @@ pub(super) fn top_k(
     states: &States,
     queries: &[TopKQuery<'_>],
 ) -> Vec<Vec<Scored>> {
-    let d = m.hidden;
-    let mut rows = Vec::with_capacity(queries.len() * d);
-    for query in queries {
-        rows.extend_from_slice(states.row(query.slot as usize));
+    let (d, b) = (m.hidden, queries.len());
+    if b == 0 {
+        return Vec::new();
     }
-    let mut q = Vec::new();
-    pack_rows(&rows, queries.len(), d, &mut q);
-    let ks: Vec<usize> = queries.iter().map(|query| query.k.min(m.n_items)).collect();
+    let ks: Vec<usize> = queries.iter().map(|q| q.k.min(m.n_items)).collect();
     let excludes: Vec<Vec<u32>> = queries
         .iter()
-        .map(|query| {
-            let mut e = query.exclude.to_vec();
+        .map(|q| {
+            let mut e = q.exclude.to_vec();
             e.sort_unstable();
             e.dedup();
             e
         })
         .collect();
-    let set = QuerySet {
-        q: &q,
-        d,
-        ks: &ks,
-        excludes: &excludes,
-    };
 
-    let np = m.item_out.n_panels();
-    let work = m.n_items * d * queries.len().max(1);
-    // A few tasks per thread balance uneven progress (heavier early filtering, other load on the box).
-    let tasks = (work / PARALLEL_MIN_WORK)
-        .clamp(1, 4 * pool.current_num_threads())
-        .min(np);
-    let ranges: Vec<(usize, usize)> = (0..tasks)
-        .map(|t| (np * t / tasks, np * (t + 1) / tasks))
+    // Tasks form a grid of query blocks × item ranges. Splitting the batch needs no merge and no
+    // duplicate warm-up of the candidate buffers, so big batches are split by queries first (blocks of
+    // whole 6-row kernel groups); item ranges then give every thread work when the batch is small. A
+    // couple of tasks per thread absorb uneven progress (other load on the box).
+    let threads = pool.current_num_threads();
+    let n_blocks = (b / 12).clamp(1, threads);
+    let per_block = b.div_ceil(n_blocks).div_ceil(6) * 6;
+    let blocks: Vec<(usize, usize)> = (0..b)
+        .step_by(per_block.max(1))
+        .map(|s| (s, (s + per_block).min(b)))
         .collect();
-    let mut parts: Vec<Vec<Vec<(f32, u32)>>> = if tasks > 1 {
-        pool.install(|| {
-            ranges
-                .par_iter()
-                .map(|&(first, end)| scan(isa, m, &set, first, end))
-                .collect()
+    let sets: Vec<QuerySet> = blocks
+        .iter()
+        .map(|&(s, e)| {
+            let mut rows = Vec::with_capacity((e - s) * d);
+            for q in &queries[s..e] {
+                rows.extend_from_slice(states.row(q.slot as usize));
+            }
+            let mut packed = Vec::new();
+            pack_rows(&rows, e - s, d, &mut packed);
+            QuerySet {
+                q: packed,
+                d,
+                ks: &ks[s..e],
+                excludes: &excludes[s..e],
+            }
         })
+        .collect();
+    let np = m.item_out.n_panels();
+    let work = m.n_items * d * per_block;
+    let ranges = if threads == 1 {
+        1
     } else {
-        vec![scan(isa, m, &set, 0, np)]
+        (work / PARALLEL_MIN_WORK)
+            .clamp(1, (2 * threads).div_ceil(sets.len()))
+            .min(np.div_ceil(MIN_PANELS_PER_TASK))
+    };
+    let tasks: Vec<(usize, usize, usize)> = (0..sets.len())
+        .flat_map(|s| (0..ranges).map(move |r| (s, np * r / ranges, np * (r + 1) / ranges)))
+        .collect();
+    let run = |&(s, first, end): &(usize, usize, usize)| scan(isa, m, &sets[s], first, end);
+    let mut parts: Vec<Vec<Vec<(f32, u32)>>> = if tasks.len() > 1 {
+        pool.install(|| tasks.par_iter().map(run).collect())
+    } else {
+        tasks.iter().map(run).collect()
     };
 
-    (0..queries.len())
-        .map(|i| {
+    let mut answers = Vec::with_capacity(b);
+    for (s, &(first, end)) in blocks.iter().enumerate() {
+        for i in 0..end - first {
             let mut all: Vec<(f32, u32)> = Vec::new();
-            for part in &mut parts {
+            for part in &mut parts[s * ranges..(s + 1) * ranges] {
                 all.append(&mut part[i]);
             }
-            keep_best(&mut all, ks[i]);
+            keep_best(&mut all, ks[first + i]);
             all.sort_unstable_by(rank);
-            all.into_iter()
-                .map(|(score, item)| Scored { item, score })
-                .collect()
-        })
-        .collect()
+            answers.push(
+                all.into_iter()
+                    .map(|(score, item)| Scored { item, score })
+                    .collect(),
+            );
+        }
+    }
+    answers
 }
 
 /// Cuts `v` down to its `k` best (unordered).
@@ -117,9 +144,9 @@ fn scan_generic<V: Vec8>(
     end: usize,
 ) -> Vec<Vec<(f32, u32)>> {
     let (b, d) = (set.ks.len(), set.d);
-    // Panels per pass: 4 for one-row groups (what their kernel takes per call); for many rows, ~16 KiB
-    // of f32 panel data, which stays in L1 while every row group passes over it.
-    let tile = if b < 4 { 4 } else { (16384 / (d * LANES * 4)).clamp(1, 4) };
+    // Four panels per pass: what the one-row kernel takes per call, and at most 32 KiB of f32 (d = 128)
+    // that L1/L2 keep while every row group passes over it (measured: smaller tiles are no faster).
+    let tile = 4;
     let ldo = tile * LANES;
     // Scores of one row group for one tile: small, so it stays in L1 between the kernel and the filter.
     let mut out = vec![0f32; 6 * ldo];
