@@ -17,36 +17,40 @@ pub enum DeviceError {
     Thread(#[source] std::io::Error),
 }
 
-/// Opens the backend for `choice`. `auto` falls back to the CPU and logs why.
-pub fn open_backend(
-    choice: DeviceChoice,
-    threads: Option<usize>,
-) -> Result<Box<dyn Backend>, DeviceError> {
+/// Opens the backend for `choice`. `auto` uses CUDA when this build has it and a usable GPU is present,
+/// and otherwise falls back to the CPU, logging why.
+pub fn open_backend(choice: DeviceChoice, threads: Option<usize>) -> Result<Box<dyn Backend>, DeviceError> {
     match choice {
         DeviceChoice::Cpu => cpu(threads),
-        DeviceChoice::Cuda => Err(DeviceError::Cuda(cuda_missing().to_string())),
-        DeviceChoice::Auto => {
-            info!(reason = cuda_missing(), "--device auto: serving on the CPU");
-            cpu(threads)
-        }
+        DeviceChoice::Cuda => cuda().map_err(DeviceError::Cuda),
+        DeviceChoice::Auto => match cuda() {
+            Ok(backend) => {
+                info!(device = %backend.device(), "--device auto: serving on the GPU");
+                Ok(backend)
+            }
+            Err(reason) => {
+                info!(%reason, "--device auto: serving on the CPU");
+                cpu(threads)
+            }
+        },
     }
 }
 
 fn cpu(threads: Option<usize>) -> Result<Box<dyn Backend>, DeviceError> {
-    Ok(Box::new(
-        CpuBackend::new(threads).map_err(DeviceError::Cpu)?,
-    ))
+    Ok(Box::new(CpuBackend::new(threads).map_err(DeviceError::Cpu)?))
 }
 
-/// Why this build cannot use CUDA. The kernels crate has a `cuda` feature but no CUDA backend type
-/// yet; once it has one, this is where it is opened (after checking that libcuda is present, since
-/// cudarc panics without it) and where "no GPU" is reported.
-fn cuda_missing() -> &'static str {
-    if cfg!(feature = "cuda") {
-        "lambdarec-kernels does not provide a CUDA backend yet"
-    } else {
-        "no CUDA backend compiled in (rebuild with `--features cuda`)"
-    }
+/// Opens cuda:0, or says why it cannot (no CUDA in this build, no driver, no GPU, GPU too old).
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<Box<dyn Backend>, String> {
+    lambdarec_kernels::cuda::probe()?;
+    let backend = lambdarec_kernels::cuda::CudaBackend::new(0).map_err(|e| e.to_string())?;
+    Ok(Box::new(backend))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<Box<dyn Backend>, String> {
+    Err("no CUDA backend compiled in (rebuild with `--features cuda`)".to_string())
 }
 
 #[cfg(test)]
