@@ -55,15 +55,22 @@ fn bench_train(c: &mut Criterion) {
     let events = (ds.train.n_events() - ds.train.len()) as u64;
     let mut g = c.benchmark_group("train_epoch");
     g.sample_size(10).throughput(Throughput::Elements(events));
-    // Training runs in a one-thread pool by design (see `trainer::train::train`).
-    g.bench_function(
-        format!("gru4rec_xe_h100_b32_s2048/{name}/cpu-1t"),
-        |b| {
-            b.iter(|| {
-                train(&ds.train, &ds.vocab.popularity, &cfg, |_, _, _| {}, |_| {}).expect("train")
-            })
-        },
-    );
+    // One and two training threads (the default uses up to two); the result is the same either way.
+    for threads in [1usize, 2] {
+        let cfg = TrainConfig {
+            threads: Some(threads),
+            ..cfg.clone()
+        };
+        g.bench_function(
+            format!("gru4rec_xe_h100_b32_s2048/{name}/cpu-{threads}t"),
+            |b| {
+                b.iter(|| {
+                    train(&ds.train, &ds.vocab.popularity, &cfg, |_, _, _| {}, |_| {})
+                        .expect("train")
+                })
+            },
+        );
+    }
     g.finish();
 }
 

@@ -19,7 +19,10 @@ pub enum DeviceError {
 
 /// Opens the backend for `choice`. `auto` uses CUDA when this build has it and a usable GPU is present,
 /// and otherwise falls back to the CPU, logging why.
-pub fn open_backend(choice: DeviceChoice, threads: Option<usize>) -> Result<Box<dyn Backend>, DeviceError> {
+pub fn open_backend(
+    choice: DeviceChoice,
+    threads: Option<usize>,
+) -> Result<Box<dyn Backend>, DeviceError> {
     match choice {
         DeviceChoice::Cpu => cpu(threads),
         DeviceChoice::Cuda => cuda().map_err(DeviceError::Cuda),
@@ -37,7 +40,9 @@ pub fn open_backend(choice: DeviceChoice, threads: Option<usize>) -> Result<Box<
 }
 
 fn cpu(threads: Option<usize>) -> Result<Box<dyn Backend>, DeviceError> {
-    Ok(Box::new(CpuBackend::new(threads).map_err(DeviceError::Cpu)?))
+    Ok(Box::new(
+        CpuBackend::new(threads).map_err(DeviceError::Cpu)?,
+    ))
 }
 
 /// Opens cuda:0, or says why it cannot (no CUDA in this build, no driver, no GPU, GPU too old).

@@ -75,7 +75,11 @@ impl ItemKnn {
                 list
             })
             .collect();
-        ItemKnn { n_items, neighbours, last: None }
+        ItemKnn {
+            n_items,
+            neighbours,
+            last: None,
+        }
     }
 }
 
@@ -91,7 +95,11 @@ impl SessionRecommender for ItemKnn {
     }
     fn recommend(&mut self, k: usize) -> Vec<u32> {
         let mut out: Vec<u32> = match self.last {
-            Some(i) => self.neighbours[i as usize].iter().take(k).map(|&(j, _)| j).collect(),
+            Some(i) => self.neighbours[i as usize]
+                .iter()
+                .take(k)
+                .map(|&(j, _)| j)
+                .collect(),
             None => Vec::new(),
         };
         let mut next = 0u32;

@@ -122,7 +122,9 @@ pub fn evaluate_model(
     let mut targets = Vec::with_capacity(batch);
     let all_slots: Vec<u32> = (0..batch as u32).collect();
     for first in (0..test.len()).step_by(batch) {
-        let sessions: Vec<&[u32]> = (first..(first + batch).min(test.len())).map(|s| test.session(s)).collect();
+        let sessions: Vec<&[u32]> = (first..(first + batch).min(test.len()))
+            .map(|s| test.session(s))
+            .collect();
         backend.reset_states(&all_slots[..sessions.len()])?;
         let longest = sessions.iter().map(|s| s.len()).max().unwrap_or(0);
         for pos in 0..longest.saturating_sub(1) {
@@ -130,12 +132,22 @@ pub fn evaluate_model(
             targets.clear();
             for (slot, items) in sessions.iter().enumerate() {
                 if pos + 1 < items.len() {
-                    events.push(Event { slot: slot as u32, item: items[pos] });
+                    events.push(Event {
+                        slot: slot as u32,
+                        item: items[pos],
+                    });
                     targets.push(items[pos + 1]);
                 }
             }
             backend.gru_step(model, &events)?;
-            let queries: Vec<TopKQuery<'_>> = events.iter().map(|e| TopKQuery { slot: e.slot, k, exclude: &[] }).collect();
+            let queries: Vec<TopKQuery<'_>> = events
+                .iter()
+                .map(|e| TopKQuery {
+                    slot: e.slot,
+                    k,
+                    exclude: &[],
+                })
+                .collect();
             for (list, &target) in backend.top_k(model, &queries)?.iter().zip(&targets) {
                 let items: Vec<u32> = list.iter().map(|s| s.item).collect();
                 acc.add(&items, target);
@@ -156,7 +168,12 @@ pub trait SessionRecommender {
 }
 
 /// Evaluates a [`SessionRecommender`] on the same events and with the same metrics as a model.
-pub fn evaluate_recommender(rec: &mut dyn SessionRecommender, test: &Sessions, n_items: usize, k: usize) -> Metrics {
+pub fn evaluate_recommender(
+    rec: &mut dyn SessionRecommender,
+    test: &Sessions,
+    n_items: usize,
+    k: usize,
+) -> Metrics {
     let mut acc = MetricsAccumulator::new(k, n_items);
     for s in 0..test.len() {
         let items = test.session(s);

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use lambdarec_kernels::ModelWeights;
-use lambdarec_proto::bundle::{Bundle, BundleError, Dims, FORMAT_VERSION, ItemTable, Manifest, Tensor};
+use lambdarec_proto::bundle::{
+    Bundle, BundleError, Dims, FORMAT_VERSION, ItemTable, Manifest, Tensor,
+};
 
 use crate::data::ItemVocab;
 use crate::pipeline::Evaluation;
@@ -24,7 +26,13 @@ pub fn to_bundle(
     let (n, e, h) = (w.n_items, w.embed_dim, w.hidden);
     let mut tensors = BTreeMap::new();
     let mut put = |name: &str, shape: Vec<usize>, data: &[f32]| {
-        tensors.insert(name.to_string(), Tensor { shape, data: data.to_vec() });
+        tensors.insert(
+            name.to_string(),
+            Tensor {
+                shape,
+                data: data.to_vec(),
+            },
+        );
     };
     put("gru.w_ih", vec![3 * h, e], &w.w_ih);
     put("gru.w_hh", vec![3 * h, h], &w.w_hh);
@@ -42,35 +50,69 @@ pub fn to_bundle(
         version: String::new(),
         created_unix_ms: 0,
         created_at: String::new(),
-        dims: Dims { n_items: n as u64, embed_dim: e as u32, hidden: h as u32, tied_embedding: w.item_in.is_none() },
+        dims: Dims {
+            n_items: n as u64,
+            embed_dim: e as u32,
+            hidden: h as u32,
+            tied_embedding: w.item_in.is_none(),
+        },
         data_fingerprint: fingerprint.to_string(),
         training: serde_json::json!({ "config": config, "epochs": epochs }),
         metrics: evaluation.to_json(),
         files: BTreeMap::new(),
     };
-    let items = ItemTable { ids: vocab.ids.clone(), popularity: vocab.popularity.clone() };
-    Bundle { manifest, tensors, items }
+    let items = ItemTable {
+        ids: vocab.ids.clone(),
+        popularity: vocab.popularity.clone(),
+    };
+    Bundle {
+        manifest,
+        tensors,
+        items,
+    }
 }
 
 /// Reads weights and the item vocabulary back from a bundle, checking every shape.
 pub fn from_bundle(b: &Bundle) -> Result<(ModelWeights, ItemVocab), BundleError> {
     let m = &b.manifest;
     let format = |reason: String| BundleError::Format {
-        path: format!("models/{}/{}/{}", m.name, m.version, lambdarec_proto::bundle::WEIGHTS_FILE),
+        path: format!(
+            "models/{}/{}/{}",
+            m.name,
+            m.version,
+            lambdarec_proto::bundle::WEIGHTS_FILE
+        ),
         reason,
     };
     if m.model_kind != MODEL_KIND {
-        return Err(format(format!("model kind {:?} is not {MODEL_KIND:?}", m.model_kind)));
+        return Err(format(format!(
+            "model kind {:?} is not {MODEL_KIND:?}",
+            m.model_kind
+        )));
     }
-    let (n, e, h) = (m.dims.n_items as usize, m.dims.embed_dim as usize, m.dims.hidden as usize);
+    let (n, e, h) = (
+        m.dims.n_items as usize,
+        m.dims.embed_dim as usize,
+        m.dims.hidden as usize,
+    );
     let take = |name: &str, shape: &[usize]| -> Result<Vec<f32>, BundleError> {
-        let t = b.tensors.get(name).ok_or_else(|| format(format!("tensor {name:?} is missing")))?;
+        let t = b
+            .tensors
+            .get(name)
+            .ok_or_else(|| format(format!("tensor {name:?} is missing")))?;
         if t.shape != shape {
-            return Err(format(format!("tensor {name:?} has shape {:?}, expected {shape:?}", t.shape)));
+            return Err(format(format!(
+                "tensor {name:?} has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
         }
         Ok(t.data.clone())
     };
-    let item_in = if m.dims.tied_embedding { None } else { Some(take("item_in", &[n, e])?) };
+    let item_in = if m.dims.tied_embedding {
+        None
+    } else {
+        Some(take("item_in", &[n, e])?)
+    };
     let weights = ModelWeights {
         n_items: n,
         embed_dim: e,

@@ -91,12 +91,18 @@ impl CustomOp1 for GruStepOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, e) = l.shape().dims2()?;
-        let Some((lo, hi)) = l.contiguous_offsets() else { bail!("gru-step: input must be contiguous") };
+        let Some((lo, hi)) = l.contiguous_offsets() else {
+            bail!("gru-step: input must be contiguous")
+        };
         let x = &s.as_slice::<f32>()?[lo..hi];
         let h = self.hidden;
         let g3 = 3 * h;
         if self.w_ih_t.len() != e * g3 || self.h.len() != b * h {
-            bail!("gru-step: input {b}×{e} does not fit W_ih {} or state {}", self.w_ih_t.len(), self.h.len());
+            bail!(
+                "gru-step: input {b}×{e} does not fit W_ih {} or state {}",
+                self.w_ih_t.len(),
+                self.h.len()
+            );
         }
         let mut gi = vec![0f32; b * g3];
         gemm(b, g3, e, x, e, 1, &self.w_ih_t, g3, 1, &mut gi);
@@ -142,7 +148,10 @@ impl CustomOp1 for GruStepOp {
                 let dn = d * (1.0 - z) * (1.0 - n * n);
                 let dz = d * (self.h[k] - n) * z * (1.0 - z);
                 let dr = dn * sv.gh_n[k] * r * (1.0 - r);
-                let (gi, gh) = (&mut dgi[i * g3..(i + 1) * g3], &mut dgh[i * g3..(i + 1) * g3]);
+                let (gi, gh) = (
+                    &mut dgi[i * g3..(i + 1) * g3],
+                    &mut dgh[i * g3..(i + 1) * g3],
+                );
                 (gi[j], gi[h + j], gi[2 * h + j]) = (dr, dz, dn);
                 (gh[j], gh[h + j], gh[2 * h + j]) = (dr, dz, dn * r);
             }
@@ -154,12 +163,18 @@ impl CustomOp1 for GruStepOp {
         gemm(h, g3, b, &self.h, 1, h, &dgh, g3, 1, &mut w_hh_t);
         let colsum = |m: &[f32]| {
             let mut s = vec![0f32; g3];
-            m.chunks_exact(g3).for_each(|row| s.iter_mut().zip(row).for_each(|(a, v)| *a += v));
+            m.chunks_exact(g3)
+                .for_each(|row| s.iter_mut().zip(row).for_each(|(a, v)| *a += v));
             s
         };
         let mut dx = vec![0f32; b * e];
         gemm(b, e, g3, &dgi, g3, 1, &self.w_ih_t, 1, g3, &mut dx);
-        *self.grads.lock().expect("grads lock") = GruGrads { w_ih_t, w_hh_t, b_ih: colsum(&dgi), b_hh: colsum(&dgh) };
+        *self.grads.lock().expect("grads lock") = GruGrads {
+            w_ih_t,
+            w_hh_t,
+            b_ih: colsum(&dgi),
+            b_hh: colsum(&dgh),
+        };
         Ok(Some(Tensor::from_vec(dx, (b, e), x.device())?))
     }
 }
@@ -176,16 +191,35 @@ mod tests {
         let dev = Device::Cpu;
         let (b, e, h) = (3usize, 5usize, 4usize);
         let mut rng = SmallRng::seed_from_u64(4);
-        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
-        let (x, hs, wi, wh, bi, bh, dout) =
-            (rand(b * e), rand(b * h), rand(e * 3 * h), rand(h * 3 * h), rand(3 * h), rand(3 * h), rand(b * h));
+        let mut rand =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let (x, hs, wi, wh, bi, bh, dout) = (
+            rand(b * e),
+            rand(b * h),
+            rand(e * 3 * h),
+            rand(h * 3 * h),
+            rand(3 * h),
+            rand(3 * h),
+            rand(b * h),
+        );
 
         let xv = Var::from_slice(&x, (b, e), &dev).unwrap();
-        let (op, grads) =
-            GruStepOp::new(GruStep { w_ih_t: &wi, w_hh_t: &wh, b_ih: &bi, b_hh: &bh, h: &hs, hidden: h });
+        let (op, grads) = GruStepOp::new(GruStep {
+            w_ih_t: &wi,
+            w_hh_t: &wh,
+            b_ih: &bi,
+            b_hh: &bh,
+            h: &hs,
+            hidden: h,
+        });
         let fused = xv.as_tensor().apply_op1(op).unwrap();
         let upstream = Tensor::from_slice(&dout, (b, h), &dev).unwrap();
-        let g1 = (&fused * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (&fused * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
 
         let x2 = Var::from_slice(&x, (b, e), &dev).unwrap();
         let vars = [
@@ -195,9 +229,21 @@ mod tests {
             Var::from_slice(&bh, (1, 3 * h), &dev).unwrap(),
         ];
         let hprev = Tensor::from_slice(&hs, (b, h), &dev).unwrap();
-        let plain = gru_cell(x2.as_tensor(), &hprev, vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), vars[3].as_tensor())
+        let plain = gru_cell(
+            x2.as_tensor(),
+            &hprev,
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
+            vars[3].as_tensor(),
+        )
+        .unwrap();
+        let g2 = (&plain * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
             .unwrap();
-        let g2 = (&plain * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
 
         let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let close = |a: &[f32], b: &[f32], what: &str| {
@@ -207,7 +253,11 @@ mod tests {
             }
         };
         close(&v(&fused), &v(&plain), "forward");
-        close(&v(g1.get(xv.as_tensor()).unwrap()), &v(g2.get(x2.as_tensor()).unwrap()), "dx");
+        close(
+            &v(g1.get(xv.as_tensor()).unwrap()),
+            &v(g2.get(x2.as_tensor()).unwrap()),
+            "dx",
+        );
         let g = grads.lock().unwrap();
         close(&g.w_ih_t, &v(g2.get(vars[0].as_tensor()).unwrap()), "dW_ih");
         close(&g.w_hh_t, &v(g2.get(vars[1].as_tensor()).unwrap()), "dW_hh");

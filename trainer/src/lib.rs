@@ -6,11 +6,11 @@ pub mod baselines;
 pub mod data;
 pub mod eval;
 pub mod export;
+mod gru_op;
 pub mod model;
 pub mod pipeline;
-pub mod train;
-mod gru_op;
 mod simd;
+pub mod train;
 mod xe_op;
 
 /// Errors of the training pipeline.
@@ -18,7 +18,9 @@ mod xe_op;
 pub enum TrainError {
     #[error("invalid training configuration: {0}")]
     Config(String),
-    #[error("training diverged (non-finite loss) in epoch {epoch} at step {step}; try a lower learning rate")]
+    #[error(
+        "training diverged (non-finite loss) in epoch {epoch} at step {step}; try a lower learning rate"
+    )]
     Diverged { epoch: usize, step: u64 },
     // Wrapped errors are transparent: their own message is the useful one, and repeating it in ours
     // would print it twice in a cause chain (`{:#}`).

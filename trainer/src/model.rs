@@ -32,7 +32,9 @@ impl std::str::FromStr for Loss {
         match s {
             "cross-entropy" | "xe" | "ce" => Ok(Loss::CrossEntropy),
             "bpr-max" | "bprmax" => Ok(Loss::BprMax),
-            _ => Err(format!("unknown loss {s:?} (expected cross-entropy or bpr-max)")),
+            _ => Err(format!(
+                "unknown loss {s:?} (expected cross-entropy or bpr-max)"
+            )),
         }
     }
 }
@@ -50,12 +52,18 @@ impl Param {
     /// default "compatibility mode", each GRU gate block as a separate `in × H` matrix).
     fn glorot(rows: usize, cols: usize, fan: (usize, usize), rng: &mut SmallRng) -> Param {
         let bound = (6.0 / (fan.0 + fan.1) as f64).sqrt() as f32;
-        let data = (0..rows * cols).map(|_| rng.random_range(-bound..bound)).collect();
+        let data = (0..rows * cols)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
         Param { rows, cols, data }
     }
 
     fn zeros(rows: usize, cols: usize) -> Param {
-        Param { rows, cols, data: vec![0.0; rows * cols] }
+        Param {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
 
     pub fn row(&self, r: usize) -> &[f32] {
@@ -225,7 +233,11 @@ pub struct StepGrads {
 
 /// Forward + backward of one session-parallel step (truncated BPTT of one step, like GRU4Rec: the
 /// incoming hidden state is a constant).
-pub fn train_step(model: &Gru4Rec, s: &StepInput<'_>, rng: &mut SmallRng) -> Result<StepGrads, TrainError> {
+pub fn train_step(
+    model: &Gru4Rec,
+    s: &StepInput<'_>,
+    rng: &mut SmallRng,
+) -> Result<StepGrads, TrainError> {
     let dev = Device::Cpu;
     let b = s.inputs.len();
     let hdim = model.hidden;
@@ -248,7 +260,9 @@ pub fn train_step(model: &Gru4Rec, s: &StepInput<'_>, rng: &mut SmallRng) -> Res
     let (loss, grads, out_grads) = match s.loss {
         Loss::CrossEntropy => {
             let mut rows = Vec::with_capacity(out_idx.len() * hdim);
-            out_idx.iter().for_each(|&i| rows.extend_from_slice(model.item_out.row(i as usize)));
+            out_idx
+                .iter()
+                .for_each(|&i| rows.extend_from_slice(model.item_out.row(i as usize)));
             // Column offsets: output bias minus the log-Q correction.
             let use_logq = !s.log_pop.is_empty() && s.logq_weight != 0.0;
             let offsets = out_idx
@@ -256,7 +270,11 @@ pub fn train_step(model: &Gru4Rec, s: &StepInput<'_>, rng: &mut SmallRng) -> Res
                 .enumerate()
                 .map(|(c, &i)| {
                     let power = if c < b { 1.0 } else { s.sample_alpha };
-                    let lq = if use_logq { s.logq_weight * power * s.log_pop[i as usize] } else { 0.0 };
+                    let lq = if use_logq {
+                        s.logq_weight * power * s.log_pop[i as usize]
+                    } else {
+                        0.0
+                    };
                     model.item_bias.data[i as usize] - lq
                 })
                 .collect();
@@ -264,13 +282,16 @@ pub fn train_step(model: &Gru4Rec, s: &StepInput<'_>, rng: &mut SmallRng) -> Res
             let (op, out) = SampledSoftmaxXe::new(rows, offsets, hdim, s.loss_scale as f32);
             let loss = h_out.apply_op1(op)?;
             let grads = loss.backward()?;
-            let OutputGrads { rows, offsets } = std::mem::take(&mut *out.lock().expect("output grads lock"));
+            let OutputGrads { rows, offsets } =
+                std::mem::take(&mut *out.lock().expect("output grads lock"));
             (loss, grads, (rows, offsets))
         }
         Loss::BprMax => {
             let o = model.item_out.gather(&out_idx, &dev)?;
             let ob = model.item_bias.gather(&out_idx, &dev)?;
-            let y = h_out.matmul(&o.as_tensor().t()?)?.broadcast_add(&ob.as_tensor().t()?)?;
+            let y = h_out
+                .matmul(&o.as_tensor().t()?)?
+                .broadcast_add(&ob.as_tensor().t()?)?;
             let loss = (bpr_max(&y, b, s.bpreg, &dev)? / s.loss_scale as f64)?;
             let grads = loss.backward()?;
             let take = |v: &Var, len: usize| -> Result<Vec<f32>, TrainError> {
@@ -287,7 +308,12 @@ pub fn train_step(model: &Gru4Rec, s: &StepInput<'_>, rng: &mut SmallRng) -> Res
         Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
         None => vec![0.0; b * model.embed_dim],
     };
-    let GruGrads { w_ih_t, w_hh_t, b_ih, b_hh } = std::mem::take(&mut *gru_grads.lock().expect("gru grads lock"));
+    let GruGrads {
+        w_ih_t,
+        w_hh_t,
+        b_ih,
+        b_hh,
+    } = std::mem::take(&mut *gru_grads.lock().expect("gru grads lock"));
     Ok(StepGrads {
         loss: loss.to_scalar::<f32>()?,
         hidden: h_out.flatten_all()?.to_vec1::<f32>()?,
@@ -349,7 +375,9 @@ fn dropout(x: &Tensor, p: f32, rng: &mut SmallRng) -> candle_core::Result<Tensor
         return Ok(x.clone());
     }
     let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+        .collect();
     x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(DType::F32)?
 }
 
@@ -386,17 +414,26 @@ mod tests {
             let hp = &hs[bi * 7..bi * 7 + 7];
             let lin = |wm: &[f32], v: &[f32], row: usize, bias: f32| -> f64 {
                 let n = v.len();
-                bias as f64 + (0..n).map(|k| wm[row * n + k] as f64 * v[k] as f64).sum::<f64>()
+                bias as f64
+                    + (0..n)
+                        .map(|k| wm[row * n + k] as f64 * v[k] as f64)
+                        .sum::<f64>()
             };
             for j in 0..h {
                 let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
                 let r = sig(lin(&w.w_ih, x, j, w.b_ih[j]) + lin(&w.w_hh, hp, j, w.b_hh[j]));
-                let z = sig(lin(&w.w_ih, x, h + j, w.b_ih[h + j]) + lin(&w.w_hh, hp, h + j, w.b_hh[h + j]));
+                let z =
+                    sig(lin(&w.w_ih, x, h + j, w.b_ih[h + j])
+                        + lin(&w.w_hh, hp, h + j, w.b_hh[h + j]));
                 let n = (lin(&w.w_ih, x, 2 * h + j, w.b_ih[2 * h + j])
                     + r * lin(&w.w_hh, hp, 2 * h + j, w.b_hh[2 * h + j]))
                 .tanh();
                 let want = (1.0 - z) * n + z * hp[j] as f64;
-                assert!((out[bi * h + j] as f64 - want).abs() < 1e-5, "{} vs {want}", out[bi * h + j]);
+                assert!(
+                    (out[bi * h + j] as f64 - want).abs() < 1e-5,
+                    "{} vs {want}",
+                    out[bi * h + j]
+                );
             }
         }
     }

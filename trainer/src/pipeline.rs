@@ -31,7 +31,11 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { k: 20, batch: 256, threads: None }
+        EvalOptions {
+            k: 20,
+            batch: 256,
+            threads: None,
+        }
     }
 }
 
@@ -61,8 +65,11 @@ impl Evaluation {
     /// `{recall@20, mrr@20, coverage@20, pop_share@20, events, baselines: {pop: {…}, item-knn: {…}}}`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = self.model.to_json();
-        let baselines: serde_json::Map<String, serde_json::Value> =
-            self.baselines.iter().map(|(n, m)| (n.clone(), m.to_json())).collect();
+        let baselines: serde_json::Map<String, serde_json::Value> = self
+            .baselines
+            .iter()
+            .map(|(n, m)| (n.clone(), m.to_json()))
+            .collect();
         v["baselines"] = serde_json::Value::Object(baselines);
         v
     }
@@ -79,7 +86,8 @@ impl Evaluation {
             format!("PopShare@{k}"),
             self.model.events
         );
-        let rows = std::iter::once(("gru4rec", &self.model)).chain(self.baselines.iter().map(|(n, m)| (n.as_str(), m)));
+        let rows = std::iter::once(("gru4rec", &self.model))
+            .chain(self.baselines.iter().map(|(n, m)| (n.as_str(), m)));
         for (name, m) in rows {
             out += &format!(
                 "{name:<10} {:>10.4} {:>10.4} {:>12.4} {:>13.4}\n",
@@ -111,13 +119,31 @@ pub fn evaluate(
     let mut backend = CpuBackend::new(opts.threads)?;
     let id = backend.upload_model(weights, Dtype::F32)?;
     let n = weights.n_items;
-    let model = evaluate_model(&mut backend, id, weights.hidden, test, n, opts.k, opts.batch)?;
-    let mut baselines = vec![("pop".to_string(), evaluate_recommender(&mut Pop::new(n), test, n, opts.k))];
+    let model = evaluate_model(
+        &mut backend,
+        id,
+        weights.hidden,
+        test,
+        n,
+        opts.k,
+        opts.batch,
+    )?;
+    let mut baselines = vec![(
+        "pop".to_string(),
+        evaluate_recommender(&mut Pop::new(n), test, n, opts.k),
+    )];
     if let Some(train_sessions) = train_sessions {
         let mut knn = ItemKnn::fit(train_sessions, n, ItemKnn::DEFAULT_LAMBDA, opts.k.max(100));
-        baselines.push(("item-knn".to_string(), evaluate_recommender(&mut knn, test, n, opts.k)));
+        baselines.push((
+            "item-knn".to_string(),
+            evaluate_recommender(&mut knn, test, n, opts.k),
+        ));
     }
-    Ok(Evaluation { model, baselines, seconds: started.elapsed().as_secs_f64() })
+    Ok(Evaluation {
+        model,
+        baselines,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Runs `lambdarec train`. `progress(epoch, events_done, mean_loss)` drives a progress bar.
@@ -161,7 +187,13 @@ pub async fn run_train(
     );
     drop((raw_train, raw_test));
 
-    let (model, epochs) = train(&dataset.train, &dataset.vocab.popularity, &job.config, progress, on_epoch)?;
+    let (model, epochs) = train(
+        &dataset.train,
+        &dataset.vocab.popularity,
+        &job.config,
+        progress,
+        on_epoch,
+    )?;
     let weights = model.to_weights();
     let evaluation = evaluate(&weights, Some(&dataset.train), &dataset.test, &job.eval)?;
     info!(
@@ -172,10 +204,23 @@ pub async fn run_train(
         "evaluated model and baselines"
     );
 
-    let mut bundle = export::to_bundle(&weights, &dataset.vocab, &dataset.fingerprint(), &job.config, &epochs, &evaluation);
+    let mut bundle = export::to_bundle(
+        &weights,
+        &dataset.vocab,
+        &dataset.fingerprint(),
+        &job.config,
+        &epochs,
+        &evaluation,
+    );
     let version = store.write_bundle(&job.model_name, &mut bundle).await?;
     info!(store = store.url(), model = %job.model_name, %version, "wrote model bundle");
-    Ok(TrainOutcome { dataset, epochs, evaluation, weights, version })
+    Ok(TrainOutcome {
+        dataset,
+        epochs,
+        evaluation,
+        weights,
+        version,
+    })
 }
 
 fn report_bad_lines(log: &data::RawLog) {
@@ -197,11 +242,19 @@ pub struct LoadedModel {
 }
 
 /// Reads a bundle (LATEST when `version` is None) and converts it to backend weights.
-pub async fn load_model(store: &str, name: &str, version: Option<&str>) -> Result<LoadedModel, TrainError> {
+pub async fn load_model(
+    store: &str,
+    name: &str,
+    version: Option<&str>,
+) -> Result<LoadedModel, TrainError> {
     let store = Store::open(store)?;
     let bundle = store.read_bundle(name, version).await?;
     let (weights, vocab) = export::from_bundle(&bundle)?;
-    Ok(LoadedModel { bundle, weights, vocab })
+    Ok(LoadedModel {
+        bundle,
+        weights,
+        vocab,
+    })
 }
 
 /// Everything `lambdarec eval` needs.
@@ -220,7 +273,9 @@ pub struct EvalJob {
 }
 
 /// Runs `lambdarec eval`: the evaluation of a stored bundle on a test log, mapped to the bundle's items.
-pub async fn run_eval(job: &EvalJob) -> Result<(LoadedModel, Evaluation, data::PrepareReport), TrainError> {
+pub async fn run_eval(
+    job: &EvalJob,
+) -> Result<(LoadedModel, Evaluation, data::PrepareReport), TrainError> {
     let loaded = load_model(&job.store, &job.model, job.version.as_deref()).await?;
     let raw_test = data::read_log(&job.test_path, &job.read)?;
     report_bad_lines(&raw_test);

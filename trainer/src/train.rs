@@ -6,9 +6,9 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde::{Deserialize, Serialize};
 
-use crate::{TrainError, simd};
 use crate::data::Sessions;
 use crate::model::{Gru4Rec, Loss, ParamId, StepInput, train_step};
+use crate::{TrainError, simd};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,7 +23,9 @@ impl std::str::FromStr for Optimizer {
         match s {
             "adagrad" => Ok(Optimizer::Adagrad),
             "adam" => Ok(Optimizer::Adam),
-            _ => Err(format!("unknown optimizer {s:?} (expected adagrad or adam)")),
+            _ => Err(format!(
+                "unknown optimizer {s:?} (expected adagrad or adam)"
+            )),
         }
     }
 }
@@ -50,7 +52,7 @@ pub struct TrainConfig {
     /// Score regularisation of BPR-max.
     pub bpreg: f32,
     pub seed: u64,
-    /// Threads of the training loop (None = 1). Does not change the result, only the speed.
+    /// Threads of the training loop (None = up to 2). Does not change the result, only the speed.
     #[serde(skip)]
     pub threads: Option<usize>,
 }
@@ -85,9 +87,15 @@ impl TrainConfig {
             return bad("hidden, batch size and epochs must be at least 1".into());
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad(format!("learning rate must be positive, got {}", self.learning_rate));
+            return bad(format!(
+                "learning rate must be positive, got {}",
+                self.learning_rate
+            ));
         }
-        for (what, p) in [("dropout-hidden", self.dropout_hidden), ("dropout-embed", self.dropout_embed)] {
+        for (what, p) in [
+            ("dropout-hidden", self.dropout_hidden),
+            ("dropout-embed", self.dropout_embed),
+        ] {
             if !(0.0..1.0).contains(&p) {
                 return bad(format!("{what} must be in [0, 1), got {p}"));
             }
@@ -119,7 +127,10 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(popularity: &[u64], alpha: f32) -> Sampler {
-        let w: Vec<f64> = popularity.iter().map(|&c| (c.max(1) as f64).powf(alpha as f64)).collect();
+        let w: Vec<f64> = popularity
+            .iter()
+            .map(|&c| (c.max(1) as f64).powf(alpha as f64))
+            .collect();
         let total: f64 = w.iter().sum();
         let mut acc = 0.0;
         let cumulative = w
@@ -130,7 +141,10 @@ impl Sampler {
             })
             .collect();
         let log_pop = popularity.iter().map(|&c| (c.max(1) as f32).ln()).collect();
-        Sampler { cumulative, log_pop }
+        Sampler {
+            cumulative,
+            log_pop,
+        }
     }
 
     pub fn sample(&self, n: usize, rng: &mut SmallRng, out: &mut Vec<u32>) {
@@ -169,7 +183,11 @@ impl OptState {
         OptState {
             id,
             acc: vec![0.0; n],
-            mom: if cfg.momentum > 0.0 || cfg.optimizer == Optimizer::Adam { vec![0.0; n] } else { Vec::new() },
+            mom: if cfg.momentum > 0.0 || cfg.optimizer == Optimizer::Adam {
+                vec![0.0; n]
+            } else {
+                Vec::new()
+            },
             cols,
             stamp: vec![u64::MAX; rows],
             first: vec![(0, 0); rows],
@@ -180,7 +198,13 @@ impl OptState {
     /// Updates the rows named by `sources`. A row that appears several times (a popular item sampled
     /// twice, a target that is also an input) has its gradients summed first: the update is non-linear.
     /// The sums are made in place in the first occurrence's buffer, so no scratch copy of the gradient.
-    fn update(&mut self, model: &mut Gru4Rec, cfg: &TrainConfig, step: u64, sources: &mut [GradRows<'_>]) {
+    fn update(
+        &mut self,
+        model: &mut Gru4Rec,
+        cfg: &TrainConfig,
+        step: u64,
+        sources: &mut [GradRows<'_>],
+    ) {
         let cols = self.cols;
         self.touched.clear();
         for s in 0..sources.len() {
@@ -201,7 +225,9 @@ impl OptState {
                     }
                 } else {
                     let dst = &mut done[s0].1[k0 * cols..(k0 + 1) * cols];
-                    dst.iter_mut().zip(&grads[k * cols..(k + 1) * cols]).for_each(|(d, g)| *d += g);
+                    dst.iter_mut()
+                        .zip(&grads[k * cols..(k + 1) * cols])
+                        .for_each(|(d, g)| *d += g);
                 }
             }
         }
@@ -239,11 +265,14 @@ pub fn train(
     on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<(Gru4Rec, Vec<EpochStats>), TrainError> {
     cfg.validate()?;
-    // One step is about a millisecond of small GEMMs. The output layer can split its columns over two
-    // threads (a fixed split, so the result does not depend on the thread count), but on the shared
-    // 2-core machine we measure on, two threads were no faster than one (wake-ups cost what the split
-    // saves at 32 × 2080 × 100), so one thread is the default; candle's own ops stay in this pool too.
-    let threads = cfg.threads.unwrap_or(1).max(1);
+    // One step is about a millisecond of small GEMMs. The output layer splits its columns over two
+    // threads (a fixed split, so the result does not depend on the thread count): on an idle 2-core
+    // machine that is ~1.2× faster than one thread (benches/RESULTS.md); more threads would cost more in
+    // wake-ups than they save at 32 × 2080 × 100. Candle's own (small) ops run in this pool too.
+    let threads = cfg
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)))
+        .max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("lambdarec-train-{i}"))
@@ -269,7 +298,9 @@ fn train_loop(
     let table_ids = [ParamId::ItemOut, ParamId::ItemBias]
         .into_iter()
         .chain((!model.tied()).then_some(ParamId::ItemIn));
-    let mut tables: Vec<OptState> = table_ids.map(|id| OptState::new(id, &model, cfg, false)).collect();
+    let mut tables: Vec<OptState> = table_ids
+        .map(|id| OptState::new(id, &model, cfg, false))
+        .collect();
     let mut dense: Vec<OptState> = [ParamId::WIh, ParamId::WHh, ParamId::BIh, ParamId::BHh]
         .into_iter()
         .map(|id| OptState::new(id, &model, cfg, true))
@@ -334,13 +365,23 @@ fn train_loop(
                         step,
                         &mut [(&out_rows, &mut g.item_out), (&inputs, &mut g.item_in)],
                     ),
-                    ParamId::ItemOut => t.update(&mut model, cfg, step, &mut [(&out_rows, &mut g.item_out)]),
-                    ParamId::ItemBias => t.update(&mut model, cfg, step, &mut [(&out_rows, &mut g.item_bias)]),
-                    ParamId::ItemIn => t.update(&mut model, cfg, step, &mut [(&inputs, &mut g.item_in)]),
+                    ParamId::ItemOut => {
+                        t.update(&mut model, cfg, step, &mut [(&out_rows, &mut g.item_out)])
+                    }
+                    ParamId::ItemBias => {
+                        t.update(&mut model, cfg, step, &mut [(&out_rows, &mut g.item_bias)])
+                    }
+                    ParamId::ItemIn => {
+                        t.update(&mut model, cfg, step, &mut [(&inputs, &mut g.item_in)])
+                    }
                     _ => unreachable!("only item tables are row-sparse"),
                 }
             }
-            for (d, grad) in dense.iter_mut().zip([&mut g.w_ih, &mut g.w_hh, &mut g.b_ih, &mut g.b_hh]) {
+            for (d, grad) in
+                dense
+                    .iter_mut()
+                    .zip([&mut g.w_ih, &mut g.w_hh, &mut g.b_ih, &mut g.b_hh])
+            {
                 d.update(&mut model, cfg, step, &mut [(&[0], grad)]);
             }
             step += 1;
@@ -403,28 +444,52 @@ mod tests {
 
     #[test]
     fn duplicate_rows_are_summed_before_the_update() {
-        let cfg = TrainConfig { hidden: 2, learning_rate: 0.5, ..TrainConfig::default() };
+        let cfg = TrainConfig {
+            hidden: 2,
+            learning_rate: 0.5,
+            ..TrainConfig::default()
+        };
         let mut model = Gru4Rec::new(4, 0, 2, 1);
         let before = model.item_out.data.clone();
         let mut st = OptState::new(ParamId::ItemOut, &model, &cfg, false);
         // row 1 appears twice in the first source and once in the second; row 3 once
         let mut g1 = vec![1.0, 2.0, 0.5, 0.5, 3.0, 0.0];
         let mut g2 = vec![0.5, -1.0];
-        st.update(&mut model, &cfg, 0, &mut [(&[1, 3, 1], &mut g1), (&[1], &mut g2)]);
+        st.update(
+            &mut model,
+            &cfg,
+            0,
+            &mut [(&[1, 3, 1], &mut g1), (&[1], &mut g2)],
+        );
         let want_g = [1.0f32 + 3.0 + 0.5, 2.0 + 0.0 - 1.0];
         for c in 0..2 {
             let want = before[2 + c] - 0.5 * want_g[c] / (want_g[c] * want_g[c] + 1e-6).sqrt();
             assert!((model.item_out.data[2 + c] - want).abs() < 1e-6);
-            assert!((model.item_out.data[6 + c] - (before[6 + c] - 0.5 * 0.5 / (0.25f32 + 1e-6).sqrt())).abs() < 1e-6);
+            assert!(
+                (model.item_out.data[6 + c]
+                    - (before[6 + c] - 0.5 * 0.5 / (0.25f32 + 1e-6).sqrt()))
+                .abs()
+                    < 1e-6
+            );
         }
-        assert_eq!(model.item_out.data[0..2], before[0..2], "untouched rows stay");
+        assert_eq!(
+            model.item_out.data[0..2],
+            before[0..2],
+            "untouched rows stay"
+        );
     }
 
     #[test]
     fn bad_config_is_rejected() {
-        let cfg = TrainConfig { dropout_hidden: 1.0, ..TrainConfig::default() };
+        let cfg = TrainConfig {
+            dropout_hidden: 1.0,
+            ..TrainConfig::default()
+        };
         assert!(cfg.validate().is_err());
-        let cfg = TrainConfig { learning_rate: 0.0, ..TrainConfig::default() };
+        let cfg = TrainConfig {
+            learning_rate: 0.0,
+            ..TrainConfig::default()
+        };
         assert!(cfg.validate().is_err());
     }
 }

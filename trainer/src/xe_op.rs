@@ -35,7 +35,12 @@ pub struct SampledSoftmaxXe {
 }
 
 impl SampledSoftmaxXe {
-    pub fn new(rows: Vec<f32>, offsets: Vec<f32>, hidden: usize, scale: f32) -> (Self, Arc<Mutex<OutputGrads>>) {
+    pub fn new(
+        rows: Vec<f32>,
+        offsets: Vec<f32>,
+        hidden: usize,
+        scale: f32,
+    ) -> (Self, Arc<Mutex<OutputGrads>>) {
         let grads = Arc::new(Mutex::new(OutputGrads::default()));
         let op = SampledSoftmaxXe {
             rows: Arc::new(rows),
@@ -57,7 +62,18 @@ impl SampledSoftmaxXe {
 /// Single-threaded on purpose: at these sizes (≤ 32 × 2080 × 100) handing the GEMM to a second thread
 /// measured 1.6× slower per epoch on the 2-core machine (wake-up and split overhead exceed the work).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(m: usize, n: usize, k: usize, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, out: &mut [f32]) {
+pub(crate) fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    out: &mut [f32],
+) {
     assert!(out.len() >= m * n);
     assert!(m == 0 || k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(n == 0 || k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
@@ -65,26 +81,26 @@ pub(crate) fn gemm(m: usize, n: usize, k: usize, a: &[f32], a_rs: usize, a_cs: u
         // SAFETY: the asserts above keep every index the GEMM touches inside the slices; `out` is exclusive.
         unsafe {
             gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                a_cs as isize,
+                a_rs as isize,
+                b.as_ptr(),
+                b_cs as isize,
+                b_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
         }
     };
     run(out, gemm::Parallelism::None)
@@ -105,7 +121,13 @@ impl SampledSoftmaxXe {
 
 /// One column block of the forward pass: `exp(h · O_blockᵀ + c − rowmax)` (`b × cols`), with the row
 /// maxima and sums of the block.
-fn forward_block(hs: &[f32], b: usize, h: usize, rows: &[f32], offsets: &[f32]) -> (Vec<f32>, Vec<(f32, f32)>) {
+fn forward_block(
+    hs: &[f32],
+    b: usize,
+    h: usize,
+    rows: &[f32],
+    offsets: &[f32],
+) -> (Vec<f32>, Vec<(f32, f32)>) {
     let cols = offsets.len();
     let mut y = vec![0f32; b * cols];
     // y = h · Oᵀ: Oᵀ is O (cols × h, row-major) read with row stride 1 and column stride h.
@@ -113,7 +135,9 @@ fn forward_block(hs: &[f32], b: usize, h: usize, rows: &[f32], offsets: &[f32]) 
     let stats = if cols == 0 {
         vec![(f32::NEG_INFINITY, 0.0); b]
     } else {
-        y.chunks_exact_mut(cols).map(|row| simd::exp_shift_in_place(row, offsets)).collect()
+        y.chunks_exact_mut(cols)
+            .map(|row| simd::exp_shift_in_place(row, offsets))
+            .collect()
     };
     (y, stats)
 }
@@ -157,15 +181,26 @@ impl CustomOp1 for SampledSoftmaxXe {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, h) = l.shape().dims2()?;
-        let Some((lo, hi)) = l.contiguous_offsets() else { bail!("sampled-softmax-xe: hidden state must be contiguous") };
+        let Some((lo, hi)) = l.contiguous_offsets() else {
+            bail!("sampled-softmax-xe: hidden state must be contiguous")
+        };
         let hs = &s.as_slice::<f32>()?[lo..hi];
         let m = self.m();
         if h != self.hidden || self.rows.len() != m * h || b > m {
-            bail!("sampled-softmax-xe: hidden {b}×{h} does not fit {m} output rows of width {}", self.hidden);
+            bail!(
+                "sampled-softmax-xe: hidden {b}×{h} does not fit {m} output rows of width {}",
+                self.hidden
+            );
         }
         let [pa, pb] = self.parts();
         let block = |p: &std::ops::Range<usize>| {
-            forward_block(hs, b, h, &self.rows[p.start * h..p.end * h], &self.offsets[p.clone()])
+            forward_block(
+                hs,
+                b,
+                h,
+                &self.rows[p.start * h..p.end * h],
+                &self.offsets[p.clone()],
+            )
         };
         let ((mut ya, sa), (mut yb, sb)) = rayon::join(|| block(&pa), || block(&pb));
         // Combine the blocks' (max, sum) per row into the softmax normaliser; the loss needs the raw
@@ -176,7 +211,11 @@ impl CustomOp1 for SampledSoftmaxXe {
             let max = ma.max(mb);
             let (wa, wb) = (simd::exp(ma - max), simd::exp(mb - max));
             let total = suma * wa + sumb * wb;
-            let pos: f32 = hs[i * h..(i + 1) * h].iter().zip(&self.rows[i * h..(i + 1) * h]).map(|(x, y)| x * y).sum::<f32>()
+            let pos: f32 = hs[i * h..(i + 1) * h]
+                .iter()
+                .zip(&self.rows[i * h..(i + 1) * h])
+                .map(|(x, y)| x * y)
+                .sum::<f32>()
                 + self.offsets[i];
             loss += (max + total.ln() - pos) as f64;
             let (ca, cb) = (pa.len(), pb.len());
@@ -184,7 +223,10 @@ impl CustomOp1 for SampledSoftmaxXe {
             simd::scale(&mut yb[i * cb..(i + 1) * cb], wb / total);
         }
         *self.probs.lock().expect("probs lock") = vec![ya, yb];
-        Ok((CpuStorage::F32(vec![(loss / self.scale as f64) as f32]), Shape::from(())))
+        Ok((
+            CpuStorage::F32(vec![(loss / self.scale as f64) as f32]),
+            Shape::from(()),
+        ))
     }
 
     fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -194,7 +236,10 @@ impl CustomOp1 for SampledSoftmaxXe {
         let mut probs = std::mem::take(&mut *self.probs.lock().expect("probs lock"));
         let [pa, pb] = self.parts();
         let (first, second) = probs.split_at_mut(1);
-        let (ra, rb) = (&self.rows[pa.start * hd..pa.end * hd], &self.rows[pb.start * hd..pb.end * hd]);
+        let (ra, rb) = (
+            &self.rows[pa.start * hd..pa.end * hd],
+            &self.rows[pb.start * hd..pb.end * hd],
+        );
         let ((mut dh, mut d_rows, mut d_off), (dh_b, d_rows_b, d_off_b)) = rayon::join(
             || backward_block(&mut first[0], pa.start, b, hd, g, ra, &hv),
             || backward_block(&mut second[0], pb.start, b, hd, g, rb, &hv),
@@ -202,7 +247,10 @@ impl CustomOp1 for SampledSoftmaxXe {
         dh.iter_mut().zip(&dh_b).for_each(|(a, b)| *a += b);
         d_rows.extend_from_slice(&d_rows_b);
         d_off.extend_from_slice(&d_off_b);
-        *self.grads.lock().expect("grads lock") = OutputGrads { rows: d_rows, offsets: d_off };
+        *self.grads.lock().expect("grads lock") = OutputGrads {
+            rows: d_rows,
+            offsets: d_off,
+        };
         Ok(Some(Tensor::from_vec(dh, (b, hd), h.device())?))
     }
 }
@@ -217,8 +265,12 @@ mod tests {
     fn matches_unfused_candle_ops() {
         let dev = Device::Cpu;
         let (b, m, h) = (3usize, 7usize, 5usize);
-        let hv: Vec<f32> = (0..b * h).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.25).collect();
-        let ov: Vec<f32> = (0..m * h).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1).collect();
+        let hv: Vec<f32> = (0..b * h)
+            .map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.25)
+            .collect();
+        let ov: Vec<f32> = (0..m * h)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1)
+            .collect();
         let cv: Vec<f32> = (0..m).map(|j| (j as f32 - 3.0) * 0.2).collect();
 
         let h1 = Var::from_slice(&hv, (b, h), &dev).unwrap();
@@ -231,17 +283,40 @@ mod tests {
         let o2 = Var::from_slice(&ov, (m, h), &dev).unwrap();
         let c2 = Var::from_slice(&cv, m, &dev).unwrap();
         let y = h2.as_tensor().matmul(&o2.as_tensor().t().unwrap()).unwrap();
-        let z = y.broadcast_add(&c2.as_tensor().unsqueeze(0).unwrap()).unwrap();
+        let z = y
+            .broadcast_add(&c2.as_tensor().unsqueeze(0).unwrap())
+            .unwrap();
         let ls = candle_nn::ops::log_softmax(&z, D::Minus1).unwrap();
         let idx = Tensor::from_vec((0..b as u32).collect::<Vec<_>>(), (b, 1), &dev).unwrap();
-        let plain = (ls.gather(&idx, 1).unwrap().sum_all().unwrap().neg().unwrap() / 2.0).unwrap();
+        let plain = (ls
+            .gather(&idx, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .neg()
+            .unwrap()
+            / 2.0)
+            .unwrap();
         let g2 = plain.backward().unwrap();
 
         let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
-        assert!((fused.to_scalar::<f32>().unwrap() - plain.to_scalar::<f32>().unwrap()).abs() < 1e-5);
-        assert!(close(&v(g1.get(h1.as_tensor()).unwrap()), &v(g2.get(h2.as_tensor()).unwrap())));
-        assert!(close(&fused_grads.rows, &v(g2.get(o2.as_tensor()).unwrap())));
-        assert!(close(&fused_grads.offsets, &v(g2.get(c2.as_tensor()).unwrap())));
+        let close = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+        };
+        assert!(
+            (fused.to_scalar::<f32>().unwrap() - plain.to_scalar::<f32>().unwrap()).abs() < 1e-5
+        );
+        assert!(close(
+            &v(g1.get(h1.as_tensor()).unwrap()),
+            &v(g2.get(h2.as_tensor()).unwrap())
+        ));
+        assert!(close(
+            &fused_grads.rows,
+            &v(g2.get(o2.as_tensor()).unwrap())
+        ));
+        assert!(close(
+            &fused_grads.offsets,
+            &v(g2.get(c2.as_tensor()).unwrap())
+        ));
     }
 }

@@ -56,7 +56,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{report}");
-        println!("model {} version {} ({} items, hidden {})", m.name, m.version, m.dims.n_items, m.dims.hidden);
+        println!(
+            "model {} version {} ({} items, hidden {})",
+            m.name, m.version, m.dims.n_items, m.dims.hidden
+        );
         print!("{}", ev.table());
     }
     Ok(())

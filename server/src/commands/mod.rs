@@ -58,7 +58,9 @@ fn parse_delimiter(s: &str) -> Result<u8, String> {
         "comma" | "," => Ok(b','),
         "semicolon" | ";" => Ok(b';'),
         _ if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
-        _ => Err(format!("delimiter must be tab, comma, semicolon or one ASCII character, got {s:?}")),
+        _ => Err(format!(
+            "delimiter must be tab, comma, semicolon or one ASCII character, got {s:?}"
+        )),
     }
 }
 
@@ -78,7 +80,11 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     pub fn options(&self) -> EvalOptions {
-        EvalOptions { k: self.k as usize, batch: self.eval_batch as usize, threads: self.threads }
+        EvalOptions {
+            k: self.k as usize,
+            batch: self.eval_batch as usize,
+            threads: self.threads,
+        }
     }
 }
 
@@ -95,10 +101,17 @@ pub struct StoreArgs {
 
 pub fn existing_file(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
-    if p.is_file() { Ok(p) } else { Err(format!("{s}: no such file")) }
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("{s}: no such file"))
+    }
 }
 
 /// A current-thread runtime for the object-store I/O of batch commands.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
 }

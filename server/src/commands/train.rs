@@ -79,8 +79,8 @@ pub struct TrainArgs {
     /// Random seed: the same seed, data and flags give the same bundle.
     #[arg(long, env = "LAMBDAREC_SEED", default_value_t = 42)]
     pub seed: u64,
-    /// Threads of the training loop (default 1; 2 splits the output layer over two cores, which pays
-    /// off only on an idle machine). The result does not depend on it.
+    /// Threads of the training loop (default: up to 2, which splits the output layer over two cores;
+    /// on a busy machine 1 can be faster). The result does not depend on it.
     #[arg(long, env = "LAMBDAREC_TRAIN_THREADS")]
     pub train_threads: Option<usize>,
     #[command(flatten)]
