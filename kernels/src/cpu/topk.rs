@@ -57,15 +57,23 @@ pub(super) fn top_k(
         })
         .collect();
 
-    // Tasks form a grid of query blocks × item ranges. Splitting the batch needs no merge and no
-    // duplicate warm-up of the candidate buffers, so big batches are split by queries first (blocks of
-    // whole 6-row kernel groups); item ranges then give every thread work when the batch is small. A
-    // couple of tasks per thread absorb uneven progress (other load on the box).
+    // Tasks form a grid of item ranges × query blocks, about two per thread (they absorb uneven
+    // progress, e.g. other load on the box). Item ranges come first, so that each task scores its
+    // tiles for the whole batch; only a catalogue too small to give every task 4,096 items is also
+    // split by queries (blocks of whole 6-row kernel groups), which rescans it once per block.
     let threads = pool.current_num_threads();
-    let n_blocks = (b / 12).clamp(1, threads);
+    let np = m.item_out.n_panels();
+    let work = m.n_items * d * b;
+    let target = if threads == 1 {
+        1
+    } else {
+        (2 * threads).min((work / PARALLEL_MIN_WORK).max(1))
+    };
+    let ranges = (np / MIN_PANELS_PER_TASK).clamp(1, target);
+    let n_blocks = (target / ranges).clamp(1, b.div_ceil(6));
     let per_block = b.div_ceil(n_blocks).div_ceil(6) * 6;
     let blocks: Vec<(usize, usize)> = (0..b)
-        .step_by(per_block.max(1))
+        .step_by(per_block)
         .map(|s| (s, (s + per_block).min(b)))
         .collect();
     let sets: Vec<QuerySet> = blocks
@@ -85,17 +93,11 @@ pub(super) fn top_k(
             }
         })
         .collect();
-    let np = m.item_out.n_panels();
-    let work = m.n_items * d * per_block;
-    let ranges = if threads == 1 {
-        1
-    } else {
-        (work / PARALLEL_MIN_WORK)
-            .clamp(1, (2 * threads).div_ceil(sets.len()))
-            .min(np.div_ceil(MIN_PANELS_PER_TASK))
-    };
-    let tasks: Vec<(usize, usize, usize)> = (0..sets.len())
-        .flat_map(|s| (0..ranges).map(move |r| (s, np * r / ranges, np * (r + 1) / ranges)))
+    // Range-major order: neighbouring tasks belong to different blocks, so splitting the list in halves
+    // (as rayon does first) splits the work evenly even when the last block is short.
+    let n_sets = sets.len();
+    let tasks: Vec<(usize, usize, usize)> = (0..ranges)
+        .flat_map(|r| (0..n_sets).map(move |s| (s, np * r / ranges, np * (r + 1) / ranges)))
         .collect();
     let run = |&(s, first, end): &(usize, usize, usize)| scan(isa, m, &sets[s], first, end);
     let mut parts: Vec<Vec<Vec<(f32, u32)>>> = if tasks.len() > 1 {
@@ -108,8 +110,8 @@ pub(super) fn top_k(
     for (s, &(first, end)) in blocks.iter().enumerate() {
         for i in 0..end - first {
             let mut all: Vec<(f32, u32)> = Vec::new();
-            for part in &mut parts[s * ranges..(s + 1) * ranges] {
-                all.append(&mut part[i]);
+            for r in 0..ranges {
+                all.append(&mut parts[r * n_sets + s][i]);
             }
             keep_best(&mut all, ks[first + i]);
             all.sort_unstable_by(rank);
