@@ -14,15 +14,8 @@ use crate::train::{EpochStats, TrainConfig};
 
 pub const MODEL_KIND: &str = "gru4rec";
 
-/// Builds a bundle; the store fills in name, version, time and checksums when it writes it.
-pub fn to_bundle(
-    w: &ModelWeights,
-    vocab: &ItemVocab,
-    fingerprint: &str,
-    config: &TrainConfig,
-    epochs: &[EpochStats],
-    evaluation: &Evaluation,
-) -> Bundle {
+/// The bundle's tensors for these weights: names and shapes as the server reads them.
+pub fn weight_tensors(w: &ModelWeights) -> BTreeMap<String, Tensor> {
     let (n, e, h) = (w.n_items, w.embed_dim, w.hidden);
     let mut tensors = BTreeMap::new();
     let mut put = |name: &str, shape: Vec<usize>, data: &[f32]| {
@@ -43,6 +36,20 @@ pub fn to_bundle(
     if let Some(item_in) = &w.item_in {
         put("item_in", vec![n, e], item_in);
     }
+    tensors
+}
+
+/// Builds a bundle; the store fills in name, version, time and checksums when it writes it.
+pub fn to_bundle(
+    w: &ModelWeights,
+    vocab: &ItemVocab,
+    fingerprint: &str,
+    config: &TrainConfig,
+    epochs: &[EpochStats],
+    evaluation: &Evaluation,
+) -> Bundle {
+    let (n, e, h) = (w.n_items, w.embed_dim, w.hidden);
+    let tensors = weight_tensors(w);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         model_kind: MODEL_KIND.to_string(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use lambdarec_kernels::{
     Backend, CpuBackend, Dtype, Event, ModelId, ModelWeights, ScoreQuery, Scored, TopKQuery,
 };
-use lambdarec_proto::bundle::{Bundle, Store, Tensor};
+use lambdarec_proto::bundle::{Bundle, Store};
 use lambdarec_proto::v1::recommender_client::RecommenderClient;
 use lambdarec_server::{DeviceChoice, ServeConfig};
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
@@ -111,26 +111,8 @@ pub async fn publish(url: &str, mut bundle: Bundle) -> String {
 /// The base bundle with other weights (dims taken from `w`).
 pub fn bundle_with(w: &ModelWeights) -> Bundle {
     let mut b = base().bundle.clone();
-    let (n, e, h) = (w.n_items, w.embed_dim, w.hidden);
-    b.tensors.clear();
-    let mut put = |name: &str, shape: Vec<usize>, data: &[f32]| {
-        b.tensors.insert(
-            name.to_string(),
-            Tensor {
-                shape,
-                data: data.to_vec(),
-            },
-        );
-    };
-    put("gru.w_ih", vec![3 * h, e], &w.w_ih);
-    put("gru.w_hh", vec![3 * h, h], &w.w_hh);
-    put("gru.b_ih", vec![3 * h], &w.b_ih);
-    put("gru.b_hh", vec![3 * h], &w.b_hh);
-    put("item_out", vec![n, h], &w.item_out);
-    put("item_bias", vec![n], &w.item_bias);
-    if let Some(t) = &w.item_in {
-        put("item_in", vec![n, e], t);
-    }
+    let (e, h) = (w.embed_dim, w.hidden);
+    b.tensors = lambdarec_trainer::export::weight_tensors(w);
     b.manifest.dims.hidden = h as u32;
     b.manifest.dims.embed_dim = e as u32;
     b.manifest.dims.tied_embedding = w.item_in.is_none();
