@@ -16,19 +16,26 @@ use crate::status::event_code;
 
 // ---- proto → domain ----
 
-/// k = 0 means the default; larger than the limit is capped (as recommender.proto documents).
-pub fn recommend_request(r: v1::RecommendRequest, limits: &Limits) -> RecommendRequest {
-    let k = match r.k as usize {
-        0 => limits.default_k,
-        k => k.min(limits.max_k),
-    };
-    RecommendRequest {
+/// k must be in 1..=max_k (as recommender.proto documents): 0 (an unset field) and values over the
+/// limit are refused rather than silently replaced, so a client bug shows up as an error.
+pub fn recommend_request(
+    r: v1::RecommendRequest,
+    limits: &Limits,
+) -> Result<RecommendRequest, EngineError> {
+    let k = r.k as usize;
+    if k == 0 || k > limits.max_k {
+        return Err(EngineError::BadK {
+            got: k,
+            max: limits.max_k,
+        });
+    }
+    Ok(RecommendRequest {
         session_id: r.session_id,
         k,
         exclude_items: r.exclude_items,
         exclude_seen: r.exclude_seen.unwrap_or(true),
         inline_events: r.inline_events,
-    }
+    })
 }
 
 pub fn score_request(r: v1::ScoreRequest) -> ScoreRequest {
@@ -208,9 +215,9 @@ mod tests {
     }
 
     #[test]
-    fn k_defaults_and_caps() {
+    fn k_must_be_within_the_limit() {
         let l = Limits::default();
-        let k = |k| {
+        let req = |k| {
             recommend_request(
                 v1::RecommendRequest {
                     k,
@@ -218,10 +225,20 @@ mod tests {
                 },
                 &l,
             )
-            .k
         };
-        assert_eq!((k(0), k(7), k(5000)), (20, 7, 1000));
-        let r = recommend_request(v1::RecommendRequest::default(), &l);
-        assert!(r.exclude_seen, "exclude_seen defaults to true");
+        assert_eq!(req(7).unwrap().k, 7);
+        assert_eq!(req(1000).unwrap().k, 1000);
+        assert!(matches!(
+            req(0),
+            Err(EngineError::BadK { got: 0, max: 1000 })
+        ));
+        assert!(matches!(
+            req(1001),
+            Err(EngineError::BadK { got: 1001, .. })
+        ));
+        assert!(
+            req(20).unwrap().exclude_seen,
+            "exclude_seen defaults to true"
+        );
     }
 }

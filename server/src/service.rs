@@ -146,7 +146,7 @@ impl Recommender for RecommenderService {
     ) -> Result<Response<v1::RecommendResponse>, Status> {
         self.observe(Method::Recommend, async {
             let deadline = convert::deadline(request.metadata());
-            let req = convert::recommend_request(request.into_inner(), self.engine.limits());
+            let req = convert::recommend_request(request.into_inner(), self.engine.limits())?;
             let answer = self.engine.recommend(req, deadline).await?;
             Ok(convert::recommend_response(answer))
         })

@@ -16,6 +16,7 @@ pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 fn engine_code(e: &EngineError) -> Code {
     match e {
         EngineError::EmptySessionId
+        | EngineError::BadK { .. }
         | EngineError::SessionIdTooLong { .. }
         | EngineError::TooMany { .. }
         | EngineError::UnknownInlineItems { .. }
@@ -89,6 +90,7 @@ pub fn event_code(e: &EngineError) -> ErrorCode {
         | EngineError::NoModel
         | EngineError::ShuttingDown => ErrorCode::Overloaded,
         EngineError::TooMany { .. }
+        | EngineError::BadK { .. }
         | EngineError::SessionNotFound(_)
         | EngineError::Superseded
         | EngineError::Backend(_) => ErrorCode::Internal,

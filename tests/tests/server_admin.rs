@@ -38,6 +38,7 @@ async fn health_reflection_and_metrics() {
     let e = c
         .recommend(v1::RecommendRequest {
             session_id: "s".into(),
+            k: 20,
             ..Default::default()
         })
         .await
@@ -93,6 +94,7 @@ async fn health_reflection_and_metrics() {
     c.ping(v1::PingRequest {}).await.unwrap();
     c.recommend(v1::RecommendRequest {
         session_id: "s".into(),
+        k: 20,
         ..Default::default()
     })
     .await
@@ -178,6 +180,7 @@ async fn sessions_are_evicted_by_capacity_and_ttl_and_bf16_tables_serve() {
     for s in ["a", "b", "c"] {
         let req = v1::RecommendRequest {
             session_id: s.into(),
+            k: 20,
             inline_events: vec![item.clone()],
             ..Default::default()
         };

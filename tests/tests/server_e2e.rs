@@ -231,18 +231,14 @@ async fn every_bad_input_gets_its_status_code() {
         c.recommend(rec(&"x".repeat(256), 5)).await.is_ok(),
         "256 bytes is allowed"
     );
-    // k = 0 is the default (20); k over the limit is capped (1000, here the whole catalogue).
+    // k must be 1..=1000: 0 (unset) and values over the limit are refused, not replaced.
+    assert_eq!(code(c.recommend(rec("s", 0)).await), Code::InvalidArgument);
     assert_eq!(
-        c.recommend(rec("s", 0))
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .len(),
-        20
+        code(c.recommend(rec("s", 1001)).await),
+        Code::InvalidArgument
     );
     assert_eq!(
-        c.recommend(rec("s", 5000))
+        c.recommend(rec("s", 1000))
             .await
             .unwrap()
             .into_inner()
@@ -288,6 +284,7 @@ async fn every_bad_input_gets_its_status_code() {
     // Unknown inline items fail the request and apply nothing.
     let req = v1::RecommendRequest {
         session_id: "inline-bad".into(),
+        k: 20,
         inline_events: vec![item(1), "nope".into()],
         ..Default::default()
     };
@@ -304,6 +301,7 @@ async fn every_bad_input_gets_its_status_code() {
     // Unknown exclude_items are ignored.
     let req = v1::RecommendRequest {
         session_id: "s".into(),
+        k: 20,
         exclude_items: vec!["nope".into(), item(0)],
         ..Default::default()
     };

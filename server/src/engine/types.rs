@@ -65,6 +65,8 @@ impl Resolved {
 pub enum EngineError {
     #[error("session_id is empty")]
     EmptySessionId,
+    #[error("k must be between 1 and {max}, got {got}")]
+    BadK { got: usize, max: usize },
     #[error("session_id is {len} bytes long; the limit is {max}")]
     SessionIdTooLong { len: usize, max: usize },
     #[error("{what}: {got} given; the limit is {max}")]
