@@ -5,7 +5,7 @@
 //! (6 × 16 = 12 AVX2 registers for many rows, 1 × 64 = 8 registers for one row), so one load of a
 //! panel's 16 values feeds `MR` FMAs and there are always ≥ 8 independent FMA chains to hide latency.
 
-use super::isa::Vec8;
+use super::isa::{PanelElem, Vec8};
 use super::table::LANES;
 
 /// Rows per group when `m ≥ 4` (the tall kernel's `MR`); below that every row is its own group.
@@ -89,15 +89,15 @@ pub(crate) fn gemm_group<V: Vec8>(
     assert!(
         bias.len() >= np * LANES && ldo >= np * LANES && out.len() >= (w - 1) * ldo + np * LANES
     );
-    // Six rows make 12 accumulator vectors; fewer rows take more panels per call so that there are
-    // still ≥ 8 independent FMA chains to cover the FMA latency.
+    // Six rows make 12 accumulator vectors; fewer rows take more panels per call (or, for one row, split
+    // the dimension loop) so that there are still ≥ 8 independent FMA chains to cover the FMA latency.
     match w {
         6 => row_group::<V, 6, 1>(a, d, panels, np, bias, out, ldo),
         5 => row_group::<V, 5, 1>(a, d, panels, np, bias, out, ldo),
         4 => row_group::<V, 4, 1>(a, d, panels, np, bias, out, ldo),
         3 => row_group::<V, 3, 2>(a, d, panels, np, bias, out, ldo),
         2 => row_group::<V, 2, 2>(a, d, panels, np, bias, out, ldo),
-        _ => row_group::<V, 1, 4>(a, d, panels, np, bias, out, ldo),
+        _ => row_panels::<V, f32>(a, panels, np, bias, out),
     }
 }
 
@@ -131,6 +131,58 @@ fn row_group<V: Vec8, const MR: usize, const NP: usize>(
             &mut out[n * LANES..],
         );
         kernel::<V, MR, 1>(a, p, b, o, ldo);
+    }
+}
+
+/// One row `a` against `np` panels stored as `E` (f32, or bf16/f16 widened in the load), panel by
+/// panel: the table is then read as one sequential stream, which the hardware prefetcher follows far
+/// better than the four interleaved 4 KiB streams of a four-panel tile (measured: 1.7× at batch 1).
+#[inline(always)]
+pub(crate) fn row_panels<V: Vec8, E: PanelElem>(
+    a: &[f32],
+    panels: &[E],
+    np: usize,
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let pl = a.len() * LANES;
+    assert!(panels.len() >= np * pl && bias.len() >= np * LANES && out.len() >= np * LANES);
+    for n in 0..np {
+        let (p, b, o) = (
+            &panels[n * pl..][..pl],
+            &bias[n * LANES..],
+            &mut out[n * LANES..],
+        );
+        kernel_row::<V, E>(a, p, b, o);
+    }
+}
+
+/// One row against one panel, the dimension loop split four ways for 8 independent FMA chains.
+#[inline(always)]
+fn kernel_row<V: Vec8, E: PanelElem>(a: &[f32], panel: &[E], bias: &[f32], out: &mut [f32]) {
+    let d = a.len();
+    let pan = &panel.as_chunks::<8>().0[..2 * d];
+    let (b, _) = bias[..LANES].as_chunks::<8>();
+    let mut acc = [[V::splat(0.0); 2]; 4];
+    acc[0] = [V::load(&b[0]), V::load(&b[1])];
+    // Dimension p's 16 values are the eight-value chunks 2p and 2p + 1.
+    let (a4, a_rest) = a.as_chunks::<4>();
+    let (p4, p_rest) = pan.as_chunks::<8>();
+    for (x, c) in a4.iter().zip(p4) {
+        for j in 0..4 {
+            let xj = V::splat(x[j]);
+            acc[j][0] = V::mul_add(xj, E::load8(&c[2 * j]), acc[j][0]);
+            acc[j][1] = V::mul_add(xj, E::load8(&c[2 * j + 1]), acc[j][1]);
+        }
+    }
+    for (&x, c) in a_rest.iter().zip(p_rest.chunks_exact(2)) {
+        let xj = V::splat(x);
+        acc[0][0] = V::mul_add(xj, E::load8(&c[0]), acc[0][0]);
+        acc[0][1] = V::mul_add(xj, E::load8(&c[1]), acc[0][1]);
+    }
+    let (o, _) = out[..LANES].as_chunks_mut::<8>();
+    for h in 0..2 {
+        V::add(V::add(acc[0][h], acc[1][h]), V::add(acc[2][h], acc[3][h])).store(&mut o[h]);
     }
 }
 
@@ -180,7 +232,7 @@ fn kernel<V: Vec8, const MR: usize, const NP: usize>(
 #[cfg(test)]
 mod tests {
     use super::super::isa::{Isa, multiversion};
-    use super::super::table::PanelTable;
+    use super::super::table::{PanelTable, PanelsRef};
     use super::*;
     use crate::Dtype;
 
@@ -241,5 +293,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    multiversion! {
+        fn row_dispatch(a: &[f32], t: &PanelTable, out: &mut [f32]) => row_all_dtypes
+    }
+
+    /// Scores of one row against every panel of `t`, widening bf16/f16 in the kernel's loads.
+    #[inline(always)]
+    fn row_all_dtypes<V: Vec8>(a: &[f32], t: &PanelTable, out: &mut [f32]) {
+        let np = t.n_panels();
+        let bias = vec![0.5; np * LANES];
+        match t.panels_raw(0, np) {
+            PanelsRef::F32(p) => row_panels::<V, f32>(a, p, np, &bias, out),
+            PanelsRef::Bf16(p) => row_panels::<V, half::bf16>(a, p, np, &bias, out),
+            PanelsRef::F16(p) => row_panels::<V, half::f16>(a, p, np, &bias, out),
+        }
+    }
+
+    #[test]
+    fn widening_loads_match_converted_panels() {
+        let (n, d) = (37, 70);
+        let (a, w) = (matrix(1, d, 4), matrix(n, d, 5));
+        for isa in [Isa::Portable, Isa::detect()] {
+            for dtype in [Dtype::Bf16, Dtype::F16] {
+                let t = PanelTable::pack(&w, n, d, LANES, dtype);
+                let np = t.n_panels();
+                let mut scratch = Vec::new();
+                let as_f32 = t.panels_f32(0, np, &mut scratch).to_vec();
+                let f = PanelTable::pack(&unpack(&as_f32, n, d), n, d, LANES, Dtype::F32);
+                let (mut got, mut want) = (vec![0.0; np * LANES], vec![0.0; np * LANES]);
+                row_dispatch(isa, &a, &t, &mut got);
+                row_dispatch(isa, &a, &f, &mut want);
+                assert_eq!(got, want, "{isa:?} {dtype}");
+            }
+        }
+    }
+
+    /// The row-major matrix behind 16-row panels.
+    fn unpack(panels: &[f32], n: usize, d: usize) -> Vec<f32> {
+        let mut rows = vec![0.0; n * d];
+        for r in 0..n {
+            for p in 0..d {
+                rows[r * d + p] = panels[(r / LANES) * d * LANES + p * LANES + r % LANES];
+            }
+        }
+        rows
     }
 }

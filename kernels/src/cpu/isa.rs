@@ -1,10 +1,13 @@
-//! Run-time instruction-set dispatch. The hot loops are written once as portable generic code and
-//! compiled twice: for the baseline target, and inside a `#[target_feature(enable = "avx2,fma")]`
-//! wrapper picked at run time, so the committed build needs no `target-cpu` flag.
+//! Run-time instruction-set dispatch. The hot loops are written once, generic over a small 8-lane
+//! vector trait ([`Vec8`]), and compiled twice: with AVX2/FMA/F16C intrinsics inside a
+//! `#[target_feature]` wrapper picked at run time, and with plain arrays for the baseline target, so
+//! the committed build needs no `target-cpu` flag.
 //!
 //! AVX-512 is deliberately not used: its intrinsics and target feature need Rust 1.89 (the workspace
 //! MSRV is 1.88), and on AMD Zen 4 (this project's CPU host) 512-bit FMAs run on the same 256-bit
 //! units, so AVX2+FMA reaches the same FMA peak.
+
+use half::{bf16, f16};
 
 /// The code path chosen for this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +50,37 @@ pub(crate) trait Vec8: Copy {
     fn store(self, dst: &mut [f32; 8]);
     /// `a·b + c`.
     fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    fn add(a: Self, b: Self) -> Self;
+    /// Eight bf16 widened to f32 (a 16-bit shift).
+    fn load_bf16(src: &[bf16; 8]) -> Self;
+    /// Eight f16 widened to f32.
+    fn load_f16(src: &[f16; 8]) -> Self;
+}
+
+/// A storage type of panel values that the kernels widen to f32 as they load it.
+pub(crate) trait PanelElem: Copy {
+    fn load8<V: Vec8>(src: &[Self; 8]) -> V;
+}
+
+impl PanelElem for f32 {
+    #[inline(always)]
+    fn load8<V: Vec8>(src: &[f32; 8]) -> V {
+        V::load(src)
+    }
+}
+
+impl PanelElem for bf16 {
+    #[inline(always)]
+    fn load8<V: Vec8>(src: &[bf16; 8]) -> V {
+        V::load_bf16(src)
+    }
+}
+
+impl PanelElem for f16 {
+    #[inline(always)]
+    fn load8<V: Vec8>(src: &[f16; 8]) -> V {
+        V::load_f16(src)
+    }
 }
 
 /// `__m256` with fused multiply-add. Only used inside the `avx2,fma` wrappers of [`multiversion!`].
@@ -77,6 +111,27 @@ impl Vec8 for Avx2 {
     #[inline(always)]
     fn mul_add(a: Self, b: Self, c: Self) -> Self {
         Avx2(unsafe { std::arch::x86_64::_mm256_fmadd_ps(a.0, b.0, c.0) })
+    }
+
+    #[inline(always)]
+    fn add(a: Self, b: Self) -> Self {
+        Avx2(unsafe { std::arch::x86_64::_mm256_add_ps(a.0, b.0) })
+    }
+
+    #[inline(always)]
+    fn load_bf16(src: &[bf16; 8]) -> Self {
+        use std::arch::x86_64::*;
+        // bf16 is `repr(transparent)` over u16: 8 of them are exactly one 128-bit load.
+        Avx2(unsafe {
+            let bits = _mm_loadu_si128(src.as_ptr().cast::<__m128i>());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+        })
+    }
+
+    #[inline(always)]
+    fn load_f16(src: &[f16; 8]) -> Self {
+        use std::arch::x86_64::*;
+        Avx2(unsafe { _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().cast::<__m128i>())) })
     }
 }
 
@@ -111,6 +166,23 @@ impl Vec8 for Portable {
                 a.0[l] * b.0[l] + c.0[l]
             }
         }))
+    }
+
+    #[inline(always)]
+    fn add(a: Self, b: Self) -> Self {
+        Portable(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+
+    #[inline(always)]
+    fn load_bf16(src: &[bf16; 8]) -> Self {
+        Portable(std::array::from_fn(|l| {
+            f32::from_bits(u32::from(src[l].to_bits()) << 16)
+        }))
+    }
+
+    #[inline(always)]
+    fn load_f16(src: &[f16; 8]) -> Self {
+        Portable(std::array::from_fn(|l| src[l].to_f32()))
     }
 }
 

@@ -18,6 +18,13 @@ enum Storage {
     F16(Vec<f16>),
 }
 
+/// A run of panels in their storage type.
+pub(crate) enum PanelsRef<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
 pub(crate) struct PanelTable {
     rows: usize,
     dim: usize,
@@ -87,6 +94,17 @@ impl PanelTable {
                 v[range].convert_to_f32_slice(scratch);
                 scratch
             }
+        }
+    }
+
+    /// Panels `first..first + count` as stored, for kernels that widen bf16/f16 as they load.
+    pub(crate) fn panels_raw(&self, first: usize, count: usize) -> PanelsRef<'_> {
+        let len = self.dim * self.width;
+        let range = first * len..(first + count) * len;
+        match &self.data {
+            Storage::F32(v) => PanelsRef::F32(&v[range]),
+            Storage::Bf16(v) => PanelsRef::Bf16(&v[range]),
+            Storage::F16(v) => PanelsRef::F16(&v[range]),
         }
     }
 

@@ -8,9 +8,11 @@ use std::cmp::Ordering;
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm_group, pack_rows, row_groups};
+use half::{bf16, f16};
+
+use super::gemm::{gemm_group, pack_rows, row_groups, row_panels};
 use super::isa::{Isa, Vec8, multiversion};
-use super::table::LANES;
+use super::table::{LANES, PanelsRef};
 use super::{CpuModel, PARALLEL_MIN_WORK, States};
 use crate::{Scored, TopKQuery};
 
@@ -157,10 +159,22 @@ fn scan_generic<V: Vec8>(
     let mut t0 = first;
     while t0 < end {
         let np = tile.min(end - t0);
-        let panels = m.item_out.panels_f32(t0, np, &mut scratch);
         let bias = &m.item_bias[t0 * LANES..];
         let base = t0 * LANES;
         let valid = (np * LANES).min(m.n_items - base);
+        if b == 1 {
+            // One query: widen bf16/f16 in the kernel's loads, the table is read once either way and
+            // a converted copy would only add traffic.
+            match m.item_out.panels_raw(t0, np) {
+                PanelsRef::F32(p) => row_panels::<V, f32>(&set.q, p, np, bias, &mut out),
+                PanelsRef::Bf16(p) => row_panels::<V, bf16>(&set.q, p, np, bias, &mut out),
+                PanelsRef::F16(p) => row_panels::<V, f16>(&set.q, p, np, bias, &mut out),
+            }
+            bufs[0].offer(&out[..valid], base as u32, &set.excludes[0]);
+            t0 += np;
+            continue;
+        }
+        let panels = m.item_out.panels_f32(t0, np, &mut scratch);
         for (first, w) in row_groups(b) {
             let a = &set.q[first * d..][..w * d];
             gemm_group::<V>(a, w, d, panels, np, bias, &mut out, ldo);
