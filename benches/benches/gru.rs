@@ -1,5 +1,6 @@
 //! GRU session-step throughput (events/s) of the CPU backend for 4,096 sessions with one event each,
-//! hidden 100 and 128, on 1 and 2 threads, against a naive single-threaded f32 step (row-major dot
+//! fresh random items from a 100k-item tied table on every step, hidden 100 and 128, on 1 and 2
+//! threads, against a naive single-threaded f32 step (row-major dot
 //! products, libm `exp`/`tanh`) run in the same process.
 //!
 //! `cargo bench -p lambdarec-benches --bench gru`
@@ -16,6 +17,8 @@ use lambdarec_kernels::{Backend, CpuBackend, Dtype, Event, ModelWeights};
 
 const SESSIONS: usize = 4096;
 const N_ITEMS: usize = 100_000;
+/// Event sets cycled through (each 4,096 random items).
+const EVENT_SETS: usize = 64;
 const BASELINE: &str = "naive-1t-f32";
 
 /// The baseline: one event at a time, gate rows as dot products.
@@ -47,12 +50,23 @@ fn bench_gru(c: &mut Criterion, rec: &Recorder) {
     for hidden in [100, 128] {
         let mut rng = TestRng::new(hidden as u64);
         let w = random_model(&mut rng, N_ITEMS, hidden, hidden, true);
-        let events: Vec<Event> = (0..SESSIONS as u32)
-            .map(|slot| Event {
-                slot,
-                item: rng.below(N_ITEMS) as u32,
+        // Fresh random items on every step, as the peer draws them: a fixed set of 4,096 rows would
+        // stay in the cache from one iteration to the next.
+        let event_sets: Vec<Vec<Event>> = (0..EVENT_SETS)
+            .map(|_| {
+                (0..SESSIONS as u32)
+                    .map(|slot| Event {
+                        slot,
+                        item: rng.below(N_ITEMS) as u32,
+                    })
+                    .collect()
             })
             .collect();
+        let mut next = 0;
+        let mut events = || {
+            next = (next + 1) % EVENT_SETS;
+            &event_sets[next]
+        };
         let group = format!("gru/{SESSIONS}x{hidden}");
         let mut g = c.benchmark_group(&group);
         g.throughput(Throughput::Elements(SESSIONS as u64));
@@ -60,7 +74,7 @@ fn bench_gru(c: &mut Criterion, rec: &Recorder) {
         common::wait_idle_if_asked();
         g.bench_function(BASELINE, |b| {
             rec.bench(b, &group, BASELINE, || {
-                naive_step(&w, black_box(&mut states), &events)
+                naive_step(&w, black_box(&mut states), events())
             })
         });
         for backend in &mut backends {
@@ -72,7 +86,7 @@ fn bench_gru(c: &mut Criterion, rec: &Recorder) {
             common::wait_idle_if_asked();
             g.bench_function(&case, |b| {
                 rec.bench(b, &group, &case, || {
-                    backend.gru_step(model, &events).expect("gru_step")
+                    backend.gru_step(model, events()).expect("gru_step")
                 })
             });
             backend.drop_model(model);

@@ -113,6 +113,14 @@ impl PanelTable {
         let (w, d) = (self.width, self.dim);
         let base = (row / w) * d * w + row % w;
         let out = &mut out[..d];
+        if w == 1 {
+            match &self.data {
+                Storage::F32(v) => out.copy_from_slice(&v[base..][..d]),
+                Storage::Bf16(v) => bf16_to_f32(&v[base..][..d], out),
+                Storage::F16(v) => v[base..][..d].convert_to_f32_slice(out),
+            }
+            return;
+        }
         match &self.data {
             Storage::F32(v) => out
                 .iter_mut()
@@ -129,34 +137,10 @@ impl PanelTable {
         }
     }
 
-    /// Copies rows `rows` into `out` (row-major, `rows.len() × dim`). Dimension-outer: in a panel table a
-    /// row's values lie one cache line apart, so walking all rows' panels together keeps many memory
-    /// streams in flight instead of one at a time.
+    /// Copies rows `rows` into `out` (row-major, `rows.len() × dim`).
     pub(crate) fn gather_rows(&self, rows: &[usize], out: &mut [f32]) {
-        let (w, d) = (self.width, self.dim);
-        if w == 1 {
-            for (&r, o) in rows.iter().zip(out.chunks_exact_mut(d)) {
-                self.row_into(r, o);
-            }
-            return;
-        }
-        let bases: Vec<usize> = rows.iter().map(|&r| (r / w) * d * w + r % w).collect();
-        let out = &mut out[..rows.len() * d];
-        for p in 0..d {
-            match &self.data {
-                Storage::F32(v) => bases
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, &b)| out[i * d + p] = v[b + p * w]),
-                Storage::Bf16(v) => bases
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, &b)| out[i * d + p] = v[b + p * w].to_f32()),
-                Storage::F16(v) => bases
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, &b)| out[i * d + p] = v[b + p * w].to_f32()),
-            }
+        for (&r, o) in rows.iter().zip(out.chunks_exact_mut(self.dim)) {
+            self.row_into(r, o);
         }
     }
 
