@@ -21,7 +21,8 @@ use lambdarec_kernels::{Backend, CpuBackend, Dtype, ModelWeights, TopKQuery};
 const K: usize = 20;
 const BASELINE: &str = "naive-1t-f32";
 
-/// `(n_items, dims)`: 1M items only at 64 dims, like the peer harness.
+/// `(n_items, dims)`: the grid, 1M × 128 included (the peer harness needs
+/// `--max-n-d128 1000000` for it).
 fn shapes() -> Vec<(usize, usize)> {
     let mut v = vec![
         (10_000, 64),
@@ -29,6 +30,7 @@ fn shapes() -> Vec<(usize, usize)> {
         (100_000, 64),
         (100_000, 128),
         (1_000_000, 64),
+        (1_000_000, 128),
     ];
     if std::env::var_os("LAMBDAREC_BENCH_QUICK").is_some() {
         v.retain(|&(n, _)| n <= 100_000);

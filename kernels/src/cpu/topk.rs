@@ -188,6 +188,23 @@ fn scan_generic<V: Vec8>(
     bufs.into_iter().map(TopBuf::finish).collect()
 }
 
+/// Bit `l` set where `chunk[l] > thr` (`chunk.len() ≤ 16`); a whole chunk compiles to a vector
+/// compare and a mask move.
+#[inline(always)]
+fn above(chunk: &[f32], thr: f32) -> u32 {
+    if let Ok(c) = <&[f32; LANES]>::try_from(chunk) {
+        let mut m = 0u32;
+        for (l, &s) in c.iter().enumerate() {
+            m |= u32::from(s > thr) << l;
+        }
+        return m;
+    }
+    chunk
+        .iter()
+        .enumerate()
+        .fold(0, |m, (l, &s)| m | (u32::from(s > thr) << l))
+}
+
 /// One query's candidates within one task.
 struct TopBuf {
     k: usize,
@@ -214,16 +231,18 @@ impl TopBuf {
     #[inline(always)]
     fn offer(&mut self, scores: &[f32], base: u32, exclude: &[u32]) {
         for (c, chunk) in scores.chunks(LANES).enumerate() {
-            // Branch-free test of a whole chunk (vectorised); most chunks stop here once warmed up.
-            if self.full
-                && chunk
-                    .iter()
-                    .fold(0u32, |any, &s| any | u32::from(s > self.thr))
-                    == 0
-            {
-                continue;
-            }
-            for (l, &s) in chunk.iter().enumerate() {
+            // One vector compare per chunk gives the lanes above the threshold (none, once warmed up,
+            // for almost every chunk); only those are visited. A push may raise the threshold mid-chunk,
+            // so each visited lane is checked again (lanes outside the mask stay below it).
+            let mut lanes = if self.full {
+                above(chunk, self.thr)
+            } else {
+                u32::MAX >> (32 - chunk.len())
+            };
+            while lanes != 0 {
+                let l = lanes.trailing_zeros() as usize;
+                lanes &= lanes - 1;
+                let s = chunk[l];
                 if !self.full || s > self.thr {
                     let item = base + (c * LANES + l) as u32;
                     if exclude.binary_search(&item).is_err() {
@@ -248,5 +267,49 @@ impl TopBuf {
     fn finish(mut self) -> Vec<(f32, u32)> {
         keep_best(&mut self.items, self.k);
         self.items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::TestRng;
+
+    /// The buffer against a full sort, on scores with many ties (multiples of 1/8), exclusions, chunks
+    /// cut at odd lengths and k from 1 to past the item count.
+    #[test]
+    fn buffer_keeps_the_k_best_with_ties_to_the_lower_index() {
+        let mut rng = TestRng::new(7);
+        for (n, k) in [
+            (1, 1),
+            (15, 3),
+            (100, 1),
+            (257, 20),
+            (1000, 40),
+            (1000, 1000),
+            (37, 50),
+        ] {
+            let scores: Vec<f32> = (0..n).map(|_| (rng.normal() * 8.0).round() / 8.0).collect();
+            let mut exclude: Vec<u32> = (0..n as u32).filter(|_| rng.below(5) == 0).collect();
+            exclude.dedup();
+            let mut buf = TopBuf::new(k);
+            // Offer in runs of 1..=40 scores, as tiles at the end of a range are cut.
+            let mut at = 0;
+            while at < n {
+                let len = (1 + rng.below(40)).min(n - at);
+                buf.offer(&scores[at..at + len], at as u32, &exclude);
+                at += len;
+            }
+            let mut got = buf.finish();
+            got.sort_unstable_by(rank);
+            let mut want: Vec<(f32, u32)> = (0..n as u32)
+                .filter(|i| exclude.binary_search(i).is_err())
+                // −0 and +0 are one score (the buffer folds them).
+                .map(|i| (scores[i as usize] + 0.0, i))
+                .collect();
+            want.sort_unstable_by(rank);
+            want.truncate(k);
+            assert_eq!(got, want, "n={n} k={k}");
+        }
     }
 }
