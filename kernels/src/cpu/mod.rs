@@ -15,7 +15,7 @@ use self::isa::Isa;
 use self::table::{LANES, PanelTable};
 use crate::{
     Backend, BackendError, Dtype, Event, ModelId, ModelWeights, Result, ScoreQuery, Scored,
-    TopKQuery,
+    TopKQuery, validate,
 };
 
 /// A model as the CPU backend stores it.
@@ -80,15 +80,7 @@ struct States {
 
 impl States {
     fn check_slot(&self, slot: u32) -> Result<usize> {
-        let s = slot as usize;
-        if s < self.capacity {
-            Ok(s)
-        } else {
-            Err(BackendError::SlotOutOfRange {
-                slot,
-                capacity: self.capacity,
-            })
-        }
+        validate::slot(slot, self.capacity)
     }
 
     fn row(&self, slot: usize) -> &[f32] {
@@ -237,24 +229,15 @@ impl Backend for CpuBackend {
 
     fn gru_step(&mut self, model: ModelId, events: &[Event]) -> Result<()> {
         let m = model_for(&self.models, &self.states, model)?;
-        for e in events {
-            self.states.check_slot(e.slot)?;
-            check_item(e.item, m.n_items)?;
-        }
+        validate::events(events, self.states.capacity, m.n_items)?;
         gru::step(&self.pool, self.isa, m, &mut self.states.data, events);
         Ok(())
     }
 
     fn score(&mut self, model: ModelId, queries: &[ScoreQuery<'_>]) -> Result<Vec<Vec<f32>>> {
         let m = model_for(&self.models, &self.states, model)?;
-        let mut work = 0;
-        for q in queries {
-            self.states.check_slot(q.slot)?;
-            for &c in q.candidates {
-                check_item(c, m.n_items)?;
-            }
-            work += q.candidates.len() * m.hidden;
-        }
+        validate::score_queries(queries, self.states.capacity, m.n_items)?;
+        let work: usize = queries.iter().map(|q| q.candidates.len() * m.hidden).sum();
         let states = &self.states;
         let one = |q: &ScoreQuery<'_>| -> Vec<f32> {
             let h = states.row(q.slot as usize);
@@ -272,20 +255,7 @@ impl Backend for CpuBackend {
 
     fn top_k(&mut self, model: ModelId, queries: &[TopKQuery<'_>]) -> Result<Vec<Vec<Scored>>> {
         let m = model_for(&self.models, &self.states, model)?;
-        for q in queries {
-            self.states.check_slot(q.slot)?;
-            if q.k == 0 {
-                return Err(BackendError::ZeroK);
-            }
-        }
+        validate::top_k_queries(queries, self.states.capacity)?;
         Ok(topk::top_k(&self.pool, self.isa, m, &self.states, queries))
-    }
-}
-
-fn check_item(item: u32, n_items: usize) -> Result<()> {
-    if (item as usize) < n_items {
-        Ok(())
-    } else {
-        Err(BackendError::ItemOutOfRange { item, n_items })
     }
 }

@@ -27,7 +27,7 @@ use self::topk::Limits;
 pub use self::topk::MAX_FUSED_K;
 use crate::{
     Backend, BackendError, Dtype, Event, ModelId, ModelWeights, Result, ScoreQuery, Scored,
-    TopKQuery,
+    TopKQuery, validate,
 };
 
 /// Device rows (item tables, GRU weights, states) are padded to a multiple of this many values.
@@ -138,15 +138,7 @@ struct States {
 
 impl States {
     fn check_slot(&self, slot: u32) -> Result<usize> {
-        let s = slot as usize;
-        if s < self.capacity {
-            Ok(s)
-        } else {
-            Err(BackendError::SlotOutOfRange {
-                slot,
-                capacity: self.capacity,
-            })
-        }
+        validate::slot(slot, self.capacity)
     }
 
     fn ptr(&self, stream: &CudaStream) -> u64 {
@@ -321,14 +313,6 @@ impl CudaBackend {
     }
 }
 
-fn check_item(item: u32, n_items: usize) -> Result<()> {
-    if (item as usize) < n_items {
-        Ok(())
-    } else {
-        Err(BackendError::ItemOutOfRange { item, n_items })
-    }
-}
-
 impl Backend for CudaBackend {
     fn device(&self) -> String {
         self.gpu.name.clone()
@@ -432,10 +416,7 @@ impl Backend for CudaBackend {
 
     fn gru_step(&mut self, model: ModelId, events: &[Event]) -> Result<()> {
         let m = self.model(model)?;
-        for e in events {
-            self.states.check_slot(e.slot)?;
-            check_item(e.item, m.n_items)?;
-        }
+        validate::events(events, self.states.capacity, m.n_items)?;
         if events.is_empty() {
             return Ok(());
         }
@@ -446,12 +427,7 @@ impl Backend for CudaBackend {
 
     fn score(&mut self, model: ModelId, queries: &[ScoreQuery<'_>]) -> Result<Vec<Vec<f32>>> {
         let m = self.model(model)?;
-        for q in queries {
-            self.states.check_slot(q.slot)?;
-            for &c in q.candidates {
-                check_item(c, m.n_items)?;
-            }
-        }
+        validate::score_queries(queries, self.states.capacity, m.n_items)?;
         let states = self.states.ptr(&self.gpu.stream);
         let m = &self.models[&model];
         self.gpu.score(m, states, queries)
@@ -459,12 +435,7 @@ impl Backend for CudaBackend {
 
     fn top_k(&mut self, model: ModelId, queries: &[TopKQuery<'_>]) -> Result<Vec<Vec<Scored>>> {
         self.model(model)?;
-        for q in queries {
-            self.states.check_slot(q.slot)?;
-            if q.k == 0 {
-                return Err(BackendError::ZeroK);
-            }
-        }
+        validate::top_k_queries(queries, self.states.capacity)?;
         if queries.is_empty() {
             return Ok(Vec::new());
         }
