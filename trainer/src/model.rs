@@ -327,8 +327,10 @@ pub fn train_step(
     })
 }
 
-/// One GRU step over a batch: `x` is `B × E`, `h` is `B × H`, weights transposed (`in × 3H`).
-pub fn gru_cell(
+/// One GRU step over a batch: `x` is `B × E`, `h` is `B × H`, weights transposed (`in × 3H`), in plain
+/// candle ops: the autograd reference the fused `gru_op` is tested against (training uses the fused op).
+#[cfg(test)]
+pub(crate) fn gru_cell(
     x: &Tensor,
     h: &Tensor,
     w_ih_t: &Tensor,

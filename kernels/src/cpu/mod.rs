@@ -30,7 +30,7 @@ pub(crate) struct CpuModel {
     /// table spans `hidden` cache lines (one per dimension) where a plain row spans `hidden / 16`:
     /// 4,096 random gathers from 100k × 128 f32 take 2.6 ms from panels and 1.0 ms from rows, a sixth
     /// of the whole step. The copy costs one more table's worth of host memory (reported in
-    /// `table_bytes`).
+    /// `item_table_bytes`).
     item_in: PanelTable,
     /// `item_bias` padded with zeros to whole panels.
     item_bias: Vec<f32>,
@@ -135,7 +135,8 @@ impl CpuBackend {
         self.pool.current_num_threads()
     }
 
-    /// Bytes the backend holds for `model`'s item tables (what a full-catalogue scan streams).
+    /// Bytes the backend holds for `model`'s item tables: the panel table a full-catalogue scan streams
+    /// plus the row-major input table the GRU step gathers from.
     pub fn item_table_bytes(&self, model: ModelId) -> Option<usize> {
         let m = self.models.get(&model)?;
         Some(m.item_out.bytes() + m.item_in.bytes())
