@@ -37,6 +37,8 @@ enum Command {
     Load(Box<commands::load::LoadArgs>),
     /// The whole loop in one command: sample data, train, evaluate, serve on loopback, replay, keep serving.
     Quickstart(Box<commands::quickstart::QuickstartArgs>),
+    /// Write a random-weight model of any catalogue size and a matching session log, to load-test serving at scale.
+    Synthetic(Box<commands::synthetic::SyntheticArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => commands::serve::run(*args),
         Command::Load(args) => commands::load::run(*args),
         Command::Quickstart(args) => commands::quickstart::run(*args),
+        Command::Synthetic(args) => commands::synthetic::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

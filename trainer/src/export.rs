@@ -48,8 +48,24 @@ pub fn to_bundle(
     epochs: &[EpochStats],
     evaluation: &Evaluation,
 ) -> Bundle {
+    bundle_of(
+        w,
+        vocab,
+        fingerprint,
+        serde_json::json!({ "config": config, "epochs": epochs }),
+        evaluation.to_json(),
+    )
+}
+
+/// A bundle of these weights with free-form `training` and `metrics` sections in its manifest.
+pub fn bundle_of(
+    w: &ModelWeights,
+    vocab: &ItemVocab,
+    fingerprint: &str,
+    training: serde_json::Value,
+    metrics: serde_json::Value,
+) -> Bundle {
     let (n, e, h) = (w.n_items, w.embed_dim, w.hidden);
-    let tensors = weight_tensors(w);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         model_kind: MODEL_KIND.to_string(),
@@ -64,8 +80,8 @@ pub fn to_bundle(
             tied_embedding: w.item_in.is_none(),
         },
         data_fingerprint: fingerprint.to_string(),
-        training: serde_json::json!({ "config": config, "epochs": epochs }),
-        metrics: evaluation.to_json(),
+        training,
+        metrics,
         files: BTreeMap::new(),
     };
     let items = ItemTable {
@@ -74,7 +90,7 @@ pub fn to_bundle(
     };
     Bundle {
         manifest,
-        tensors,
+        tensors: weight_tensors(w),
         items,
     }
 }

@@ -4,6 +4,7 @@ pub mod eval;
 pub mod load;
 pub mod quickstart;
 pub mod serve;
+pub mod synthetic;
 pub mod train;
 
 use std::path::PathBuf;

@@ -21,6 +21,7 @@ mod plot;
 pub mod quickstart;
 mod replay;
 mod report;
+pub mod synthetic;
 
 use std::path::PathBuf;
 use std::sync::Arc;
