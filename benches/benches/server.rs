@@ -16,7 +16,6 @@ use criterion::{Criterion, Throughput};
 use lambdarec_proto::v1;
 use lambdarec_proto::v1::recommender_client::RecommenderClient;
 use lambdarec_server::{DeviceChoice, ServeConfig};
-use lambdarec_trainer::data::{PrepareOptions, ReadOptions};
 use lambdarec_trainer::pipeline::{EvalOptions, TrainJob, run_train};
 use lambdarec_trainer::train::TrainConfig;
 use tonic::transport::Channel;
@@ -49,23 +48,18 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// Trains the small model into an in-memory store and starts the server on a free loopback port.
 async fn setup() -> (lambdarec_server::RunningServer, RecommenderClient<Channel>) {
     let store = format!("memory://bench-server-{}", std::process::id());
+    let config = TrainConfig {
+        hidden: 64,
+        epochs: 1,
+        n_sample: 64,
+        ..TrainConfig::default()
+    };
     let job = TrainJob {
-        train_path: None,
-        test_path: None,
-        read: ReadOptions::default(),
-        prepare: PrepareOptions::default(),
-        config: TrainConfig {
-            hidden: 64,
-            epochs: 1,
-            n_sample: 64,
-            ..TrainConfig::default()
-        },
         eval: EvalOptions {
             threads: Some(1),
             ..EvalOptions::default()
         },
-        store: store.clone(),
-        model_name: "bench".to_string(),
+        ..TrainJob::new(None, &store, "bench", config)
     };
     let trained = run_train(&job, |_, _, _| {}, |_| {})
         .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lambdarec_server::load::{self, LoadOptions, Mode};
 use lambdarec_server::{DeviceChoice, ServeConfig};
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
-use lambdarec_trainer::data::{PrepareOptions, ReadOptions, Sessions};
+use lambdarec_trainer::data::{ReadOptions, Sessions};
 use lambdarec_trainer::pipeline::{EvalJob, EvalOptions, TrainJob, run_eval, run_train};
 use lambdarec_trainer::train::TrainConfig;
 
@@ -59,24 +59,19 @@ async fn online_metrics_equal_offline_metrics() {
     });
     write_tsv(&log, &train_path).unwrap();
     let store = format!("memory://load-online-offline-{}", std::process::id());
+    let config = TrainConfig {
+        hidden: 16,
+        epochs: 1,
+        n_sample: 64,
+        seed: 5,
+        ..TrainConfig::default()
+    };
     let job = TrainJob {
-        train_path: Some(train_path),
-        test_path: None,
-        read: ReadOptions::default(),
-        prepare: PrepareOptions::default(),
-        config: TrainConfig {
-            hidden: 16,
-            epochs: 1,
-            n_sample: 64,
-            seed: 5,
-            ..TrainConfig::default()
-        },
         eval: EvalOptions {
             threads: Some(1),
             ..EvalOptions::default()
         },
-        store: store.clone(),
-        model_name: MODEL.to_string(),
+        ..TrainJob::new(Some(train_path), &store, MODEL, config)
     };
     let out = run_train(&job, |_, _, _| {}, |_| {}).await.unwrap();
     let test_path = dir.path().join("test.tsv");

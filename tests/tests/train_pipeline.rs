@@ -1,8 +1,8 @@
 //! The batch layer end to end: synthetic log with a planted sequential pattern → train → evaluate →
 //! bundle in a store → `eval` of the stored bundle gives the same numbers → same seed, same bundle.
 
+use lambdarec_trainer::data::ReadOptions;
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
-use lambdarec_trainer::data::{PrepareOptions, ReadOptions};
 use lambdarec_trainer::pipeline::{
     EvalJob, EvalOptions, TrainJob, load_model, run_eval, run_train,
 };
@@ -27,16 +27,7 @@ fn job(dir: &std::path::Path, store: &str, seed: u64) -> TrainJob {
     });
     let path = dir.join("synthetic.tsv");
     write_tsv(&log, &path).unwrap();
-    TrainJob {
-        train_path: Some(path),
-        test_path: None,
-        read: ReadOptions::default(),
-        prepare: PrepareOptions::default(),
-        config: small_config(seed),
-        eval: EvalOptions::default(),
-        store: store.to_string(),
-        model_name: "synthetic".to_string(),
-    }
+    TrainJob::new(Some(path), store, "synthetic", small_config(seed))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -53,6 +53,28 @@ pub struct TrainJob {
     pub model_name: String,
 }
 
+impl TrainJob {
+    /// A job with the default reading, preparation and evaluation options (`train_path` None: the
+    /// built-in synthetic sample); set the other fields with struct update syntax.
+    pub fn new(
+        train_path: Option<PathBuf>,
+        store: impl Into<String>,
+        model_name: impl Into<String>,
+        config: TrainConfig,
+    ) -> Self {
+        TrainJob {
+            train_path,
+            test_path: None,
+            read: ReadOptions::default(),
+            prepare: PrepareOptions::default(),
+            config,
+            eval: EvalOptions::default(),
+            store: store.into(),
+            model_name: model_name.into(),
+        }
+    }
+}
+
 /// The model's metrics and the baselines', all on the same test events.
 #[derive(Clone, Debug, Serialize)]
 pub struct Evaluation {

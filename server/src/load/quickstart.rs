@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
-use lambdarec_trainer::data::{PrepareOptions, ReadOptions, Sessions};
-use lambdarec_trainer::pipeline::{EvalOptions, TrainJob, run_train};
+use lambdarec_trainer::data::{ReadOptions, Sessions};
+use lambdarec_trainer::pipeline::{TrainJob, run_train};
 use lambdarec_trainer::train::TrainConfig;
 
 use super::{LoadOptions, LoadReport, Mode, Replay, ReplaySession};
@@ -102,14 +102,8 @@ pub async fn run(opts: &QuickstartOptions) -> anyhow::Result<Quickstart> {
     );
     let started = Instant::now();
     let job = TrainJob {
-        train_path: Some(data.clone()),
-        test_path: None,
         read: opts.read.clone(),
-        prepare: PrepareOptions::default(),
-        config: opts.config.clone(),
-        eval: EvalOptions::default(),
-        store: store.clone(),
-        model_name: opts.model.clone(),
+        ..TrainJob::new(Some(data.clone()), &store, &opts.model, opts.config.clone())
     };
     let epochs = c.epochs;
     let verbose = opts.verbose;

@@ -13,7 +13,6 @@ use lambdarec_proto::bundle::{Bundle, Store};
 use lambdarec_proto::v1::recommender_client::RecommenderClient;
 use lambdarec_server::{DeviceChoice, ServeConfig};
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
-use lambdarec_trainer::data::{PrepareOptions, ReadOptions};
 use lambdarec_trainer::pipeline::{EvalOptions, TrainJob, load_model, run_train};
 use lambdarec_trainer::train::TrainConfig;
 use tonic::transport::Channel;
@@ -58,24 +57,19 @@ async fn train_base() -> Base {
     let path = dir.path().join("synthetic.tsv");
     write_tsv(&log, &path).unwrap();
     let store = format!("memory://server-base-{}", std::process::id());
+    let config = TrainConfig {
+        hidden: 24,
+        epochs: 1,
+        n_sample: 64,
+        seed: 3,
+        ..TrainConfig::default()
+    };
     let job = TrainJob {
-        train_path: Some(path),
-        test_path: None,
-        read: ReadOptions::default(),
-        prepare: PrepareOptions::default(),
-        config: TrainConfig {
-            hidden: 24,
-            epochs: 1,
-            n_sample: 64,
-            seed: 3,
-            ..TrainConfig::default()
-        },
         eval: EvalOptions {
             threads: Some(1),
             ..EvalOptions::default()
         },
-        store: store.clone(),
-        model_name: MODEL.to_string(),
+        ..TrainJob::new(Some(path), &store, MODEL, config)
     };
     let out = run_train(&job, |_, _, _| {}, |_| {}).await.unwrap();
     let loaded = load_model(&store, MODEL, None).await.unwrap();
