@@ -131,24 +131,14 @@ fn gates(gi: &[f32], gh: &[f32], h_prev: &[f32], out: &mut [f32]) {
     let (gh_r, gh_z, gh_n) = (&gh[..h], &gh[h..2 * h], &gh[2 * h..3 * h]);
     let h_prev = &h_prev[..h];
     let body = h / 8 * 8;
-    fn eights(v: &[f32], body: usize) -> &[[f32; 8]] {
-        v[..body].as_chunks::<8>().0
-    }
+    let [ir, iz, inn, hr, hz, hn, hp] =
+        [gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, h_prev].map(|v| v[..body].as_chunks::<8>().0);
     let (o8, _) = out[..body].as_chunks_mut::<8>();
     for (c, o) in o8.iter_mut().enumerate() {
-        let (ir, iz, inn) = (
-            &eights(gi_r, body)[c],
-            &eights(gi_z, body)[c],
-            &eights(gi_n, body)[c],
-        );
-        let (hr, hz, hn) = (
-            &eights(gh_r, body)[c],
-            &eights(gh_z, body)[c],
-            &eights(gh_n, body)[c],
-        );
-        let hp = &eights(h_prev, body)[c];
         for l in 0..8 {
-            o[l] = unit(ir[l], iz[l], inn[l], hr[l], hz[l], hn[l], hp[l]);
+            o[l] = unit(
+                ir[c][l], iz[c][l], inn[c][l], hr[c][l], hz[c][l], hn[c][l], hp[c][l],
+            );
         }
     }
     for j in body..h {
