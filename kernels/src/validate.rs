@@ -13,6 +13,30 @@ pub(crate) fn slot(slot: u32, capacity: usize) -> Result<usize> {
     }
 }
 
+pub(crate) fn slots(slots: &[u32], capacity: usize) -> Result<()> {
+    for &s in slots {
+        slot(s, capacity)?;
+    }
+    Ok(())
+}
+
+/// `slot_id` as an index, for writing a `len`-value state into a table of `capacity` rows of `hidden`.
+pub(crate) fn state_write(
+    slot_id: u32,
+    len: usize,
+    capacity: usize,
+    hidden: usize,
+) -> Result<usize> {
+    let s = slot(slot_id, capacity)?;
+    if len != hidden {
+        return Err(BackendError::HiddenMismatch {
+            got: len,
+            want: hidden,
+        });
+    }
+    Ok(s)
+}
+
 fn item(item: u32, n_items: usize) -> Result<()> {
     if (item as usize) < n_items {
         Ok(())

@@ -79,10 +79,6 @@ struct States {
 }
 
 impl States {
-    fn check_slot(&self, slot: u32) -> Result<usize> {
-        validate::slot(slot, self.capacity)
-    }
-
     fn row(&self, slot: usize) -> &[f32] {
         &self.data[slot * self.hidden..][..self.hidden]
     }
@@ -200,9 +196,7 @@ impl Backend for CpuBackend {
     }
 
     fn reset_states(&mut self, slots: &[u32]) -> Result<()> {
-        for &s in slots {
-            self.states.check_slot(s)?;
-        }
+        validate::slots(slots, self.states.capacity)?;
         let h = self.states.hidden;
         for &s in slots {
             self.states.data[s as usize * h..][..h].fill(0.0);
@@ -211,19 +205,13 @@ impl Backend for CpuBackend {
     }
 
     fn read_state(&mut self, slot: u32) -> Result<Vec<f32>> {
-        let s = self.states.check_slot(slot)?;
+        let s = validate::slot(slot, self.states.capacity)?;
         Ok(self.states.row(s).to_vec())
     }
 
     fn write_state(&mut self, slot: u32, state: &[f32]) -> Result<()> {
-        let s = self.states.check_slot(slot)?;
         let h = self.states.hidden;
-        if state.len() != h {
-            return Err(BackendError::HiddenMismatch {
-                got: state.len(),
-                want: h,
-            });
-        }
+        let s = validate::state_write(slot, state.len(), self.states.capacity, h)?;
         self.states.data[s * h..][..h].copy_from_slice(state);
         Ok(())
     }

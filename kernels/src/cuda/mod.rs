@@ -137,10 +137,6 @@ struct States {
 }
 
 impl States {
-    fn check_slot(&self, slot: u32) -> Result<usize> {
-        validate::slot(slot, self.capacity)
-    }
-
     fn ptr(&self, stream: &CudaStream) -> u64 {
         self.data.as_ref().map_or(0, |d| d.device_ptr(stream).0)
     }
@@ -374,9 +370,7 @@ impl Backend for CudaBackend {
     }
 
     fn reset_states(&mut self, slots: &[u32]) -> Result<()> {
-        for &s in slots {
-            self.states.check_slot(s)?;
-        }
+        validate::slots(slots, self.states.capacity)?;
         if slots.is_empty() || self.states.hp == 0 {
             return Ok(());
         }
@@ -385,7 +379,7 @@ impl Backend for CudaBackend {
     }
 
     fn read_state(&mut self, slot: u32) -> Result<Vec<f32>> {
-        let s = self.states.check_slot(slot)?;
+        let s = validate::slot(slot, self.states.capacity)?;
         let (h, hp) = (self.states.hidden, self.states.hp);
         let Some(data) = &self.states.data else {
             return Ok(Vec::new());
@@ -397,14 +391,8 @@ impl Backend for CudaBackend {
     }
 
     fn write_state(&mut self, slot: u32, state: &[f32]) -> Result<()> {
-        let s = self.states.check_slot(slot)?;
         let (h, hp) = (self.states.hidden, self.states.hp);
-        if state.len() != h {
-            return Err(BackendError::HiddenMismatch {
-                got: state.len(),
-                want: h,
-            });
-        }
+        let s = validate::state_write(slot, state.len(), self.states.capacity, h)?;
         let Some(data) = &mut self.states.data else {
             return Ok(());
         };
