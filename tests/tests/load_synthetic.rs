@@ -31,6 +31,12 @@ async fn synthetic_model_serves_its_whole_log() {
         stored.weights.item_in.is_none(),
         "embed_dim 0 ties the input embedding"
     );
+    // item_out + item_bias, W_ih + W_hh, b_ih + b_hh (tied: no item_in), f32.
+    let (n, h) = (3_000, 16);
+    assert_eq!(
+        out.weight_bytes,
+        4 * (n * h + n + 2 * 3 * h * h + 2 * 3 * h)
+    );
     let logged: u64 = stored.vocab.popularity.iter().sum();
     assert_eq!(logged as usize, out.events);
 

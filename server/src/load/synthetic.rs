@@ -78,11 +78,6 @@ pub async fn write(s: &SyntheticModel) -> anyhow::Result<SyntheticOutcome> {
     let tied = s.embed_dim == 0;
     let embed = if tied { s.hidden } else { s.embed_dim };
     let weights = random_model(&mut TestRng::new(s.seed), s.n_items, embed, s.hidden, tied);
-    let weight_bytes = 4
-        * (weights.item_out.len()
-            + weights.item_in.as_ref().map_or(0, Vec::len)
-            + weights.w_ih.len()
-            + weights.w_hh.len());
     let fingerprint = format!(
         "synthetic: {} items, hidden {}, embed {}, seed {}",
         s.n_items, s.hidden, s.embed_dim, s.seed
@@ -108,6 +103,7 @@ pub async fn write(s: &SyntheticModel) -> anyhow::Result<SyntheticOutcome> {
         serde_json::json!({}),
     );
     drop(weights);
+    let weight_bytes = bundle.tensors.values().map(|t| 4 * t.data.len()).sum();
     let version = store
         .write_bundle(&s.model, &mut bundle)
         .await
