@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["lambdarec/v1/recommender.proto"];
+    let protos = ["lambdarec/v1/recommender.proto", "lambdarec/v1/log.proto"];
 
     // A vendored protoc keeps the build offline and independent of what the host has installed;
     // handing its path to the prost config avoids mutating the process environment.

@@ -1,0 +1,239 @@
+//! The conformance suite every [`EventLog`] runs (object_store's pattern): public test functions over a
+//! [`Harness`] that opens the implementation under test, each on fresh storage. They panic with a
+//! description on failure.
+//!
+//! ```no_run
+//! # use lambdarec_eventlog::{EventLog, conformance::{self, Harness}, memory::*};
+//! struct Mem(MemoryStorage);
+//! impl Harness for Mem {
+//!     fn open(&mut self) -> Box<dyn EventLog> { Box::new(MemoryLog::new(self.0.clone())) }
+//! }
+//! conformance::run_all(&mut || Box::new(Mem(MemoryStorage::default())) as Box<dyn Harness>);
+//! ```
+
+use crate::{EventLog, LogError, LogRecord, Position, RecordKind, delete_record, event_record};
+
+/// Opens the log under test. Every call opens the *same* storage again, as a restarted process
+/// would; the previous log has been dropped before the next call.
+pub trait Harness {
+    fn open(&mut self) -> Box<dyn EventLog>;
+}
+
+/// Makes a harness over fresh, empty storage (one per test).
+pub type MakeHarness<'a> = &'a mut dyn FnMut() -> Box<dyn Harness>;
+
+/// Runs every test of the suite, each on fresh storage, naming the test that failed.
+pub fn run_all(make: MakeHarness<'_>) {
+    for (name, test) in ALL {
+        let mut harness = make();
+        eprintln!("eventlog conformance: {name}");
+        test(harness.as_mut());
+    }
+}
+
+/// Every test of the suite, by name.
+pub const ALL: &[(&str, fn(&mut dyn Harness))] = &[
+    (
+        "append_assigns_increasing_positions",
+        append_assigns_increasing_positions,
+    ),
+    ("records_round_trip_exactly", records_round_trip_exactly),
+    ("appends_survive_a_reopen", appends_survive_a_reopen),
+    (
+        "reader_starts_anywhere_and_follows",
+        reader_starts_anywhere_and_follows,
+    ),
+    ("release_keeps_what_is_needed", release_keeps_what_is_needed),
+    ("large_and_many_records", large_and_many_records),
+];
+
+/// `n` varied records: events with and without client_seq, unicode ids, deletes in between.
+pub fn sample_records(n: usize, salt: &str) -> Vec<LogRecord> {
+    (0..n)
+        .map(|i| {
+            let session = format!("s{}-{salt}-ü{}", i % 7, i % 3);
+            if i % 11 == 10 {
+                delete_record(&session, 1_000 + i as i64, "v1")
+            } else {
+                let seq = (i % 2 == 0).then_some(i as u64 * 3);
+                let item = format!("item-{}", i * 31 % 97);
+                event_record(
+                    &session,
+                    &item,
+                    2_000 + i as i64,
+                    3_000 + i as i64,
+                    seq,
+                    "v1",
+                )
+            }
+        })
+        .collect()
+}
+
+fn read_all(log: &dyn EventLog, from: Position) -> Vec<(Position, LogRecord)> {
+    let mut reader = log.reader(from).expect("open a reader");
+    let mut out = Vec::new();
+    loop {
+        let batch = reader.next_batch(37).expect("read a batch");
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+pub fn append_assigns_increasing_positions(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let b = log.bounds().unwrap();
+    assert!(b.is_empty(), "a new log is empty: {b:?}");
+    assert!(
+        log.append(&[]).unwrap().is_empty(),
+        "an empty append is a no-op"
+    );
+    let first = log.append(&sample_records(3, "a")).unwrap();
+    let second = log.append(&sample_records(2, "b")).unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(second.len(), 2);
+    let all: Vec<Position> = first.iter().chain(&second).copied().collect();
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "positions increase: {all:?}"
+    );
+    assert!(
+        all[0] >= b.first,
+        "the first position is at or after the empty log's first"
+    );
+    let after = log.bounds().unwrap();
+    assert_eq!(after.first, b.first);
+    assert_eq!(
+        after.next,
+        all[4] + 1,
+        "next follows the last appended position"
+    );
+    assert!(
+        log.stored_bytes() > 0,
+        "stored bytes count what was appended"
+    );
+}
+
+pub fn records_round_trip_exactly(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let records = sample_records(50, "rt");
+    let positions = log.append(&records).unwrap();
+    let read = read_all(log.as_ref(), positions[0]);
+    assert_eq!(read.len(), records.len());
+    for ((p, r), (want_p, want)) in read.iter().zip(positions.iter().zip(&records)) {
+        assert_eq!(p, want_p);
+        assert_eq!(r, want, "record at {p} reads back as written");
+    }
+    assert!(read.iter().any(|(_, r)| r.kind() == RecordKind::Delete));
+}
+
+pub fn appends_survive_a_reopen(h: &mut dyn Harness) {
+    let records = sample_records(20, "reopen");
+    let positions = {
+        let mut log = h.open();
+        let mut p = log.append(&records[..10]).unwrap();
+        p.extend(log.append(&records[10..]).unwrap());
+        p
+    };
+    let mut log = h.open();
+    let b = log.bounds().unwrap();
+    assert_eq!(
+        b.next,
+        positions[19] + 1,
+        "the reopened log ends where it ended"
+    );
+    let read = read_all(log.as_ref(), positions[0]);
+    assert_eq!(
+        read.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+        records
+    );
+    // Appends continue after the old end, never reusing a position.
+    let more = log.append(&sample_records(1, "after")).unwrap();
+    assert!(more[0] > positions[19]);
+}
+
+pub fn reader_starts_anywhere_and_follows(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let records = sample_records(30, "rd");
+    let positions = log.append(&records).unwrap();
+    let from_middle = read_all(log.as_ref(), positions[17]);
+    assert_eq!(from_middle.len(), 13);
+    assert_eq!(from_middle[0], (positions[17], records[17].clone()));
+
+    // A reader at the end waits: empty now, the new records once they are appended.
+    let mut tail = log.reader(log.bounds().unwrap().next).unwrap();
+    assert!(tail.next_batch(10).unwrap().is_empty());
+    let later = sample_records(4, "later");
+    let later_positions = log.append(&later).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got.extend(tail.next_batch(3).unwrap());
+        if got.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        got,
+        later_positions.into_iter().zip(later).collect::<Vec<_>>(),
+        "a reader sees records appended after it was opened"
+    );
+}
+
+pub fn release_keeps_what_is_needed(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let records = sample_records(200, "rel");
+    let mut positions = Vec::new();
+    for chunk in records.chunks(10) {
+        positions.extend(log.append(chunk).unwrap());
+    }
+    let keep_from = positions[150];
+    let first = log.release_before(keep_from).unwrap();
+    assert!(first <= keep_from, "release never drops a needed record");
+    assert_eq!(log.bounds().unwrap().first, first);
+    let read = read_all(log.as_ref(), keep_from);
+    assert_eq!(read.len(), 50);
+    assert_eq!(read[0].1, records[150]);
+    if first > positions[0] {
+        match log.reader(positions[0]) {
+            Err(LogError::Released {
+                requested,
+                first: f,
+            }) => {
+                assert_eq!((requested, f), (positions[0], first));
+            }
+            Err(e) => panic!("reading released records: expected Released, got {e}"),
+            Ok(_) => panic!("reading released records must fail"),
+        }
+    }
+    drop(log);
+    let log = h.open();
+    assert_eq!(
+        log.bounds().unwrap().first,
+        first,
+        "a release survives a reopen"
+    );
+    assert_eq!(read_all(log.as_ref(), keep_from).len(), 50);
+}
+
+pub fn large_and_many_records(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let big = event_record(
+        &"s".repeat(256),
+        &"i".repeat(60_000),
+        1,
+        2,
+        Some(u64::MAX),
+        "v",
+    );
+    let many = sample_records(5_000, "many");
+    let p_big = log.append(std::slice::from_ref(&big)).unwrap();
+    let p_many = log.append(&many).unwrap();
+    assert_eq!(p_many.len(), 5_000);
+    let read = read_all(log.as_ref(), p_big[0]);
+    assert_eq!(read.len(), 5_001);
+    assert_eq!(read[0].1, big);
+    assert_eq!(read[5_000].1, many[4_999]);
+}
