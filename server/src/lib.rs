@@ -6,6 +6,8 @@ pub mod config;
 mod convert;
 pub mod device;
 pub mod engine;
+pub mod health;
+pub mod http;
 pub mod load;
 pub mod metrics;
 pub mod registry;

@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use lambdarec_kernels::Dtype;
 use lambdarec_proto::bundle::{BundleError, Store, format_rfc3339_ms, now_unix_ms};
-use lambdarec_proto::v1::recommender_server::SERVICE_NAME;
 use lambdarec_trainer::TrainError;
 use lambdarec_trainer::pipeline::load_model;
 use tokio::task::JoinHandle;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 use tracing::{error, info};
 
 use crate::engine::{Engine, EngineError, ModelView};
+use crate::health::{Health, Readiness};
 use crate::metrics::Metrics;
 
 /// Why a bundle could not be served. The old model keeps serving.
@@ -78,7 +76,7 @@ pub struct Registry {
     failures_kept: usize,
     engine: Engine,
     metrics: Arc<Metrics>,
-    health: HealthReporter,
+    health: Health,
     /// One load at a time: a Reload during a poll waits for it rather than loading twice.
     reload_lock: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -92,7 +90,7 @@ impl Registry {
         failures_kept: usize,
         engine: Engine,
         metrics: Arc<Metrics>,
-        health: HealthReporter,
+        health: Health,
     ) -> Self {
         Registry {
             store,
@@ -129,7 +127,7 @@ impl Registry {
             Some(v) => v.to_string(),
             None => match self.latest().await {
                 Ok(v) => v,
-                Err(e) => return Err(self.failed("", e)),
+                Err(e) => return Err(self.failed("", e).await),
             },
         };
         if let Some(current) = self.engine.model()
@@ -148,12 +146,7 @@ impl Registry {
                     st.last_failed = None;
                 }
                 self.metrics.set_model_version(&view.version);
-                self.health
-                    .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-                    .await;
-                self.health
-                    .set_service_status("", ServingStatus::Serving)
-                    .await;
+                self.health.set(Readiness::Serving).await;
                 info!(
                     model = %view.name, version = %view.version, items = view.n_items(), hidden = view.hidden,
                     device = %view.device, dtype = %view.dtype, store = %view.store, "serving model"
@@ -163,7 +156,7 @@ impl Registry {
                     changed: true,
                 })
             }
-            Err(e) => Err(self.failed(&target, e)),
+            Err(e) => Err(self.failed(&target, e).await),
         }
     }
 
@@ -192,7 +185,7 @@ impl Registry {
                     .back()
                     .is_some_and(|f| f.version.is_empty() && f.error == message);
                 if !repeat {
-                    self.failed("", e);
+                    self.failed("", e).await;
                 }
                 return;
             }
@@ -267,13 +260,16 @@ impl Registry {
             })
     }
 
-    /// Logs, counts and remembers a failure; returns it.
-    fn failed(&self, version: &str, e: RegistryError) -> RegistryError {
+    /// Logs, counts and remembers a failure; returns it. With no model serving, it becomes the reason
+    /// health gives for NOT_SERVING.
+    async fn failed(&self, version: &str, e: RegistryError) -> RegistryError {
         let message = error_chain(&e);
         error!(model = %self.model, version, error = %message, "model load failed; the serving model (if any) keeps serving");
-        self.metrics
-            .load_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.load_failures.inc();
+        if self.engine.model().is_none() {
+            let reason = format!("no model loaded; the last attempt failed: {message}");
+            self.health.set(Readiness::NotServing(reason)).await;
+        }
         let mut st = self.lock();
         if !version.is_empty() {
             st.last_failed = Some(version.to_string());

@@ -1,25 +1,26 @@
 //! Assembles and runs the server: engine, registry (initial load, LATEST poller), the Recommender
-//! service with grpc.health.v1 and reflection, the metrics endpoint, and a graceful shutdown that
-//! answers in-flight work before the batcher stops.
+//! service with grpc.health.v1 and reflection, the HTTP admin endpoint (/metrics, /healthz), and a
+//! graceful shutdown that answers in-flight work before the batcher stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use lambdarec_kernels::Backend;
 use lambdarec_proto::FILE_DESCRIPTOR_SET;
-use lambdarec_proto::v1::recommender_server::{RecommenderServer, SERVICE_NAME};
+use lambdarec_proto::v1::recommender_server::RecommenderServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::config::ServeConfig;
 use crate::device::{DeviceError, open_backend};
 use crate::engine::Engine;
-use crate::metrics::{self, Metrics};
+use crate::health::{Health, Readiness};
+use crate::http;
+use crate::metrics::Metrics;
 use crate::registry::{Registry, error_chain};
 use crate::service::RecommenderService;
 
@@ -53,6 +54,7 @@ pub struct RunningServer {
     background: Vec<JoinHandle<()>>,
     engine: Engine,
     registry: Arc<Registry>,
+    health: Health,
 }
 
 /// Starts everything on the backend `config.device` selects and returns once the gRPC port is bound.
@@ -82,13 +84,8 @@ pub async fn start_with_backend(
         "engine started"
     );
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter, "starting: no model loaded yet").await;
     let registry = Arc::new(Registry::new(
         config.store.clone(),
         config.model.clone(),
@@ -96,7 +93,7 @@ pub async fn start_with_backend(
         config.limits.failures_kept,
         engine.clone(),
         metrics.clone(),
-        health,
+        health.clone(),
     ));
     if let Err(e) = registry.reload(None).await {
         warn!(error = %error_chain(&e), "no model at startup: health is NOT_SERVING until Reload or the LATEST poller loads one");
@@ -117,10 +114,11 @@ pub async fn start_with_backend(
     let mut background = Vec::new();
     let metrics_addr = match config.metrics_listen {
         Some(at) => {
-            let l = metrics::bind(at).await.map_err(|e| bind(at, e))?;
+            let l = http::bind(at).await.map_err(|e| bind(at, e))?;
             let bound = l.local_addr().map_err(|e| bind(at, e))?;
-            background.push(tokio::spawn(metrics::serve_metrics(l, metrics.clone())));
-            info!(addr = %bound, "metrics at http://{bound}/metrics");
+            let routes = http::router(metrics.clone(), health.clone());
+            background.push(http::spawn(l, routes));
+            info!(addr = %bound, "metrics at http://{bound}/metrics, health at http://{bound}/healthz");
             Some(bound)
         }
         None => None,
@@ -154,6 +152,7 @@ pub async fn start_with_backend(
         background,
         engine,
         registry,
+        health,
     })
 }
 
@@ -163,7 +162,7 @@ impl RunningServer {
         self.addr
     }
 
-    /// The bound metrics address, if metrics are served.
+    /// The bound address of the HTTP admin endpoint (/metrics, /healthz), if it is served.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }
@@ -176,6 +175,10 @@ impl RunningServer {
     /// Stops accepting, lets in-flight RPCs finish (event streams stop reading and answer what they
     /// accepted), then stops the batcher.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        // Health goes first, so that load balancers stop sending new work while the rest drains.
+        self.health
+            .set(Readiness::NotServing("shutting down".to_string()))
+            .await;
         let _ = self.stop.send(true);
         let served = self.server.await;
         for task in &self.background {

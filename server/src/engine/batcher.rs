@@ -169,15 +169,9 @@ impl Batcher {
     fn accept(&mut self, msg: Msg, batch: &mut Vec<Envelope>) -> bool {
         match msg {
             Msg::Job(env) => {
-                self.shared
-                    .metrics
-                    .queue_depth
-                    .fetch_sub(1, Ordering::AcqRel);
+                self.shared.metrics.queue_depth.dec();
                 if env.job.caller_left() {
-                    self.shared
-                        .metrics
-                        .dropped_requests
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.dropped_requests.inc();
                 } else if env.deadline.is_some_and(|d| d <= Instant::now()) {
                     env.job.fail(EngineError::DeadlineExceeded);
                 } else {
@@ -462,10 +456,13 @@ impl Batcher {
         }
         let m = &self.shared.metrics;
         let (capacity, ttl) = self.sessions.evictions();
-        m.evictions[Eviction::Capacity as usize].store(capacity, Ordering::Relaxed);
-        m.evictions[Eviction::Ttl as usize].store(ttl, Ordering::Relaxed);
-        m.live_sessions
-            .store(self.sessions.len() as u64, Ordering::Relaxed);
+        m.evictions[Eviction::Capacity as usize]
+            .inner()
+            .store(capacity, Ordering::Relaxed);
+        m.evictions[Eviction::Ttl as usize]
+            .inner()
+            .store(ttl, Ordering::Relaxed);
+        m.live_sessions.set(self.sessions.len() as u64);
     }
 }
 
