@@ -182,7 +182,7 @@ async fn online_metrics_equal_offline_metrics() {
         ] {
             assert!(json.get(key).is_some(), "{name}: JSON lacks {key}");
         }
-        let svg = load::latency_svg(&report);
+        let svg = load::latency_svg(&report).unwrap();
         assert!(
             svg.starts_with("<svg")
                 && svg.contains("polyline")

@@ -105,7 +105,7 @@ pub fn print(
         print!("{}", report.text());
     }
     if let Some(path) = plot {
-        std::fs::write(path, load::latency_svg(report))
+        std::fs::write(path, load::latency_svg(report)?)
             .with_context(|| format!("writing {}", path.display()))?;
         if !json {
             println!("wrote {}", path.display());

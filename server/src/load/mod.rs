@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-pub use plot::latency_svg;
+pub use plot::{PlotError, latency_svg};
 pub use replay::{Replay, ReplaySession};
 pub use report::{LoadReport, TimelinePoint};
 
