@@ -1,14 +1,17 @@
-//! `--plot`: Recommend latency percentiles per second of the run (p50 and p99 lines on linear axes),
+//! `--plot`: Recommend (or Score) latency percentiles per second of the run (p50 and p99 lines on linear axes),
 //! drawn with plotters' SVG backend.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::report::LoadReport;
+use super::report::{LoadReport, TimelinePoint};
 
 const SIZE: (u32, u32) = (800, 400);
 const P50: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const P99: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+
+/// A line of the chart: its legend, its colour, and its value at one second.
+type Series = (&'static str, RGBColor, fn(&TimelinePoint) -> f64);
 
 /// Why the plot could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +44,10 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &LoadReport) -> Resul
     let t_max = points.last().map_or(1, |p| p.second + 1).max(1) as f64;
     let y_max = nice_ceiling(points.iter().map(|p| p.p99_ms).fold(0.0, f64::max));
     let title = format!(
-        "Recommend latency per second: {} ({} requests)",
-        report.target, report.requests
+        "{} latency per second: {} ({} requests)",
+        report.workload.call(),
+        report.target,
+        report.requests
     );
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 16))
@@ -56,8 +61,7 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &LoadReport) -> Resul
         .y_desc("ms")
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    let series: [(&str, RGBColor, fn(&super::TimelinePoint) -> f64); 2] =
-        [("p50", P50, |p| p.p50_ms), ("p99", P99, |p| p.p99_ms)];
+    let series: [Series; 2] = [("p50", P50, |p| p.p50_ms), ("p99", P99, |p| p.p99_ms)];
     for (name, color, value) in series {
         let line = points.iter().map(|p| (p.second as f64 + 0.5, value(p)));
         chart
@@ -89,7 +93,7 @@ fn nice_ceiling(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::{Mode, TimelinePoint};
+    use crate::load::{Mode, Workload};
 
     fn report(timeline: Vec<TimelinePoint>) -> LoadReport {
         LoadReport {
@@ -97,6 +101,7 @@ mod tests {
             model: String::new(),
             model_version: String::new(),
             mode: Mode::Closed { concurrency: 1 },
+            workload: Workload::Score { candidates: 100 },
             sessions_in_log: 0,
             seconds: 0.0,
             requests: timeline.iter().map(|p| p.requests).sum(),

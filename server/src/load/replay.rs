@@ -1,5 +1,6 @@
 //! Replaying one session through the server: events on a shared, multiplexed `StreamEvents` stream
-//! (acks matched by `client_seq`), a `Recommend` after each applied event, and the unknown-item rule.
+//! (acks matched by `client_seq`), a `Recommend` (or `Score`) after each applied event, and the
+//! unknown-item rule.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,13 +8,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lambdarec_proto::v1::recommender_client::RecommenderClient;
-use lambdarec_proto::v1::{ErrorCode, EventAck, RecommendRequest, SessionEvent};
+use lambdarec_proto::v1::{ErrorCode, EventAck, RecommendRequest, ScoreRequest, SessionEvent};
 use lambdarec_trainer::data::RawLog;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use super::candidates::{self, Catalogue};
 use super::report::Collector;
 
 /// One session of the log: its key and its items (indices into [`Replay::item_ids`]) in time order.
@@ -139,12 +143,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The call made after each applied event, with what it needs.
+pub(crate) enum Call {
+    Recommend,
+    Score {
+        candidates: usize,
+        catalogue: Catalogue,
+    },
+}
+
 /// What every session task shares.
 pub(crate) struct Ctx {
     pub(crate) clients: Vec<RecommenderClient<Channel>>,
     pub(crate) streams: Vec<EventStream>,
     pub(crate) collector: Arc<Collector>,
     pub(crate) k: usize,
+    pub(crate) call: Call,
+    /// Seeds each session's candidate draws (with the session's number), so a run repeats.
+    pub(crate) seed: u64,
     pub(crate) timeout: Duration,
     /// Makes session ids unique to this run (and `/pass/` to each pass over the log).
     pub(crate) run_tag: String,
@@ -158,6 +174,8 @@ impl Ctx {
         let session_id = format!("{}/{}/{}", self.run_tag, i / n, session.key);
         let conn = i % self.clients.len();
         let (stream, mut client) = (&self.streams[conn], self.clients[conn].clone());
+        let mut rng =
+            SmallRng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut late = Some(late);
         // The list recommended after the last applied event, waiting for the next applied item.
         let mut pending: Option<Vec<String>> = None;
@@ -179,28 +197,78 @@ impl Ctx {
             if pos + 1 == session.items.len() {
                 break;
             }
-            let request = RecommendRequest {
-                session_id: session_id.clone(),
-                k: self.k as u32,
-                exclude_items: Vec::new(),
-                exclude_seen: Some(false),
-                inline_events: Vec::new(),
-            };
             let sent = Instant::now();
-            let answer = match tokio::time::timeout(self.timeout, client.recommend(request)).await {
-                Ok(Ok(r)) => Ok(r
-                    .into_inner()
-                    .items
-                    .into_iter()
-                    .map(|s| s.item_id)
-                    .collect()),
-                Ok(Err(status)) => Err(status.code()),
-                Err(_) => Err(Code::DeadlineExceeded),
+            let answer = match &self.call {
+                Call::Recommend => self.recommend(&mut client, &session_id).await,
+                Call::Score {
+                    candidates,
+                    catalogue,
+                } => {
+                    // The true next item: the first later item the catalogue knows, as that is the
+                    // next one the server will apply. None: popular items only (not scored).
+                    let target = session.items[pos + 1..]
+                        .iter()
+                        .find_map(|&it| catalogue.index(&replay.item_ids[it as usize]));
+                    let request = ScoreRequest {
+                        session_id: session_id.clone(),
+                        candidates: catalogue
+                            .draw(target, *candidates, &mut rng)
+                            .into_iter()
+                            .map(|i| catalogue.id(i).to_string())
+                            .collect(),
+                    };
+                    self.score(&mut client, request).await
+                }
             };
             let latency = sent.elapsed() + late.take().unwrap_or_default();
             self.collector
-                .recommend(latency, answer.as_ref().map(|_| ()).map_err(|c| *c));
+                .request(latency, answer.as_ref().map(|_| ()).map_err(|c| *c));
             pending = answer.ok();
+        }
+    }
+
+    /// The top k of the whole catalogue.
+    async fn recommend(
+        &self,
+        client: &mut RecommenderClient<Channel>,
+        session_id: &str,
+    ) -> Result<Vec<String>, Code> {
+        let request = RecommendRequest {
+            session_id: session_id.to_string(),
+            k: self.k as u32,
+            exclude_items: Vec::new(),
+            exclude_seen: Some(false),
+            inline_events: Vec::new(),
+        };
+        match tokio::time::timeout(self.timeout, client.recommend(request)).await {
+            Ok(Ok(r)) => Ok(r
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|s| s.item_id)
+                .collect()),
+            Ok(Err(status)) => Err(status.code()),
+            Err(_) => Err(Code::DeadlineExceeded),
+        }
+    }
+
+    /// Scores the candidates and ranks them into a top-k list. A candidate the server does not know
+    /// means the catalogue read is not the one served (a model swap mid-run): it is reported.
+    async fn score(
+        &self,
+        client: &mut RecommenderClient<Channel>,
+        request: ScoreRequest,
+    ) -> Result<Vec<String>, Code> {
+        match tokio::time::timeout(self.timeout, client.score(request)).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                if !r.unknown_items.is_empty() {
+                    self.collector.error("score:unknown-candidates");
+                }
+                Ok(candidates::top_k(r.scores, self.k))
+            }
+            Ok(Err(status)) => Err(status.code()),
+            Err(_) => Err(Code::DeadlineExceeded),
         }
     }
 }
