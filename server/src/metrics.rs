@@ -287,6 +287,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn renders_counters_histograms_and_info() {
@@ -357,6 +358,79 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("version=\"v1\""), "{text}");
+    }
+
+    /// Every `expr` string anywhere in a Grafana dashboard.
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match value {
+                        serde_json::Value::String(e) if key == "expr" => out.push(e.clone()),
+                        _ => exprs(value, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(list) => list.iter().for_each(|x| exprs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_what_render_exposes() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/lambdarec.json"))
+                .expect("the dashboard is well-formed JSON");
+        assert_eq!(dashboard["__inputs"][0]["name"], "DS_PROMETHEUS");
+        let m = Metrics::default();
+        m.request(Method::Ping, tonic::Code::Ok, Duration::ZERO);
+        m.set_model_version("v1");
+        let text = m.render();
+        let samples = text.lines().filter(|l| !l.starts_with('#'));
+        let names: HashSet<&str> = samples
+            .clone()
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let labels: HashSet<&str> = samples
+            .filter_map(|l| Some(l.split_once('{')?.1.split_once('}')?.0))
+            .flat_map(|ls| ls.split(',').filter_map(|kv| kv.split('=').next()))
+            .chain(["instance"]) // added by Prometheus at scrape time
+            .collect();
+        let mut queries = Vec::new();
+        exprs(&dashboard, &mut queries);
+        assert!(queries.len() >= 10, "{queries:?}");
+        let mut seen = HashSet::new();
+        for q in &queries {
+            let words = q.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            for metric in words.filter(|w| w.starts_with("lambdarec_")) {
+                assert!(names.contains(metric), "{metric} (in {q}) is not exposed");
+                seen.insert(metric.to_string());
+            }
+            for (_, rest) in q.match_indices("by (").map(|(i, _)| q.split_at(i + 4)) {
+                let grouped = rest.split(')').next().unwrap_or("");
+                for label in grouped.split(',').map(str::trim) {
+                    assert!(
+                        labels.contains(label),
+                        "label {label} (in {q}) is not exposed"
+                    );
+                }
+            }
+        }
+        // Every series family of the server has a panel.
+        for family in [
+            "lambdarec_requests_total",
+            "lambdarec_request_duration_seconds_bucket",
+            "lambdarec_events_total",
+            "lambdarec_batch_size_bucket",
+            "lambdarec_queue_depth",
+            "lambdarec_live_sessions",
+            "lambdarec_session_evictions_total",
+            "lambdarec_dropped_requests_total",
+            "lambdarec_model_load_failures_total",
+            "lambdarec_model_info",
+        ] {
+            assert!(seen.contains(family), "no panel queries {family}");
+        }
     }
 
     #[test]
