@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lambdarec_proto::v1::recommender_client::RecommenderClient;
-use lambdarec_proto::v1::{ErrorCode, EventAck, RecommendRequest, ScoreRequest, SessionEvent};
+use lambdarec_proto::v1::{
+    ErrorCode, EventAck, RecommendRequest, ScoreRequest, ScoredItem, SessionEvent,
+};
 use lambdarec_trainer::data::RawLog;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -152,6 +154,33 @@ pub(crate) enum Call {
     },
 }
 
+/// What a call returned: a ranked list (Recommend) or scores in candidate order (Score).
+enum Answer {
+    List(Vec<String>),
+    Scores(Vec<ScoredItem>),
+}
+
+/// A Score request of `n` candidates by popularity with the true next item among them: the first of
+/// the session's `later` items that the catalogue knows, as that is the next one the server will
+/// apply. None known: popular items only (the list will not be scored).
+fn score_request<'a>(
+    catalogue: &Catalogue,
+    n: usize,
+    session_id: &str,
+    mut later: impl Iterator<Item = &'a str>,
+    rng: &mut SmallRng,
+) -> ScoreRequest {
+    let target = later.find_map(|id| catalogue.index(id));
+    ScoreRequest {
+        session_id: session_id.to_string(),
+        candidates: catalogue
+            .draw(target, n, rng)
+            .into_iter()
+            .map(|i| catalogue.id(i).to_string())
+            .collect(),
+    }
+}
+
 /// What every session task shares.
 pub(crate) struct Ctx {
     pub(crate) clients: Vec<RecommenderClient<Channel>>,
@@ -197,33 +226,36 @@ impl Ctx {
             if pos + 1 == session.items.len() {
                 break;
             }
-            let sent = Instant::now();
-            let answer = match &self.call {
-                Call::Recommend => self.recommend(&mut client, &session_id).await,
+            // Candidates are drawn before the clock starts and ranked after it stops: client work.
+            let score_request = match &self.call {
+                Call::Recommend => None,
                 Call::Score {
                     candidates,
                     catalogue,
                 } => {
-                    // The true next item: the first later item the catalogue knows, as that is the
-                    // next one the server will apply. None: popular items only (not scored).
-                    let target = session.items[pos + 1..]
-                        .iter()
-                        .find_map(|&it| catalogue.index(&replay.item_ids[it as usize]));
-                    let request = ScoreRequest {
-                        session_id: session_id.clone(),
-                        candidates: catalogue
-                            .draw(target, *candidates, &mut rng)
-                            .into_iter()
-                            .map(|i| catalogue.id(i).to_string())
-                            .collect(),
-                    };
-                    self.score(&mut client, request).await
+                    let later = session.items[pos + 1..].iter();
+                    let later = later.map(|&it| replay.item_ids[it as usize].as_str());
+                    Some(score_request(
+                        catalogue,
+                        *candidates,
+                        &session_id,
+                        later,
+                        &mut rng,
+                    ))
                 }
+            };
+            let sent = Instant::now();
+            let answer = match score_request {
+                None => self.recommend(&mut client, &session_id).await,
+                Some(request) => self.score(&mut client, request).await,
             };
             let latency = sent.elapsed() + late.take().unwrap_or_default();
             self.collector
                 .request(latency, answer.as_ref().map(|_| ()).map_err(|c| *c));
-            pending = answer.ok();
+            pending = answer.ok().map(|a| match a {
+                Answer::List(list) => list,
+                Answer::Scores(scores) => candidates::top_k(scores, self.k),
+            });
         }
     }
 
@@ -232,7 +264,7 @@ impl Ctx {
         &self,
         client: &mut RecommenderClient<Channel>,
         session_id: &str,
-    ) -> Result<Vec<String>, Code> {
+    ) -> Result<Answer, Code> {
         let request = RecommendRequest {
             session_id: session_id.to_string(),
             k: self.k as u32,
@@ -241,31 +273,32 @@ impl Ctx {
             inline_events: Vec::new(),
         };
         match tokio::time::timeout(self.timeout, client.recommend(request)).await {
-            Ok(Ok(r)) => Ok(r
-                .into_inner()
-                .items
-                .into_iter()
-                .map(|s| s.item_id)
-                .collect()),
+            Ok(Ok(r)) => Ok(Answer::List(
+                r.into_inner()
+                    .items
+                    .into_iter()
+                    .map(|s| s.item_id)
+                    .collect(),
+            )),
             Ok(Err(status)) => Err(status.code()),
             Err(_) => Err(Code::DeadlineExceeded),
         }
     }
 
-    /// Scores the candidates and ranks them into a top-k list. A candidate the server does not know
-    /// means the catalogue read is not the one served (a model swap mid-run): it is reported.
+    /// The candidates' scores. A candidate the server does not know means the catalogue read is not
+    /// the one served (a model swap mid-run): it is reported.
     async fn score(
         &self,
         client: &mut RecommenderClient<Channel>,
         request: ScoreRequest,
-    ) -> Result<Vec<String>, Code> {
+    ) -> Result<Answer, Code> {
         match tokio::time::timeout(self.timeout, client.score(request)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 if !r.unknown_items.is_empty() {
                     self.collector.error("score:unknown-candidates");
                 }
-                Ok(candidates::top_k(r.scores, self.k))
+                Ok(Answer::Scores(r.scores))
             }
             Ok(Err(status)) => Err(status.code()),
             Err(_) => Err(Code::DeadlineExceeded),
