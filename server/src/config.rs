@@ -11,9 +11,10 @@ use lambdarec_kernels::Dtype;
 pub struct Limits {
     /// Longest session id, in bytes.
     pub max_session_id_bytes: usize,
-    /// `k` used when a request asks for 0.
+    /// The `k` a model is warmed up with before it serves (the typical request's k). Requests always
+    /// name their own k: 0 is INVALID_ARGUMENT, as recommender.proto says.
     pub default_k: usize,
-    /// Largest `k`; larger requests are capped (the proto says "capped", not "rejected").
+    /// Largest `k`; a request over it is INVALID_ARGUMENT (never silently capped).
     pub max_k: usize,
     /// Most candidates in one Score request, and most exclude_items in one Recommend request.
     pub max_candidates: usize,
@@ -22,6 +23,9 @@ pub struct Limits {
     pub max_inline_events: usize,
     /// Recent items kept per session (for exclude_seen and GetSession).
     pub history: usize,
+    /// `client_seq`s remembered per session for exactly-once events: a re-sent event is recognised
+    /// while it is among its session's last `dedup_window` applied events that carried one.
+    pub dedup_window: usize,
     /// Most load failures ModelInfo reports.
     pub failures_kept: usize,
     /// Largest request message tonic decodes (larger ones are refused before a handler runs).
@@ -37,6 +41,7 @@ impl Default for Limits {
             max_candidates: 10_000,
             max_inline_events: 1000,
             history: 50,
+            dedup_window: 64,
             failures_kept: 10,
             max_message_bytes: 4 << 20,
         }
@@ -140,7 +145,7 @@ impl ServeConfig {
             return Err("--session-ttl must be positive".to_string());
         }
         if self.limits.default_k == 0 || self.limits.default_k > self.limits.max_k {
-            return Err("the default k must be within 1..=max k".to_string());
+            return Err("the warm-up k must be within 1..=max k".to_string());
         }
         Ok(())
     }

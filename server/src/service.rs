@@ -115,8 +115,8 @@ impl Recommender for RecommenderService {
                     }
                     msg = inbound.message(), if reading && pending.len() < MAX_IN_FLIGHT_EVENTS => match msg {
                         Ok(Some(event)) => {
-                            let (req, seq) = convert::event_request(event);
-                            let session_id = req.session_id.clone();
+                            let req = convert::event_request(event);
+                            let (session_id, seq) = (req.session_id.clone(), req.client_seq);
                             // Submitted now, in stream order; answered in the same order.
                             let outcome = engine.event(req, None);
                             let engine = engine.clone();

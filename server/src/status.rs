@@ -32,7 +32,7 @@ fn engine_code(e: &EngineError) -> Code {
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
-        let mut status = Status::new(engine_code(&e), e.to_string());
+        let mut status = Status::new(engine_code(&e), error_chain(&e));
         if let EngineError::Overloaded { retry_after_ms, .. } = e
             && let Ok(v) = retry_after_ms.to_string().parse()
         {

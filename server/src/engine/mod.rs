@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 pub use sessions::Eviction;
 pub use types::{
     EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest, Recommendation,
-    ScoreOutcome, ScoreRequest, SessionSnapshot,
+    ReplayStats, ScoreOutcome, ScoreRequest, SessionSnapshot,
 };
 use types::{Envelope, Install, Job, Msg, Reply};
 
