@@ -2,8 +2,10 @@
 //! request limits that `recommender.proto` documents.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use lambdarec_eventlog::memory::MemoryStorage;
 use lambdarec_kernels::Dtype;
 
 /// Request limits. The defaults are the numbers `lambdarec/v1/recommender.proto` promises clients.
@@ -72,6 +74,19 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
+/// The event log the server appends every acknowledged change to.
+#[derive(Clone, Debug, Default)]
+pub enum LogConfig {
+    /// `--log none`: events live in memory only and are lost on a crash (the behaviour before the
+    /// event log; said at start-up).
+    #[default]
+    None,
+    /// `file://DIR`, a plain directory path, or `nats://HOST:PORT/STREAM`.
+    Url(String),
+    /// An in-memory log that outlives the server (tests that restart a server in-process).
+    Memory(MemoryStorage),
+}
+
 /// Everything `lambdarec serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -101,6 +116,12 @@ pub struct ServeConfig {
     /// Where Prometheus metrics are served (`GET /metrics`); None: not served.
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
+    /// The event log (the library default is none; `lambdarec serve` defaults to an embedded log).
+    pub log: LogConfig,
+    /// Directory of session snapshots (with a log); None: recovery replays the whole retained log.
+    pub snapshot_dir: Option<PathBuf>,
+    /// How often the sessions are snapshotted; None: only at a graceful stop.
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl Default for ServeConfig {
@@ -120,6 +141,9 @@ impl Default for ServeConfig {
             poll_interval: Some(Duration::from_secs(30)),
             metrics_listen: None,
             limits: Limits::default(),
+            log: LogConfig::None,
+            snapshot_dir: None,
+            snapshot_interval: Some(Duration::from_secs(60)),
         }
     }
 }

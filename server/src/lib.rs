@@ -8,10 +8,12 @@ pub mod device;
 pub mod engine;
 pub mod load;
 pub mod metrics;
+pub mod readiness;
+pub mod recovery;
 pub mod registry;
 mod server;
 mod service;
 pub mod status;
 
-pub use config::{DeviceChoice, Limits, ServeConfig};
+pub use config::{DeviceChoice, Limits, LogConfig, ServeConfig};
 pub use server::{RunningServer, ServeError, start, start_with_backend};

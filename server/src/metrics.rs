@@ -151,6 +151,20 @@ pub struct Metrics {
     pub dropped_requests: AtomicU64,
     pub load_failures: AtomicU64,
     model_version: Mutex<Option<String>>,
+    /// Seconds per event-log append (one group commit).
+    pub log_append_seconds: Histogram,
+    /// Records per event-log append.
+    pub log_batch_records: Histogram,
+    /// Bytes the event log stores.
+    pub log_bytes: AtomicU64,
+    /// Seconds to write a snapshot.
+    pub snapshot_seconds: Histogram,
+    /// When the last snapshot was taken, Unix ms (0: none yet).
+    pub snapshot_unix_ms: AtomicU64,
+    /// Milliseconds the start-up recovery took.
+    pub replay_millis: AtomicU64,
+    /// Events replayed from the log at start-up.
+    pub replay_events: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -172,6 +186,13 @@ impl Default for Metrics {
             dropped_requests: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
             model_version: Mutex::new(None),
+            log_append_seconds: Histogram::new(LATENCY_BOUNDS),
+            log_batch_records: Histogram::new(BATCH_BOUNDS),
+            log_bytes: AtomicU64::new(0),
+            snapshot_seconds: Histogram::new(LATENCY_BOUNDS),
+            snapshot_unix_ms: AtomicU64::new(0),
+            replay_millis: AtomicU64::new(0),
+            replay_events: AtomicU64::new(0),
         }
     }
 }

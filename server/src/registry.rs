@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use lambdarec_kernels::Dtype;
 use lambdarec_proto::bundle::{BundleError, Store, format_rfc3339_ms, now_unix_ms};
-use lambdarec_proto::v1::recommender_server::SERVICE_NAME;
 use lambdarec_trainer::TrainError;
 use lambdarec_trainer::pipeline::load_model;
 use tokio::task::JoinHandle;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 use tracing::{error, info};
 
 use crate::engine::{Engine, EngineError, ModelView};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// Why a bundle could not be served. The old model keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +76,7 @@ pub struct Registry {
     failures_kept: usize,
     engine: Engine,
     metrics: Arc<Metrics>,
-    health: HealthReporter,
+    readiness: Arc<Readiness>,
     /// One load at a time: a Reload during a poll waits for it rather than loading twice.
     reload_lock: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -92,7 +90,7 @@ impl Registry {
         failures_kept: usize,
         engine: Engine,
         metrics: Arc<Metrics>,
-        health: HealthReporter,
+        readiness: Arc<Readiness>,
     ) -> Self {
         Registry {
             store,
@@ -101,7 +99,7 @@ impl Registry {
             failures_kept,
             engine,
             metrics,
-            health,
+            readiness,
             reload_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
         }
@@ -148,12 +146,7 @@ impl Registry {
                     st.last_failed = None;
                 }
                 self.metrics.set_model_version(&view.version);
-                self.health
-                    .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-                    .await;
-                self.health
-                    .set_service_status("", ServingStatus::Serving)
-                    .await;
+                self.readiness.model_loaded().await;
                 info!(
                     model = %view.name, version = %view.version, items = view.n_items(), hidden = view.hidden,
                     device = %view.device, dtype = %view.dtype, store = %view.store, "serving model"

@@ -7,19 +7,22 @@ use std::sync::Arc;
 
 use lambdarec_kernels::Backend;
 use lambdarec_proto::FILE_DESCRIPTOR_SET;
-use lambdarec_proto::v1::recommender_server::{RecommenderServer, SERVICE_NAME};
+use lambdarec_proto::v1::recommender_server::RecommenderServer;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
-use tracing::{info, warn};
+
+use tracing::{error, info, warn};
 
 use crate::config::ServeConfig;
 use crate::device::{DeviceError, open_backend};
 use crate::engine::Engine;
 use crate::metrics::{self, Metrics};
+use crate::readiness::Readiness;
+use crate::recovery::{self, RecoveryError};
 use crate::registry::{Registry, error_chain};
 use crate::service::RecommenderService;
 
@@ -42,6 +45,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC server task failed: {0}")]
     Task(String),
+    #[error("recovery from the event log failed")]
+    Recovery(#[from] RecoveryError),
 }
 
 /// A started server. Dropping it without `shutdown` leaves the tasks running until the runtime ends.
@@ -51,8 +56,11 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
+    /// Recovery from the event log (None without a log); Err ends the server.
+    recovery: Option<JoinHandle<Result<(), RecoveryError>>>,
     engine: Engine,
     registry: Arc<Registry>,
+    readiness: Arc<Readiness>,
 }
 
 /// Starts everything on the backend `config.device` selects and returns once the gRPC port is bound.
@@ -71,7 +79,13 @@ pub async fn start_with_backend(
 ) -> Result<RunningServer, ServeError> {
     config.validate().map_err(ServeError::Config)?;
     let metrics = Arc::new(Metrics::default());
-    let engine = Engine::start((&config).into(), open, metrics.clone())?;
+    // Opening the log recovers its torn tail and refuses corrupt data: blocking I/O.
+    let opening = config.clone();
+    let prepared = tokio::task::spawn_blocking(move || recovery::prepare(&opening))
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??;
+    let (setup, pending) = prepared.unzip();
+    let engine = Engine::start((&config).into(), open, metrics.clone(), setup)?;
     info!(
         device = engine.device(),
         dtype = %config.dtype,
@@ -83,12 +97,7 @@ pub async fn start_with_backend(
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    let readiness = Arc::new(Readiness::new(health, pending.is_some()).await);
     let registry = Arc::new(Registry::new(
         config.store.clone(),
         config.model.clone(),
@@ -96,7 +105,7 @@ pub async fn start_with_backend(
         config.limits.failures_kept,
         engine.clone(),
         metrics.clone(),
-        health,
+        readiness.clone(),
     ));
     if let Err(e) = registry.reload(None).await {
         warn!(error = %error_chain(&e), "no model at startup: health is NOT_SERVING until Reload or the LATEST poller loads one");
@@ -128,6 +137,17 @@ pub async fn start_with_backend(
     if let Some(every) = config.poll_interval {
         background.push(registry.spawn_poller(every));
     }
+    let recovery = pending.map(|pending| {
+        let (engine, metrics, readiness) = (engine.clone(), metrics.clone(), readiness.clone());
+        tokio::spawn(async move {
+            recovery::run(&engine, pending, &metrics).await?;
+            readiness.recovered().await;
+            Ok(())
+        })
+    });
+    if engine.log_status().is_some() {
+        background.push(watch_log(engine.clone(), readiness.clone()));
+    }
 
     let (stop, stop_rx) = watch::channel(false);
     let service =
@@ -152,8 +172,24 @@ pub async fn start_with_backend(
         stop,
         server,
         background,
+        recovery,
         engine,
         registry,
+        readiness,
+    })
+}
+
+/// Turns health NOT_SERVING (with the reason) once the event log has failed.
+fn watch_log(engine: Engine, readiness: Arc<Readiness>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let status = engine.log_status().expect("checked by the caller").clone();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(reason) = status.failure() {
+                readiness.log_failed(reason).await;
+                return;
+            }
+        }
     })
 }
 
@@ -173,9 +209,34 @@ impl RunningServer {
         &self.registry
     }
 
+    /// Waits until the server serves (model loaded, recovery done), at most `timeout`; false if it
+    /// did not in time (or recovery failed).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        while self.readiness.not_serving_reason().is_some() {
+            if tokio::time::Instant::now() >= until
+                || self.recovery.as_ref().is_some_and(JoinHandle::is_finished)
+                    && self.engine.recovering()
+            {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Why the server does not serve now (None when it does).
+    pub fn not_serving_reason(&self) -> Option<String> {
+        self.readiness.not_serving_reason()
+    }
+
     /// Stops accepting, lets in-flight RPCs finish (event streams stop reading and answer what they
-    /// accepted), then stops the batcher.
+    /// accepted), then stops the batcher, which snapshots the sessions and makes the log durable.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.readiness.stopping().await;
+        if let Some(r) = &self.recovery {
+            r.abort();
+        }
         let _ = self.stop.send(true);
         let served = self.server.await;
         for task in &self.background {
@@ -190,10 +251,25 @@ impl RunningServer {
 
     /// Serves until ctrl-c or SIGTERM (or until the server fails), then shuts down gracefully.
     pub async fn run_until_signal(mut self) -> Result<(), ServeError> {
+        let recovery = self.recovery.take();
+        let recovered = async {
+            match recovery {
+                Some(task) => task
+                    .await
+                    .map_err(|e| ServeError::Task(e.to_string()))?
+                    .map_err(ServeError::from),
+                None => Ok(()),
+            }
+        };
         tokio::select! {
             () = termination() => {
                 info!("shutdown signal received; draining in-flight requests");
                 self.shutdown().await
+            }
+            Err(e) = recovered => {
+                error!(error = %error_chain(&e), "recovery failed; stopping");
+                let _ = self.shutdown().await;
+                Err(e)
             }
             ended = &mut self.server => {
                 self.engine.shutdown().await;

@@ -24,7 +24,10 @@ fn engine_code(e: &EngineError) -> Code {
         EngineError::SessionNotFound(_) => Code::NotFound,
         EngineError::Overloaded { .. } => Code::ResourceExhausted,
         EngineError::DeadlineExceeded => Code::DeadlineExceeded,
-        EngineError::NoModel | EngineError::ShuttingDown => Code::Unavailable,
+        EngineError::NoModel
+        | EngineError::ShuttingDown
+        | EngineError::Recovering
+        | EngineError::LogFailed(_) => Code::Unavailable,
         EngineError::Superseded => Code::Aborted,
         EngineError::Backend(_) => Code::Internal,
     }
@@ -88,11 +91,13 @@ pub fn event_code(e: &EngineError) -> ErrorCode {
         EngineError::Overloaded { .. }
         | EngineError::DeadlineExceeded
         | EngineError::NoModel
-        | EngineError::ShuttingDown => ErrorCode::Overloaded,
+        | EngineError::ShuttingDown
+        | EngineError::Recovering => ErrorCode::Overloaded,
         EngineError::TooMany { .. }
         | EngineError::BadK { .. }
         | EngineError::SessionNotFound(_)
         | EngineError::Superseded
+        | EngineError::LogFailed(_)
         | EngineError::Backend(_) => ErrorCode::Internal,
     }
 }

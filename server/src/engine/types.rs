@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lambdarec_eventlog::{LogRecord, Position};
+
+use super::snapshot::LoadedSnapshot;
 use lambdarec_kernels::{BackendError, Dtype, ModelWeights, Scored};
 use lambdarec_trainer::data::ItemVocab;
 use tokio::sync::oneshot;
@@ -99,6 +101,11 @@ pub enum EngineError {
     NoModel,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the server is recovering its sessions from the event log; retry shortly")]
+    Recovering,
+    /// The event log failed; nothing more is acknowledged until a restart recovers from the log.
+    #[error("not acknowledged: {0}")]
+    LogFailed(String),
     #[error("model install superseded by a newer one")]
     Superseded,
     /// Shared so that one device failure can fail every request of its batch with its cause kept.
@@ -240,8 +247,31 @@ pub(super) struct Install {
     pub(super) reply: Reply<Arc<ModelView>>,
 }
 
+/// A snapshot to restore at start-up.
+pub(super) struct Restore {
+    pub(super) snapshot: LoadedSnapshot,
+    pub(super) reply: Reply<RestoreStats>,
+}
+
+/// What restoring a snapshot did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Sessions restored.
+    pub sessions: u64,
+    /// Of those, sessions whose state was rebuilt from their recent items (another hidden size).
+    pub rebuilt: u64,
+    /// Sessions that had expired by the time of the restore (not restored).
+    pub expired: u64,
+    /// Recent items the serving model does not know (dropped from their sessions).
+    pub dropped_items: u64,
+}
+
 pub(super) enum Msg {
+    /// A request, counted against the queue capacity.
     Job(Envelope),
+    /// Work of the server itself (recovery's replay), never shed.
+    Internal(Envelope),
     Install(Box<Install>),
+    Restore(Box<Restore>),
     Stop,
 }

@@ -19,11 +19,14 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 mod install;
 pub(super) mod plan;
+mod restore;
 #[cfg(test)]
 mod tests;
 
 use install::Warming;
 use plan::{Exec, Held, Planner};
+
+use super::journal::Journal;
 
 struct Active {
     id: ModelId,
@@ -38,6 +41,11 @@ pub(super) struct Batcher {
     config: EngineConfig,
     shared: Arc<Shared>,
     last_sweep: Instant,
+    /// The event log's writer; None with `--log none`.
+    journal: Option<Journal>,
+    last_snapshot: Instant,
+    /// Records committed since the last snapshot (no snapshot is taken when nothing changed).
+    changes: u64,
 }
 
 impl Batcher {
@@ -45,16 +53,20 @@ impl Batcher {
         backend: Box<dyn Backend>,
         config: EngineConfig,
         shared: Arc<Shared>,
+        journal: Option<Journal>,
     ) -> Self {
         let now = Instant::now();
         Batcher {
             backend,
-            planner: Planner::new(&config, false, now),
+            planner: Planner::new(&config, journal.is_some(), now),
             active: None,
             warming: None,
             last_sweep: now,
             config,
             shared,
+            journal,
+            last_snapshot: now,
+            changes: 0,
         }
     }
 
@@ -84,6 +96,13 @@ impl Batcher {
             self.housekeeping();
         }
         self.cancel_install(EngineError::ShuttingDown);
+        // A graceful stop leaves a snapshot of every session, so the next start replays nothing.
+        if self.changes > 0 {
+            self.snapshot();
+        }
+        if let Some(mut journal) = self.journal.take() {
+            journal.stop();
+        }
         debug!("batcher stopped");
     }
 
@@ -118,6 +137,16 @@ impl Batcher {
     /// install starts. False on Stop.
     fn accept(&mut self, msg: Msg, batch: &mut Vec<Envelope>) -> bool {
         match msg {
+            Msg::Internal(env) => {
+                batch.push(env);
+                true
+            }
+            Msg::Restore(restore) => {
+                // Recovery runs before any request is admitted, so no batch is pending.
+                self.serve(batch);
+                self.restore(*restore);
+                true
+            }
             Msg::Job(env) => {
                 self.shared
                     .metrics
@@ -182,10 +211,18 @@ impl Batcher {
             .store((old * 7 + micros) / 8, Ordering::Relaxed);
     }
 
-    /// Sends what the batch changed on its way: without an event log, the held replies go out now.
+    /// Sends what the batch changed on its way: to the journal, which releases the held replies once
+    /// the records are durable; without an event log, the held replies go out now.
     fn commit(&mut self) {
         let out = self.planner.take_output();
-        out.held.into_iter().for_each(Held::release);
+        match &self.journal {
+            Some(journal) if !out.is_empty() => {
+                self.changes += out.records.len() as u64;
+                journal.commit(out);
+            }
+            Some(_) => {}
+            None => out.held.into_iter().for_each(Held::release),
+        }
     }
 
     fn housekeeping(&mut self) {
@@ -203,6 +240,12 @@ impl Batcher {
         m.evictions[Eviction::Ttl as usize].store(ttl, Ordering::Relaxed);
         m.live_sessions
             .store(self.planner.sessions.len() as u64, Ordering::Relaxed);
+        if let Some(every) = self.config.snapshot_interval
+            && self.changes > 0
+            && now.duration_since(self.last_snapshot) >= every
+        {
+            self.snapshot();
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Unit tests of the batcher's planning and serving with a fake [`Backend`] that records every call and
 //! folds each session's items into its one-number state, so an answer shows exactly which events it saw.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -129,14 +129,17 @@ fn rig() -> Rig {
         max_wait: Duration::from_micros(100),
         queue_capacity: 64,
         limits: Limits::default(),
+        snapshot_interval: None,
     };
     let shared = Arc::new(Shared {
         model: RwLock::new(None),
         batch_micros: AtomicU64::new(0),
         next_generation: AtomicU64::new(1),
         metrics: Arc::new(Metrics::default()),
+        recovering: AtomicBool::new(false),
+        log: None,
     });
-    let mut batcher = Batcher::new(Box::new(fake), config, shared.clone());
+    let mut batcher = Batcher::new(Box::new(fake), config, shared.clone(), None);
     let ids: Vec<String> = (0..5).map(|i| format!("i{i}")).collect();
     let view = ModelView {
         generation: 1,
