@@ -25,6 +25,7 @@ use crate::readiness::Readiness;
 use crate::recovery::{self, RecoveryError};
 use crate::registry::{Registry, error_chain};
 use crate::service::RecommenderService;
+use crate::status;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +40,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot build the reflection service: {0}")]
-    Reflection(String),
+    #[error("cannot build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC server task failed: {0}")]
@@ -111,11 +112,17 @@ pub async fn start_with_backend(
         warn!(error = %error_chain(&e), "no model at startup: health is NOT_SERVING until Reload or the LATEST poller loads one");
     }
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // Reflection in both versions: grpc.reflection.v1 for current tools, v1alpha for Python's
+    // grpcio-reflection and older grpcurl, Postman and grpcui builds, which speak only that.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(ServeError::Reflection)?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(ServeError::Reflection)?;
 
     let bind = |addr, source| ServeError::Bind { addr, source };
     let listener = TcpListener::bind(config.listen)
@@ -158,8 +165,12 @@ pub async fn start_with_backend(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                status::oversize_response::<tonic::body::Body>,
+            ))
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(recommender)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = shutdown_signal.wait_for(|stopping| *stopping).await;
