@@ -99,3 +99,15 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand (with the global --log-format, clap builds
+    /// them all at parse time, so a mistake here would panic any invocation of a debug build).
+    #[test]
+    fn cli_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}
