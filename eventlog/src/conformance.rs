@@ -33,8 +33,11 @@ pub fn run_all(make: MakeHarness<'_>) {
     }
 }
 
+/// One test of the suite.
+pub type Test = fn(&mut dyn Harness);
+
 /// Every test of the suite, by name.
-pub const ALL: &[(&str, fn(&mut dyn Harness))] = &[
+pub const ALL: &[(&str, Test)] = &[
     (
         "append_assigns_increasing_positions",
         append_assigns_increasing_positions,
