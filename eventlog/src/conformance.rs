@@ -62,6 +62,10 @@ pub const ALL: &[(&str, Test)] = &[
         "reader_reads_on_through_a_release",
         reader_reads_on_through_a_release,
     ),
+    (
+        "an_acknowledged_append_is_readable_at_once",
+        an_acknowledged_append_is_readable_at_once,
+    ),
 ];
 
 /// `n` varied records: events with and without client_seq, unicode ids, deletes in between.
@@ -345,4 +349,22 @@ pub fn reader_reads_on_through_a_release(h: &mut dyn Harness) {
         .chain(later_positions.into_iter().zip(later))
         .collect();
     assert_eq!(rest, want, "a reader past the release point reads on");
+}
+
+/// Recovery reads until a batch comes back empty, so an empty batch must mean that nothing
+/// acknowledged is left, with no grace period.
+pub fn an_acknowledged_append_is_readable_at_once(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let mut reader = log.reader(log.bounds().unwrap().next).unwrap();
+    assert!(reader.next_batch(10).unwrap().is_empty());
+    for i in 0..200 {
+        let record = sample_records(1, &format!("now{i}"));
+        let positions = log.append(&record).unwrap();
+        let got = reader.next_batch(10).unwrap();
+        assert_eq!(
+            got,
+            vec![(positions[0], record[0].clone())],
+            "append {i} is read back by the very next batch"
+        );
+    }
 }

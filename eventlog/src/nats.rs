@@ -227,6 +227,14 @@ impl EventLog for JetStreamLog {
             return Ok(Vec::new());
         }
         let messages = self.messages(records);
+        // Refused here as what it is, rather than as a publish error from the client.
+        let max = self.js.client().server_info().max_payload;
+        if let Some((_, payload, _)) = messages.iter().find(|m| m.1.len() > max) {
+            return Err(LogError::TooLarge {
+                bytes: payload.len(),
+                max,
+            });
+        }
         let js = &self.js;
         self.run(self.op_timeout, "appending to", publish_all(js, messages))
     }

@@ -211,6 +211,25 @@ fn the_same_session_and_client_seq_is_stored_once() {
     assert_eq!(log.bounds().unwrap().len(), 4);
 }
 
+#[test]
+fn a_record_beyond_the_servers_max_payload_is_too_large() {
+    let Some(server) = NatsServer::start_or_skip() else {
+        return;
+    };
+    let at = location(&server, &fresh_stream("big"));
+    let mut log = JetStreamLog::open(&at, &opts()).unwrap();
+    let big = event_record("s", &"i".repeat(2 << 20), 1, 2, None, "v");
+    let err = log.append(&[big]).unwrap_err();
+    assert!(
+        matches!(err, LogError::TooLarge { max: 1_048_576, .. }),
+        "{err}"
+    );
+    assert!(
+        log.bounds().unwrap().is_empty(),
+        "nothing of the batch was published"
+    );
+}
+
 #[tokio::test]
 async fn the_log_works_and_drops_inside_an_async_runtime() {
     let Some(server) = NatsServer::start_or_skip() else {

@@ -1,6 +1,6 @@
 //! Reading a JetStream log: an ephemeral pull consumer (no acks) from the reader's position, fetched
 //! with `no_wait`, so that a batch is what the stream holds at the time of the call and an empty batch
-//! means caught up. After any error the consumer is dropped and the next call recreates it at the
+//! means caught up (checked against the stream's state). After any error the consumer is dropped and the next call recreates it at the
 //! reader's position, so a fetch that failed half-way loses nothing.
 
 use std::sync::Arc;
@@ -55,20 +55,47 @@ enum Fetched {
     Released(Position),
 }
 
+/// Up to `max` records from `from`. An empty fetch is checked against the stream's state: a
+/// consumer learns of new messages shortly after they are acknowledged, so when the stream already
+/// holds records at `from` the fetch is repeated until they come (within the caller's bound). An
+/// empty result therefore means the reader has caught up with what was stored at the time of the
+/// call.
 async fn fetch(
     stream: &Stream,
     consumer: &mut Option<PullConsumer>,
-    filter: String,
+    from: Position,
+    max: usize,
+) -> Result<Result<Fetched, LogError>, async_nats::Error> {
+    loop {
+        match fetch_once(stream, consumer, from, max).await? {
+            Ok(Fetched::Records(records)) if records.is_empty() => {}
+            other => return Ok(other),
+        }
+        let state = stream.get_info().await?.state;
+        if state.messages == 0 || state.last_sequence < from {
+            return Ok(Ok(Fetched::Records(Vec::new())));
+        }
+        if state.first_sequence > from {
+            return Ok(Ok(Fetched::Released(state.first_sequence)));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn fetch_once(
+    stream: &Stream,
+    consumer: &mut Option<PullConsumer>,
     from: Position,
     max: usize,
 ) -> Result<Result<Fetched, LogError>, async_nats::Error> {
     if consumer.is_none() {
+        // No subject filter: the stream holds only the log's subjects, and a reader that sees
+        // every message can tell from the stream's state whether it has caught up.
         let config = pull::Config {
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: from,
             },
             ack_policy: AckPolicy::None,
-            filter_subject: filter,
             inactive_threshold: INACTIVE_THRESHOLD,
             memory_storage: true,
             num_replicas: 1,
@@ -107,11 +134,9 @@ impl LogReader for JetStreamReader {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let filter = self.at.all_subjects();
         let fut = fetch(
             &self.stream,
             &mut self.consumer,
-            filter,
             self.next,
             max.min(MAX_FETCH),
         );
