@@ -402,6 +402,36 @@ fn a_read_only_reader_reads_another_writers_log_without_cutting() {
 }
 
 #[test]
+fn a_reader_left_behind_by_a_release_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = FileLog::open(dir.path(), &small()).unwrap();
+    for i in 0..40 {
+        log.append(&sample_records(8, &format!("lag{i}"))).unwrap();
+    }
+    let mut live = log.reader(1).unwrap();
+    let mut read_only = FileLog::open_read_only(dir.path(), 1).unwrap();
+    assert_eq!(live.next_batch(3).unwrap().len(), 3);
+    assert_eq!(read_only.next_batch(3).unwrap().len(), 3);
+    let next = log.bounds().unwrap().next;
+    let first = log.release_before(next).unwrap();
+    assert!(first > 50, "several segments went: {first}");
+    // Each reader finishes the segment it has open, then learns that the rest is gone.
+    let readers: [&mut dyn LogReader; 2] = [live.as_mut(), &mut read_only];
+    for reader in readers {
+        let err = loop {
+            match reader.next_batch(50) {
+                Ok(batch) => assert!(!batch.is_empty(), "never a silent end"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(err, LogError::Released { first: f, .. } if f == first),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn appends_fail_for_good_after_a_failed_write() {
     let dir = tempfile::tempdir().unwrap();
     // One-byte segments: every append after the first rolls to a new segment.

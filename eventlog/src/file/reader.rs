@@ -163,28 +163,7 @@ impl FileReader {
         let path = segments::segment_path(&self.dir, self.frame_pos);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return match &self.limit {
-                    // Another process may not have rolled yet.
-                    Limit::Validated => Ok(false),
-                    Limit::Durable(shared) => {
-                        let first = shared.first.load(Ordering::Acquire);
-                        if self.frame_pos < first {
-                            Err(LogError::Released {
-                                requested: self.next.max(self.frame_pos),
-                                first,
-                            })
-                        } else {
-                            let reason = format!(
-                                "segment ends at position {} but {} does not exist",
-                                self.frame_pos,
-                                path.display()
-                            );
-                            Err(corrupt(&self.path, self.offset, reason))
-                        }
-                    }
-                };
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.missing(&path),
             Err(e) => return Err(io_error(&path)(e)),
         };
         let mut magic = [0u8; SEGMENT_MAGIC.len()];
@@ -199,17 +178,42 @@ impl FileReader {
         Ok(true)
     }
 
+    /// The segment that should hold `frame_pos` does not exist: released under a lagging reader,
+    /// not created yet by another process, or lost.
+    fn missing(&self, path: &Path) -> Result<bool> {
+        let first = match &self.limit {
+            Limit::Durable(shared) => shared.first.load(Ordering::Acquire),
+            Limit::Validated => {
+                let all = segments::list(&self.dir)?;
+                if !all.iter().any(|s| s.first > self.frame_pos) {
+                    return Ok(false); // the writer has not rolled yet
+                }
+                all[0].first
+            }
+        };
+        if self.frame_pos < first {
+            return Err(LogError::Released {
+                requested: self.next.max(self.frame_pos),
+                first,
+            });
+        }
+        let reason = format!(
+            "segment ends at position {} but {} does not exist",
+            self.frame_pos,
+            path.display()
+        );
+        Err(corrupt(&self.path, self.offset, reason))
+    }
+
     /// A frame that does not validate. Below a live log's durable end that is corruption. For a
     /// read-only reader it is the end of what can be read for now, unless the segment is sealed
     /// (a later segment exists), when nothing more will be written to it.
     fn damaged(&self, reason: &str) -> Result<bool> {
         let sealed = match self.limit {
             Limit::Durable(_) => true,
-            Limit::Validated => std::fs::read_dir(&self.dir)
-                .map_err(io_error(&self.dir))?
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
-                .any(|first: Position| first > self.frame_pos),
+            Limit::Validated => segments::list(&self.dir)?
+                .iter()
+                .any(|s| s.first > self.frame_pos),
         };
         if sealed {
             Err(corrupt(&self.path, self.offset, reason))
