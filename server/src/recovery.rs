@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lambdarec_eventlog::memory::MemoryLog;
-use lambdarec_eventlog::{EventLog, LogError, LogReader, LogRecord, Position};
+use lambdarec_eventlog::{EventLog, LogError, LogReader, LogRecord, OpenOptions, Position};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -70,7 +70,7 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
             Box::new(MemoryLog::new(storage.clone())) as Box<dyn EventLog>,
         ),
         LogConfig::Url(url) => {
-            let open = open_url(url);
+            let open = lambdarec_eventlog::open(url, &OpenOptions::default());
             let log = open.map_err(|source| RecoveryError::Open {
                 url: url.clone(),
                 source,
@@ -143,17 +143,6 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
         end: bounds.next,
     };
     Ok(Some((setup, pending)))
-}
-
-/// Opens a log by URL. `none` is no log.
-fn open_url(url: &str) -> Result<Option<Box<dyn EventLog>>, LogError> {
-    if url == "none" {
-        return Ok(None);
-    }
-    Err(LogError::InvalidUrl {
-        url: url.to_string(),
-        reason: "this build knows only `none` (the file and NATS logs are being merged)".into(),
-    })
 }
 
 /// The newest snapshot that reads back intact and that the log continues (its position is at or

@@ -229,15 +229,20 @@ impl Writer {
             m.log_batch_records.observe(records.len() as f64);
         }
         held.into_iter().for_each(Held::release);
-        let before = self.last;
-        if let Some(&p) = positions.last() {
-            self.last = p;
-            self.status.durable.store(p, Ordering::Release);
+        // The highest position among the first n records, at least the last before this group: a
+        // log may answer a deduplicated record with its original's (older) position, and a
+        // snapshot's position must never move back (a replay would apply records twice).
+        let mut through = Vec::with_capacity(positions.len() + 1);
+        through.push(self.last);
+        for &p in &positions {
+            through.push(p.max(*through.last().expect("non-empty")));
         }
+        self.last = *through.last().expect("non-empty");
+        self.status.durable.store(self.last, Ordering::Release);
         m.log_bytes
             .store(self.log.stored_bytes(), Ordering::Relaxed);
         for (n, mut image) in images {
-            image.position = if n == 0 { before } else { positions[n - 1] };
+            image.position = through[n];
             self.write_snapshot(*image);
         }
         stop
