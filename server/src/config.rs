@@ -118,6 +118,9 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// The event log (the library default is none; `lambdarec serve` defaults to an embedded log).
     pub log: LogConfig,
+    /// Embedded log: a segment is rolled past this size (whole segments are deleted once
+    /// snapshotted and archived).
+    pub log_segment_bytes: u64,
     /// Directory of session snapshots (with a log); None: recovery replays the whole retained log.
     pub snapshot_dir: Option<PathBuf>,
     /// How often the sessions are snapshotted; None: only at a graceful stop.
@@ -142,6 +145,7 @@ impl Default for ServeConfig {
             metrics_listen: None,
             limits: Limits::default(),
             log: LogConfig::None,
+            log_segment_bytes: 64 << 20,
             snapshot_dir: None,
             snapshot_interval: Some(Duration::from_secs(60)),
         }

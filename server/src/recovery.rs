@@ -70,7 +70,11 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
             Box::new(MemoryLog::new(storage.clone())) as Box<dyn EventLog>,
         ),
         LogConfig::Url(url) => {
-            let open = lambdarec_eventlog::open(url, &OpenOptions::default());
+            let options = OpenOptions {
+                segment_bytes: config.log_segment_bytes,
+                ..OpenOptions::default()
+            };
+            let open = lambdarec_eventlog::open(url, &options);
             let log = open.map_err(|source| RecoveryError::Open {
                 url: url.clone(),
                 source,

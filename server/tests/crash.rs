@@ -32,16 +32,12 @@ struct Served {
 
 impl Served {
     fn start(store: &Path, data: &Path, event_log: &str) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lambdarec"))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(["--device", "cpu", "--threads", "1", "--poll-interval", "0"])
-            .arg("--store")
-            .arg(store)
-            .args(["--model", "synthetic", "--log", event_log])
-            .arg("--snapshot-dir")
-            .arg(data.join("snapshots"))
-            // Frequent snapshots, so the kill lands between them and recovery needs snapshot + tail.
-            .args(["--snapshot-interval", "0.3"])
+        // Frequent snapshots, so the kill lands between them and recovery needs snapshot + tail.
+        Served::start_with(store, data, event_log, &["--snapshot-interval", "0.3"])
+    }
+
+    fn start_with(store: &Path, data: &Path, event_log: &str, extra: &[&str]) -> Served {
+        let mut child = serve_command(store, data, event_log, extra)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -96,6 +92,19 @@ impl Served {
         }
     }
 
+    /// SIGTERM, then waits for the graceful stop.
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "graceful stop failed: {status}\n{}",
+            self.tail()
+        );
+    }
+
     fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
@@ -107,6 +116,19 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn serve_command(store: &Path, data: &Path, event_log: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lambdarec"));
+    c.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--device", "cpu", "--threads", "1", "--poll-interval", "0"])
+        .arg("--store")
+        .arg(store)
+        .args(["--model", "synthetic", "--log", event_log])
+        .arg("--snapshot-dir")
+        .arg(data.join("snapshots"))
+        .args(extra);
+    c
 }
 
 async fn connect(addr: SocketAddr) -> Channel {
@@ -202,10 +224,9 @@ async fn top10(c: &mut RecommenderClient<Channel>, session: &str) -> Vec<(String
     r.items.into_iter().map(|i| (i.item_id, i.score)).collect()
 }
 
-async fn crash_and_recover(event_log: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let store_url = store.to_str().unwrap().to_string();
+/// A random-weight model of `ITEMS` items in `<dir>/store`; returns the store's path as a string.
+async fn synthetic_store(dir: &Path) -> String {
+    let store_url = dir.join("store").to_str().unwrap().to_string();
     write(&SyntheticModel {
         n_items: ITEMS,
         hidden: 32,
@@ -214,10 +235,17 @@ async fn crash_and_recover(event_log: &str) {
         seed: 5,
         store: store_url.clone(),
         model: "synthetic".into(),
-        log: dir.path().join("synthetic.tsv"),
+        log: dir.join("synthetic.tsv"),
     })
     .await
     .unwrap();
+    store_url
+}
+
+async fn crash_and_recover(event_log: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = synthetic_store(dir.path()).await;
+    let store = dir.path().join("store");
 
     let first = Served::start(&store, dir.path(), event_log);
     first.wait_serving().await;
@@ -331,4 +359,62 @@ async fn kill_9_loses_no_acknowledged_event_jetstream() {
         return;
     };
     crash_and_recover(&format!("{}/CRASHTEST", nats.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_older_segment_fails_start_up_naming_the_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_store(dir.path()).await;
+    let store = dir.path().join("store");
+    let log_dir = dir.path().join("log");
+    let log = format!("file://{}", log_dir.display());
+    // Small segments, and one snapshot only (at the stop): nothing is released, several segments stay.
+    let small = ["--log-segment-bytes", "4096", "--snapshot-interval", "0"];
+    let server = Served::start_with(&store, dir.path(), &log, &small);
+    server.wait_serving().await;
+    let mut c = RecommenderClient::new(connect(server.addr).await);
+    let events: Vec<SessionEvent> = (0..2000u64)
+        .map(|n| SessionEvent {
+            session_id: format!("c-{}", n % 20),
+            item_id: item_of((n % 20) as usize, n / 20 + 1),
+            timestamp_ms: None,
+            client_seq: Some(n / 20 + 1),
+        })
+        .collect();
+    let mut acks = c
+        .stream_events(tokio_stream::iter(events))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(ack) = acks.message().await.unwrap() {
+        assert!(ack.applied);
+        n += 1;
+    }
+    assert_eq!(n, 2000);
+    server.terminate();
+
+    let mut segments: Vec<_> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let victim = &segments[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[200] ^= 0x10;
+    std::fs::write(victim, bytes).unwrap();
+
+    let out = serve_command(&store, dir.path(), &log, &small)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start-up must fail:\n{stderr}");
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(
+        stderr.contains(name) && stderr.contains("offset"),
+        "the error names the segment and the offset:\n{stderr}"
+    );
+    eprintln!("start-up refused: {}", stderr.lines().last().unwrap_or(""));
 }

@@ -64,6 +64,10 @@ pub struct ServeArgs {
         default_value = "file://./lambdarec-data/log"
     )]
     pub event_log: String,
+    /// Embedded log: bytes after which a segment is rolled (whole segments are deleted once they are
+    /// snapshotted and archived).
+    #[arg(long, env = "LAMBDAREC_LOG_SEGMENT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_segment_bytes: u64,
     /// Directory of session snapshots; recovery restores the newest and replays only the log after
     /// it. Default: `snapshots` beside a file log's directory (./lambdarec-data/snapshots for the
     /// default log and for NATS).
@@ -130,6 +134,7 @@ impl ServeArgs {
                 ..Limits::default()
             },
             log,
+            log_segment_bytes: self.log_segment_bytes,
             snapshot_dir,
             snapshot_interval: (!snapshot_every.is_zero()).then_some(snapshot_every),
         })
