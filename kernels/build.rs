@@ -184,9 +184,9 @@ fn compile_one(nvcc: &Path, cuda_dir: &Path, out_dir: &Path, name: &str) -> (Str
     if (major, minor) > MAX_PTX_ISA {
         panic!(
             "{} emits PTX ISA {isa}, newer than the {}.{} that the GPU hosts' CUDA 13.0 driver can JIT. \
-             Use nvcc 13.0 with a matching NVVM: `pip install nvidia-cuda-nvcc==13.0.88 \
-             nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88` (pip otherwise pulls a newer nvidia-nvvm, \
-             whose cicc emits newer PTX), or set $NVCC.",
+             Use nvcc 13.0 with a matching NVVM and headers: `pip install nvidia-cuda-nvcc==13.0.88 \
+             nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96` (pip otherwise \
+             pulls newer ones, whose cicc emits newer PTX), as .ci/run does, or set $NVCC.",
             nvcc.display(),
             MAX_PTX_ISA.0,
             MAX_PTX_ISA.1

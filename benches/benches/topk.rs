@@ -1,7 +1,7 @@
 //! Full-catalogue top-20 on the CPU backend (1 and 2 threads, f32 and bf16 item tables) for catalogues
 //! of 10k, 100k and 1M items × 64 and 128 dims, batch 1 and 64, against a naive single-threaded
-//! score-all + select baseline run in the same process. Compare with /work/shared/bench/topk_peer.py
-//! (faiss / numpy on the same sizes, standard-normal data).
+//! score-all + select baseline run in the same process. Compare with `../shared/bench/topk_peer.py`
+//! beside the repository (faiss / numpy on the same sizes, standard-normal data).
 //!
 //! `cargo bench -p lambdarec-benches --bench topk` (criterion filters work: `-- 100000x128`);
 //! `LAMBDAREC_BENCH_WAIT_IDLE=60` waits for an idle machine before each case (the bg% column shows

@@ -5,10 +5,11 @@ Checks grpc.health.v1, reads ModelInfo, streams a few events, then times unary R
 Ping calls from one caller and prints req/s and p50/p99 for both (Recommend as a ratio to Ping): how
 a non-Rust product service sees the server.
 
-Needs grpcio, grpcio-tools and grpcio-health-checking, e.g.
-    nice -n 19 /work/pyenv/bin/pip install grpcio grpcio-tools grpcio-health-checking
+Needs grpcio, grpcio-tools and grpcio-health-checking; from the repository root, e.g.
+    python3 -m venv target/peers-venv
+    target/peers-venv/bin/pip install grpcio grpcio-tools grpcio-health-checking
 Usage (against a running `lambdarec serve`):
-    /work/pyenv/bin/python benches/peers/grpc_client.py --target 127.0.0.1:50051 --requests 2000
+    target/peers-venv/bin/python benches/peers/grpc_client.py --target 127.0.0.1:50051 --requests 2000
 """
 
 import argparse

@@ -8,9 +8,10 @@ cross-entropy with log-Q correction, sparse/dense Adagrad (lr 0.2, eps 1e-6).
 
 Measures training throughput in events/s (events = active sessions summed over training steps).
 
-Run:
-    /work/pyenv/bin/python benches/peers/torch_gru4rec.py \
-        --data /work/shared/data/rsc15-yoochoose-100k/yoochoose-clicks-100k_train_full.txt \
+Run from the repository root (PyTorch in a venv of your own, e.g. `python3 -m venv target/peers-venv &&
+target/peers-venv/bin/pip install torch`; the datasets sit beside the repository in ../shared/data):
+    target/peers-venv/bin/python benches/peers/torch_gru4rec.py \
+        --data ../shared/data/rsc15-yoochoose-100k/yoochoose-clicks-100k_train_full.txt \
         --epochs 1 --threads 1 --seed 42
 Prints per-epoch loss / seconds / events/s, then one JSON line.
 """

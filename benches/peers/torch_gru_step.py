@@ -5,8 +5,9 @@ gather those sessions' hidden rows from a state store, run one GRUCell(H, H) ste
 batch, and write the new rows back with index_copy_. Reports events/s (= 4096 / median rep time)
 for H in {100, 128} and threads in {1, 2}, median of --reps reps after --warmup warm-up reps.
 
-Run:
-    /work/pyenv/bin/python benches/peers/torch_gru_step.py [--reps 50] [--warmup 10]
+Run from the repository root (PyTorch in a venv of your own, e.g. `python3 -m venv target/peers-venv &&
+target/peers-venv/bin/pip install torch`):
+    target/peers-venv/bin/python benches/peers/torch_gru_step.py [--reps 50] [--warmup 10]
 Prints one line per config, then one JSON line with all configs.
 """
 import argparse

@@ -11,6 +11,8 @@
 //! conformance::run_all(&mut || Box::new(Mem(MemoryStorage::default())) as Box<dyn Harness>);
 //! ```
 
+use std::time::{Duration, Instant};
+
 use crate::{EventLog, LogError, LogRecord, Position, RecordKind, delete_record, event_record};
 
 /// Opens the log under test. Every call opens the *same* storage again, as a restarted process
@@ -31,8 +33,11 @@ pub fn run_all(make: MakeHarness<'_>) {
     }
 }
 
+/// One test of the suite.
+pub type Test = fn(&mut dyn Harness);
+
 /// Every test of the suite, by name.
-pub const ALL: &[(&str, fn(&mut dyn Harness))] = &[
+pub const ALL: &[(&str, Test)] = &[
     (
         "append_assigns_increasing_positions",
         append_assigns_increasing_positions,
@@ -45,6 +50,22 @@ pub const ALL: &[(&str, fn(&mut dyn Harness))] = &[
     ),
     ("release_keeps_what_is_needed", release_keeps_what_is_needed),
     ("large_and_many_records", large_and_many_records),
+    (
+        "reader_follows_appends_from_another_thread",
+        reader_follows_appends_from_another_thread,
+    ),
+    (
+        "release_of_everything_keeps_the_next_position",
+        release_of_everything_keeps_the_next_position,
+    ),
+    (
+        "reader_reads_on_through_a_release",
+        reader_reads_on_through_a_release,
+    ),
+    (
+        "an_acknowledged_append_is_readable_at_once",
+        an_acknowledged_append_is_readable_at_once,
+    ),
 ];
 
 /// `n` varied records: events with and without client_seq, unicode ids, deletes in between.
@@ -236,4 +257,114 @@ pub fn large_and_many_records(h: &mut dyn Harness) {
     assert_eq!(read.len(), 5_001);
     assert_eq!(read[0].1, big);
     assert_eq!(read[5_000].1, many[4_999]);
+}
+
+pub fn reader_follows_appends_from_another_thread(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let mut reader = log.reader(log.bounds().unwrap().next).unwrap();
+    let batches: Vec<Vec<LogRecord>> = (0..40)
+        .map(|i| sample_records(1 + i % 7 * 9, &format!("t{i}")))
+        .collect();
+    let expected: Vec<LogRecord> = batches.concat();
+    let n = expected.len();
+    let follower = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            let batch = reader
+                .next_batch(25)
+                .expect("read while another thread appends");
+            if batch.is_empty() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            got.extend(batch);
+        }
+        got
+    });
+    let mut positions = Vec::new();
+    for batch in &batches {
+        positions.extend(log.append(batch).unwrap());
+    }
+    let got = follower.join().expect("the reading thread");
+    assert_eq!(got.len(), n, "the reader saw every record appended");
+    assert_eq!(
+        got,
+        positions.into_iter().zip(expected).collect::<Vec<_>>(),
+        "in order, with their positions"
+    );
+}
+
+pub fn release_of_everything_keeps_the_next_position(h: &mut dyn Harness) {
+    let mut log = h.open();
+    for chunk in sample_records(60, "all").chunks(6) {
+        log.append(chunk).unwrap();
+    }
+    let next = log.bounds().unwrap().next;
+    let first = log.release_before(next + 100).unwrap();
+    assert!(
+        first <= next,
+        "a release past the end keeps the end: {first} > {next}"
+    );
+    assert_eq!(log.bounds().unwrap(), crate::Bounds { first, next });
+    drop(log);
+
+    let mut log = h.open();
+    assert_eq!(
+        log.bounds().unwrap(),
+        crate::Bounds { first, next },
+        "the next position survives a reopen of a fully released log"
+    );
+    let more = sample_records(2, "again");
+    let positions = log.append(&more).unwrap();
+    assert_eq!(positions, [next, next + 1], "positions are never reused");
+    let read = read_all(log.as_ref(), next);
+    assert_eq!(read, positions.into_iter().zip(more).collect::<Vec<_>>());
+}
+
+pub fn reader_reads_on_through_a_release(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let records = sample_records(120, "through");
+    let mut positions = Vec::new();
+    for chunk in records.chunks(10) {
+        positions.extend(log.append(chunk).unwrap());
+    }
+    let mut reader = log.reader(positions[100]).unwrap();
+    let head = reader.next_batch(5).unwrap();
+    assert_eq!(head.len(), 5);
+    log.release_before(positions[103]).unwrap();
+    let later = sample_records(30, "later");
+    let later_positions = log.append(&later).unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..100 {
+        let batch = reader.next_batch(16).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        rest.extend(batch);
+    }
+    let want: Vec<_> = positions[105..]
+        .iter()
+        .copied()
+        .zip(records[105..].iter().cloned())
+        .chain(later_positions.into_iter().zip(later))
+        .collect();
+    assert_eq!(rest, want, "a reader past the release point reads on");
+}
+
+/// Recovery reads until a batch comes back empty, so an empty batch must mean that nothing
+/// acknowledged is left, with no grace period.
+pub fn an_acknowledged_append_is_readable_at_once(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let mut reader = log.reader(log.bounds().unwrap().next).unwrap();
+    assert!(reader.next_batch(10).unwrap().is_empty());
+    for i in 0..200 {
+        let record = sample_records(1, &format!("now{i}"));
+        let positions = log.append(&record).unwrap();
+        let got = reader.next_batch(10).unwrap();
+        assert_eq!(
+            got,
+            vec![(positions[0], record[0].clone())],
+            "append {i} is read back by the very next batch"
+        );
+    }
 }

@@ -2,18 +2,24 @@
 //! (durably) before its acknowledgement goes out; recovery replays it into session state and the
 //! archiver copies it to the object store for the batch layer.
 //!
-//! One small synchronous trait, [`EventLog`], with an in-memory implementation for tests
-//! ([`memory::MemoryLog`]) and one conformance suite ([`conformance`]) that every implementation runs,
-//! as `object_store` does for its stores. Like `kernels::Backend`, the trait is synchronous: its writer
+//! One small synchronous trait, [`EventLog`], with three implementations: the embedded segmented log
+//! ([`file::FileLog`], the default), NATS JetStream ([`nats::JetStreamLog`]) and an in-memory log for
+//! tests ([`memory::MemoryLog`]); [`open`] picks one from a `--log` URL. One conformance suite
+//! ([`conformance`]) runs against every implementation, as `object_store` does for its stores. Like `kernels::Backend`, the trait is synchronous: its writer
 //! lives on a thread of its own, where one `append` call is one group commit (one fsync, or one batch
 //! of JetStream publishes awaited together).
 
 pub mod conformance;
+pub mod file;
+mod location;
 pub mod memory;
+pub mod nats;
+pub mod testing;
 
 use std::path::PathBuf;
 
 pub use lambdarec_proto::v1::{LogRecord, RecordKind};
+pub use location::{Location, OpenOptions, open};
 
 /// Where a record sits in the log. Positions start at 1 and increase with every append; they are
 /// never reused (a release frees storage, it does not renumber).

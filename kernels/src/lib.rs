@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod reference;
 mod validate;
+mod waves;
 
 pub use cpu::CpuBackend;
 
@@ -179,8 +180,34 @@ pub enum BackendError {
     HiddenMismatch { got: usize, want: usize },
     #[error("k must be at least 1")]
     ZeroK,
-    #[error("device error: {0}")]
-    Device(String),
+    /// The device (or the CPU thread pool) failed; `source` is the driver's or runtime's own error.
+    #[error("device error: {what}")]
+    Device {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl BackendError {
+    /// A device failure described by `what` alone.
+    pub fn device(what: impl Into<String>) -> Self {
+        BackendError::Device {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A device failure while doing `what`, caused by `source` (kept, not flattened into the text).
+    pub fn device_caused(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BackendError::Device {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;

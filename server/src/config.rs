@@ -2,8 +2,10 @@
 //! request limits that `recommender.proto` documents.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use lambdarec_eventlog::memory::MemoryStorage;
 use lambdarec_kernels::Dtype;
 
 /// Request limits. The defaults are the numbers `lambdarec/v1/recommender.proto` promises clients.
@@ -11,9 +13,10 @@ use lambdarec_kernels::Dtype;
 pub struct Limits {
     /// Longest session id, in bytes.
     pub max_session_id_bytes: usize,
-    /// `k` used when a request asks for 0.
+    /// The `k` a model is warmed up with before it serves (the typical request's k). Requests always
+    /// name their own k: 0 is INVALID_ARGUMENT, as recommender.proto says.
     pub default_k: usize,
-    /// Largest `k`; larger requests are capped (the proto says "capped", not "rejected").
+    /// Largest `k`; a request over it is INVALID_ARGUMENT (never silently capped).
     pub max_k: usize,
     /// Most candidates in one Score request, and most exclude_items in one Recommend request.
     pub max_candidates: usize,
@@ -22,6 +25,9 @@ pub struct Limits {
     pub max_inline_events: usize,
     /// Recent items kept per session (for exclude_seen and GetSession).
     pub history: usize,
+    /// `client_seq`s remembered per session for exactly-once events: a re-sent event is recognised
+    /// while it is among its session's last `dedup_window` applied events that carried one.
+    pub dedup_window: usize,
     /// Most load failures ModelInfo reports.
     pub failures_kept: usize,
     /// Largest request message tonic decodes (larger ones are refused before a handler runs).
@@ -37,6 +43,7 @@ impl Default for Limits {
             max_candidates: 10_000,
             max_inline_events: 1000,
             history: 50,
+            dedup_window: 64,
             failures_kept: 10,
             max_message_bytes: 4 << 20,
         }
@@ -65,6 +72,19 @@ impl std::str::FromStr for DeviceChoice {
             )),
         }
     }
+}
+
+/// The event log the server appends every acknowledged change to.
+#[derive(Clone, Debug, Default)]
+pub enum LogConfig {
+    /// `--log none`: events live in memory only and are lost on a crash (the behaviour before the
+    /// event log; said at start-up).
+    #[default]
+    None,
+    /// `file://DIR`, a plain directory path, or `nats://HOST:PORT/STREAM`.
+    Url(String),
+    /// An in-memory log that outlives the server (tests that restart a server in-process).
+    Memory(MemoryStorage),
 }
 
 /// Everything `lambdarec serve` needs.
@@ -96,6 +116,15 @@ pub struct ServeConfig {
     /// Where Prometheus metrics are served (`GET /metrics`); None: not served.
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
+    /// The event log (the library default is none; `lambdarec serve` defaults to an embedded log).
+    pub log: LogConfig,
+    /// Embedded log: a segment is rolled past this size (whole segments are deleted once
+    /// snapshotted and archived).
+    pub log_segment_bytes: u64,
+    /// Directory of session snapshots (with a log); None: recovery replays the whole retained log.
+    pub snapshot_dir: Option<PathBuf>,
+    /// How often the sessions are snapshotted; None: only at a graceful stop.
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl Default for ServeConfig {
@@ -115,6 +144,10 @@ impl Default for ServeConfig {
             poll_interval: Some(Duration::from_secs(30)),
             metrics_listen: None,
             limits: Limits::default(),
+            log: LogConfig::None,
+            log_segment_bytes: 64 << 20,
+            snapshot_dir: None,
+            snapshot_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -140,7 +173,7 @@ impl ServeConfig {
             return Err("--session-ttl must be positive".to_string());
         }
         if self.limits.default_k == 0 || self.limits.default_k > self.limits.max_k {
-            return Err("the default k must be within 1..=max k".to_string());
+            return Err("the warm-up k must be within 1..=max k".to_string());
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::engine::{
     EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest, Recommendation,
     ScoreOutcome, ScoreRequest, SessionSnapshot,
 };
-use crate::registry::LoadFailure;
+use crate::registry::{LoadFailure, error_chain};
 use crate::status::event_code;
 
 // ---- proto → domain ----
@@ -45,13 +45,13 @@ pub fn score_request(r: v1::ScoreRequest) -> ScoreRequest {
     }
 }
 
-pub fn event_request(e: v1::SessionEvent) -> (EventRequest, Option<u64>) {
-    let req = EventRequest {
+pub fn event_request(e: v1::SessionEvent) -> EventRequest {
+    EventRequest {
         session_id: e.session_id,
         item_id: e.item_id,
         timestamp_ms: e.timestamp_ms,
-    };
-    (req, e.client_seq)
+        client_seq: e.client_seq,
+    }
 }
 
 /// The caller's deadline from `grpc-timeout`, a little early: tonic's own timeout layer fires at the
@@ -130,13 +130,18 @@ pub fn event_ack(
     serving: Option<&ModelView>,
 ) -> v1::EventAck {
     let serving_version = || serving.map(|m| m.version.to_string()).unwrap_or_default();
-    let (applied, session_events, model_version) = match outcome {
-        Ok(o) => (o.applied, o.session_events, o.model_version.to_string()),
-        Err(e) => (Err(e), 0, serving_version()),
+    let (applied, duplicate, session_events, model_version) = match outcome {
+        Ok(o) => (
+            o.applied,
+            o.duplicate,
+            o.session_events,
+            o.model_version.to_string(),
+        ),
+        Err(e) => (Err(e), false, 0, serving_version()),
     };
     let (error, code) = match &applied {
         Ok(()) => (String::new(), v1::ErrorCode::Ok),
-        Err(e) => (e.to_string(), event_code(e)),
+        Err(e) => (error_chain(e), event_code(e)),
     };
     v1::EventAck {
         session_id,
@@ -146,6 +151,7 @@ pub fn event_ack(
         code: code.into(),
         model_version,
         session_events,
+        duplicate,
     }
 }
 

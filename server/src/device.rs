@@ -49,13 +49,14 @@ fn cpu(threads: Option<usize>) -> Result<Box<dyn Backend>, DeviceError> {
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<Box<dyn Backend>, String> {
     lambdarec_kernels::cuda::probe()?;
-    let backend = lambdarec_kernels::cuda::CudaBackend::new(0).map_err(|e| e.to_string())?;
+    let backend = lambdarec_kernels::cuda::CudaBackend::new(0)
+        .map_err(|e| crate::registry::error_chain(&e))?;
     Ok(Box::new(backend))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda() -> Result<Box<dyn Backend>, String> {
-    Err("no CUDA backend compiled in (rebuild with `--features cuda`)".to_string())
+    Err("this binary was built without the CUDA backend (--no-default-features); rebuild with the default features".to_string())
 }
 
 #[cfg(test)]

@@ -13,24 +13,25 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::health::{Health, Readiness};
 use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::readiness::Readiness;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
 #[derive(Clone)]
 struct Admin {
     metrics: Arc<Metrics>,
-    health: Health,
+    readiness: Arc<Readiness>,
 }
 
-/// The routes: `/metrics`, `/healthz`, and a 404 that names them.
-pub fn router(metrics: Arc<Metrics>, health: Health) -> Router {
+/// The routes: `/metrics`, `/healthz` (the same readiness `grpc.health.v1` reports), and a 404 that
+/// names them.
+pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .fallback(not_found)
-        .with_state(Admin { metrics, health })
+        .with_state(Admin { metrics, readiness })
 }
 
 /// Binds the endpoint's address (port 0 picks a free one).
@@ -57,11 +58,9 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
 }
 
 async fn healthz(State(admin): State<Admin>) -> Response {
-    match admin.health.get().await {
-        Readiness::Serving => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, TEXT)], "SERVING\n").into_response()
-        }
-        Readiness::NotServing(reason) => (
+    match admin.readiness.not_serving_reason() {
+        None => (StatusCode::OK, [(header::CONTENT_TYPE, TEXT)], "SERVING\n").into_response(),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, TEXT)],
             format!("NOT_SERVING: {reason}\n"),
@@ -102,10 +101,10 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         metrics.set_model_version("v7");
         let (reporter, _) = tonic_health::server::health_reporter();
-        let health = Health::new(reporter, "no model loaded yet").await;
+        let readiness = Arc::new(Readiness::new(reporter, false).await);
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = spawn(listener, router(metrics, health.clone()));
+        let task = spawn(listener, router(metrics, readiness.clone()));
 
         let text = get(addr, "/metrics").await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
@@ -121,10 +120,10 @@ mod tests {
         let text = get(addr, "/healthz").await;
         assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
         assert!(
-            text.ends_with("\r\n\r\nNOT_SERVING: no model loaded yet\n"),
+            text.ends_with("\r\n\r\nNOT_SERVING: no model is loaded yet\n"),
             "{text}"
         );
-        health.set(Readiness::Serving).await;
+        readiness.model_loaded().await;
         let text = get(addr, "/healthz").await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\nSERVING\n"), "{text}");

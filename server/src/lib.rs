@@ -6,14 +6,15 @@ pub mod config;
 mod convert;
 pub mod device;
 pub mod engine;
-pub mod health;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod readiness;
+pub mod recovery;
 pub mod registry;
 mod server;
 mod service;
 pub mod status;
 
-pub use config::{DeviceChoice, Limits, ServeConfig};
+pub use config::{DeviceChoice, Limits, LogConfig, ServeConfig};
 pub use server::{RunningServer, ServeError, start, start_with_backend};

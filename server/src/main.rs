@@ -1,7 +1,9 @@
 //! `lambdarec`: the one binary of the system — train (batch layer) and evaluate models; serving and load
 //! testing join it as subcommands.
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod commands;
 
@@ -18,11 +20,45 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     long_about = "lambdarec trains a GRU4Rec session model from interaction logs (the batch layer), writes \
                   versioned model bundles to object storage, and evaluates them against POP and item-kNN \
                   baselines with the same compute backend the server uses.\n\n\
-                  Logging: set RUST_LOG (e.g. RUST_LOG=debug); default is info."
+                  Logging goes to stderr: --log-format text (colours only on a terminal; NO_COLOR turns \
+                  them off) or json (one object per line, for log shippers). The filter is LAMBDAREC_LOG \
+                  (or RUST_LOG), e.g. LAMBDAREC_LOG=debug or LAMBDAREC_LOG=info,lambdarec_server=debug; \
+                  default info."
 )]
 struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, env = "LAMBDAREC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
+/// Logs to stderr with the filter from LAMBDAREC_LOG (else RUST_LOG, else `info`).
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    let spec = std::env::var("LAMBDAREC_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .map_err(|e| format!("LAMBDAREC_LOG={spec:?} is not a valid log filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -42,13 +78,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_format) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Train(args) => commands::train::run(*args),
         Command::Eval(args) => commands::eval::run(*args),
@@ -63,5 +97,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand (with the global --log-format, clap builds
+    /// them all at parse time, so a mistake here would panic any invocation of a debug build).
+    #[test]
+    fn cli_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

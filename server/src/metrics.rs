@@ -139,6 +139,20 @@ pub struct Metrics {
     model_info: Family<VersionLabels, Gauge>,
     /// The version `model_info` reports; the lock also orders concurrent version changes.
     model_version: Mutex<Option<String>>,
+    /// Seconds per event-log append (one group commit).
+    pub log_append_seconds: Histogram,
+    /// Records per event-log append.
+    pub log_batch_records: Histogram,
+    /// Bytes the event log stores.
+    pub log_bytes: Gauge<u64, AtomicU64>,
+    /// Seconds to write a snapshot.
+    pub snapshot_seconds: Histogram,
+    /// When the last snapshot was taken, Unix ms (0: none yet).
+    pub snapshot_unix_ms: Gauge<u64, AtomicU64>,
+    /// Milliseconds the start-up recovery took.
+    pub replay_millis: Gauge<u64, AtomicU64>,
+    /// Events replayed from the log at start-up.
+    pub replay_events: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -223,6 +237,44 @@ impl Metrics {
             "The model version being served (value 1)",
             model_info.clone(),
         );
+        let log_append_seconds = Histogram::new(LATENCY_BOUNDS);
+        r.register(
+            "log_append_seconds",
+            "Seconds per event-log append (one group commit)",
+            log_append_seconds.clone(),
+        );
+        let log_batch_records = Histogram::new(BATCH_BOUNDS);
+        r.register(
+            "log_batch_records",
+            "Records per event-log append",
+            log_batch_records.clone(),
+        );
+        let log_bytes = Gauge::<u64, AtomicU64>::default();
+        r.register("log_bytes", "Bytes the event log stores", log_bytes.clone());
+        let snapshot_seconds = Histogram::new(LATENCY_BOUNDS);
+        r.register(
+            "snapshot_seconds",
+            "Seconds to write a session snapshot",
+            snapshot_seconds.clone(),
+        );
+        let snapshot_unix_ms = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "snapshot_unix_ms",
+            "When the last session snapshot was taken, Unix ms (0: none yet)",
+            snapshot_unix_ms.clone(),
+        );
+        let replay_millis = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "replay_millis",
+            "Milliseconds the start-up recovery from the event log took",
+            replay_millis.clone(),
+        );
+        let replay_events = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "replay_events",
+            "Events replayed from the event log at start-up",
+            replay_events.clone(),
+        );
         Metrics {
             registry: r,
             requests,
@@ -236,6 +288,13 @@ impl Metrics {
             load_failures,
             model_info,
             model_version: Mutex::new(None),
+            log_append_seconds,
+            log_batch_records,
+            log_bytes,
+            snapshot_seconds,
+            snapshot_unix_ms,
+            replay_millis,
+            replay_events,
         }
     }
 

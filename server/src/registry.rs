@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 use crate::engine::{Engine, EngineError, ModelView};
-use crate::health::{Health, Readiness};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// Why a bundle could not be served. The old model keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,7 @@ pub struct Registry {
     failures_kept: usize,
     engine: Engine,
     metrics: Arc<Metrics>,
-    health: Health,
+    readiness: Arc<Readiness>,
     /// One load at a time: a Reload during a poll waits for it rather than loading twice.
     reload_lock: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -90,7 +90,7 @@ impl Registry {
         failures_kept: usize,
         engine: Engine,
         metrics: Arc<Metrics>,
-        health: Health,
+        readiness: Arc<Readiness>,
     ) -> Self {
         Registry {
             store,
@@ -99,7 +99,7 @@ impl Registry {
             failures_kept,
             engine,
             metrics,
-            health,
+            readiness,
             reload_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
         }
@@ -127,7 +127,7 @@ impl Registry {
             Some(v) => v.to_string(),
             None => match self.latest().await {
                 Ok(v) => v,
-                Err(e) => return Err(self.failed("", e).await),
+                Err(e) => return Err(self.failed("", e)),
             },
         };
         if let Some(current) = self.engine.model()
@@ -146,7 +146,7 @@ impl Registry {
                     st.last_failed = None;
                 }
                 self.metrics.set_model_version(&view.version);
-                self.health.set(Readiness::Serving).await;
+                self.readiness.model_loaded().await;
                 info!(
                     model = %view.name, version = %view.version, items = view.n_items(), hidden = view.hidden,
                     device = %view.device, dtype = %view.dtype, store = %view.store, "serving model"
@@ -156,7 +156,7 @@ impl Registry {
                     changed: true,
                 })
             }
-            Err(e) => Err(self.failed(&target, e).await),
+            Err(e) => Err(self.failed(&target, e)),
         }
     }
 
@@ -185,7 +185,7 @@ impl Registry {
                     .back()
                     .is_some_and(|f| f.version.is_empty() && f.error == message);
                 if !repeat {
-                    self.failed("", e).await;
+                    self.failed("", e);
                 }
                 return;
             }
@@ -260,16 +260,11 @@ impl Registry {
             })
     }
 
-    /// Logs, counts and remembers a failure; returns it. With no model serving, it becomes the reason
-    /// health gives for NOT_SERVING.
-    async fn failed(&self, version: &str, e: RegistryError) -> RegistryError {
+    /// Logs, counts and remembers a failure; returns it.
+    fn failed(&self, version: &str, e: RegistryError) -> RegistryError {
         let message = error_chain(&e);
         error!(model = %self.model, version, error = %message, "model load failed; the serving model (if any) keeps serving");
         self.metrics.load_failures.inc();
-        if self.engine.model().is_none() {
-            let reason = format!("no model loaded; the last attempt failed: {message}");
-            self.health.set(Readiness::NotServing(reason)).await;
-        }
         let mut st = self.lock();
         if !version.is_empty() {
             st.last_failed = Some(version.to_string());

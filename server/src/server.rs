@@ -8,21 +8,25 @@ use std::sync::Arc;
 use lambdarec_kernels::Backend;
 use lambdarec_proto::FILE_DESCRIPTOR_SET;
 use lambdarec_proto::v1::recommender_server::RecommenderServer;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+
+use tracing::{error, info, warn};
 
 use crate::config::ServeConfig;
 use crate::device::{DeviceError, open_backend};
 use crate::engine::Engine;
-use crate::health::{Health, Readiness};
 use crate::http;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::recovery::{self, RecoveryError};
 use crate::registry::{Registry, error_chain};
 use crate::service::RecommenderService;
+use crate::status;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +41,14 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot build the reflection service: {0}")]
-    Reflection(String),
+    #[error("cannot build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC server task failed: {0}")]
     Task(String),
+    #[error("recovery from the event log failed")]
+    Recovery(#[from] RecoveryError),
 }
 
 /// A started server. Dropping it without `shutdown` leaves the tasks running until the runtime ends.
@@ -52,9 +58,11 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
+    /// Recovery from the event log (None without a log); Err ends the server.
+    recovery: Option<JoinHandle<Result<(), RecoveryError>>>,
     engine: Engine,
     registry: Arc<Registry>,
-    health: Health,
+    readiness: Arc<Readiness>,
 }
 
 /// Starts everything on the backend `config.device` selects and returns once the gRPC port is bound.
@@ -73,7 +81,13 @@ pub async fn start_with_backend(
 ) -> Result<RunningServer, ServeError> {
     config.validate().map_err(ServeError::Config)?;
     let metrics = Arc::new(Metrics::default());
-    let engine = Engine::start((&config).into(), open, metrics.clone())?;
+    // Opening the log recovers its torn tail and refuses corrupt data: blocking I/O.
+    let opening = config.clone();
+    let prepared = tokio::task::spawn_blocking(move || recovery::prepare(&opening))
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??;
+    let (setup, pending) = prepared.unzip();
+    let engine = Engine::start((&config).into(), open, metrics.clone(), setup)?;
     info!(
         device = engine.device(),
         dtype = %config.dtype,
@@ -84,8 +98,8 @@ pub async fn start_with_backend(
         "engine started"
     );
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health::new(reporter, "starting: no model loaded yet").await;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let readiness = Arc::new(Readiness::new(health, pending.is_some()).await);
     let registry = Arc::new(Registry::new(
         config.store.clone(),
         config.model.clone(),
@@ -93,17 +107,23 @@ pub async fn start_with_backend(
         config.limits.failures_kept,
         engine.clone(),
         metrics.clone(),
-        health.clone(),
+        readiness.clone(),
     ));
     if let Err(e) = registry.reload(None).await {
         warn!(error = %error_chain(&e), "no model at startup: health is NOT_SERVING until Reload or the LATEST poller loads one");
     }
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // Reflection in both versions: grpc.reflection.v1 for current tools, v1alpha for Python's
+    // grpcio-reflection and older grpcurl, Postman and grpcui builds, which speak only that.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(ServeError::Reflection)?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(ServeError::Reflection)?;
 
     let bind = |addr, source| ServeError::Bind { addr, source };
     let listener = TcpListener::bind(config.listen)
@@ -116,7 +136,7 @@ pub async fn start_with_backend(
         Some(at) => {
             let l = http::bind(at).await.map_err(|e| bind(at, e))?;
             let bound = l.local_addr().map_err(|e| bind(at, e))?;
-            let routes = http::router(metrics.clone(), health.clone());
+            let routes = http::router(metrics.clone(), readiness.clone());
             background.push(http::spawn(l, routes));
             info!(addr = %bound, "metrics at http://{bound}/metrics, health at http://{bound}/healthz");
             Some(bound)
@@ -125,6 +145,17 @@ pub async fn start_with_backend(
     };
     if let Some(every) = config.poll_interval {
         background.push(registry.spawn_poller(every));
+    }
+    let recovery = pending.map(|pending| {
+        let (engine, metrics, readiness) = (engine.clone(), metrics.clone(), readiness.clone());
+        tokio::spawn(async move {
+            recovery::run(&engine, pending, &metrics).await?;
+            readiness.recovered().await;
+            Ok(())
+        })
+    });
+    if engine.log_status().is_some() {
+        background.push(watch_log(engine.clone(), readiness.clone()));
     }
 
     let (stop, stop_rx) = watch::channel(false);
@@ -136,8 +167,12 @@ pub async fn start_with_backend(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                status::oversize_response::<tonic::body::Body>,
+            ))
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(recommender)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = shutdown_signal.wait_for(|stopping| *stopping).await;
@@ -150,9 +185,24 @@ pub async fn start_with_backend(
         stop,
         server,
         background,
+        recovery,
         engine,
         registry,
-        health,
+        readiness,
+    })
+}
+
+/// Turns health NOT_SERVING (with the reason) once the event log has failed.
+fn watch_log(engine: Engine, readiness: Arc<Readiness>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let status = engine.log_status().expect("checked by the caller").clone();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(reason) = status.failure() {
+                readiness.log_failed(reason).await;
+                return;
+            }
+        }
     })
 }
 
@@ -172,13 +222,34 @@ impl RunningServer {
         &self.registry
     }
 
+    /// Waits until the server serves (model loaded, recovery done), at most `timeout`; false if it
+    /// did not in time (or recovery failed).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        while self.readiness.not_serving_reason().is_some() {
+            if tokio::time::Instant::now() >= until
+                || self.recovery.as_ref().is_some_and(JoinHandle::is_finished)
+                    && self.engine.recovering()
+            {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Why the server does not serve now (None when it does).
+    pub fn not_serving_reason(&self) -> Option<String> {
+        self.readiness.not_serving_reason()
+    }
+
     /// Stops accepting, lets in-flight RPCs finish (event streams stop reading and answer what they
-    /// accepted), then stops the batcher.
+    /// accepted), then stops the batcher, which snapshots the sessions and makes the log durable.
     pub async fn shutdown(self) -> Result<(), ServeError> {
-        // Health goes first, so that load balancers stop sending new work while the rest drains.
-        self.health
-            .set(Readiness::NotServing("shutting down".to_string()))
-            .await;
+        self.readiness.stopping().await;
+        if let Some(r) = &self.recovery {
+            r.abort();
+        }
         let _ = self.stop.send(true);
         let served = self.server.await;
         for task in &self.background {
@@ -193,10 +264,25 @@ impl RunningServer {
 
     /// Serves until ctrl-c or SIGTERM (or until the server fails), then shuts down gracefully.
     pub async fn run_until_signal(mut self) -> Result<(), ServeError> {
+        let recovery = self.recovery.take();
+        let recovered = async {
+            match recovery {
+                Some(task) => task
+                    .await
+                    .map_err(|e| ServeError::Task(e.to_string()))?
+                    .map_err(ServeError::from),
+                None => Ok(()),
+            }
+        };
         tokio::select! {
             () = termination() => {
                 info!("shutdown signal received; draining in-flight requests");
                 self.shutdown().await
+            }
+            Err(e) = recovered => {
+                error!(error = %error_chain(&e), "recovery failed; stopping");
+                let _ = self.shutdown().await;
+                Err(e)
             }
             ended = &mut self.server => {
                 self.engine.shutdown().await;

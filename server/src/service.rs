@@ -101,6 +101,9 @@ impl Recommender for RecommenderService {
             let mut pending = FuturesOrdered::new();
             let mut reading = !*shutdown.borrow();
             let mut code = Code::Ok;
+            // A broken inbound stream ends the call with its status once the accepted events are
+            // acknowledged (e.g. RESOURCE_EXHAUSTED for an oversize message).
+            let mut failure: Option<Status> = None;
             loop {
                 tokio::select! {
                     // Acks first: they free room for more events.
@@ -115,8 +118,8 @@ impl Recommender for RecommenderService {
                     }
                     msg = inbound.message(), if reading && pending.len() < MAX_IN_FLIGHT_EVENTS => match msg {
                         Ok(Some(event)) => {
-                            let (req, seq) = convert::event_request(event);
-                            let session_id = req.session_id.clone();
+                            let req = convert::event_request(event);
+                            let (session_id, seq) = (req.session_id.clone(), req.client_seq);
                             // Submitted now, in stream order; answered in the same order.
                             let outcome = engine.event(req, None);
                             let engine = engine.clone();
@@ -127,13 +130,18 @@ impl Recommender for RecommenderService {
                         }
                         Ok(None) => reading = false,
                         Err(status) => {
+                            let status = crate::status::oversize(status);
                             code = status.code();
+                            failure = Some(status);
                             reading = false;
                         }
                     },
                     _ = shutdown.changed(), if reading => reading = false,
                     else => break,
                 }
+            }
+            if let Some(status) = failure {
+                let _ = tx.send(Err(status)).await;
             }
             metrics.request(Method::StreamEvents, code, started.elapsed());
         });

@@ -12,6 +12,54 @@ use crate::registry::{RegistryError, error_chain};
 /// Metadata key telling a shed client how long to back off.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
+/// tonic's text for a request message over `max_decoding_message_size` (it answers OUT_OF_RANGE).
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// A request message over the size limit is RESOURCE_EXHAUSTED, as grpc-go and grpc-java answer (tonic
+/// says OUT_OF_RANGE), with a message naming the limit and the flag that raises it. Other statuses
+/// are returned unchanged.
+pub fn oversize(status: Status) -> Status {
+    if status.code() != Code::OutOfRange {
+        return status;
+    }
+    let Some(rest) = status.message().strip_prefix(TONIC_TOO_LARGE) else {
+        return status;
+    };
+    // "<found> bytes, the limit is: <limit> bytes"
+    let numbers: Vec<&str> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (found, limit) = match numbers.as_slice() {
+        [found, limit, ..] => (*found, *limit),
+        _ => ("?", "?"),
+    };
+    Status::resource_exhausted(format!(
+        "request message of {found} bytes exceeds the server's limit of {limit} bytes; the server \
+         operator can raise it with --max-message-bytes (LAMBDAREC_MAX_MESSAGE_BYTES)"
+    ))
+}
+
+/// [`oversize`] for the trailers-only response tonic sends when a unary request is too large (the
+/// handler never runs, so the status exists only as response headers).
+pub fn oversize_response<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let too_large = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    if too_large
+        && let Some(status) = Status::from_header_map(response.headers())
+        && status.message().starts_with(TONIC_TOO_LARGE)
+    {
+        let headers = response.headers_mut();
+        headers.remove("grpc-message");
+        let _ = oversize(status).add_header(headers);
+    }
+    response
+}
+
 /// The status code of an engine error.
 fn engine_code(e: &EngineError) -> Code {
     match e {
@@ -24,7 +72,10 @@ fn engine_code(e: &EngineError) -> Code {
         EngineError::SessionNotFound(_) => Code::NotFound,
         EngineError::Overloaded { .. } => Code::ResourceExhausted,
         EngineError::DeadlineExceeded => Code::DeadlineExceeded,
-        EngineError::NoModel | EngineError::ShuttingDown => Code::Unavailable,
+        EngineError::NoModel
+        | EngineError::ShuttingDown
+        | EngineError::Recovering
+        | EngineError::LogFailed(_) => Code::Unavailable,
         EngineError::Superseded => Code::Aborted,
         EngineError::Backend(_) => Code::Internal,
     }
@@ -32,7 +83,7 @@ fn engine_code(e: &EngineError) -> Code {
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
-        let mut status = Status::new(engine_code(&e), e.to_string());
+        let mut status = Status::new(engine_code(&e), error_chain(&e));
         if let EngineError::Overloaded { retry_after_ms, .. } = e
             && let Ok(v) = retry_after_ms.to_string().parse()
         {
@@ -88,11 +139,13 @@ pub fn event_code(e: &EngineError) -> ErrorCode {
         EngineError::Overloaded { .. }
         | EngineError::DeadlineExceeded
         | EngineError::NoModel
-        | EngineError::ShuttingDown => ErrorCode::Overloaded,
+        | EngineError::ShuttingDown
+        | EngineError::Recovering => ErrorCode::Overloaded,
         EngineError::TooMany { .. }
         | EngineError::BadK { .. }
         | EngineError::SessionNotFound(_)
         | EngineError::Superseded
+        | EngineError::LogFailed(_)
         | EngineError::Backend(_) => ErrorCode::Internal,
     }
 }
@@ -110,6 +163,29 @@ mod tests {
         });
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(s.metadata().get(RETRY_AFTER_MS).unwrap(), "12");
+    }
+
+    #[test]
+    fn oversize_requests_are_resource_exhausted_with_the_limit_and_the_flag() {
+        let tonic = Status::out_of_range(
+            "Error, decoded message length too large: found 20971525 bytes, the limit is: 4194304 bytes",
+        );
+        let s = oversize(tonic.clone());
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("20971525") && s.message().contains("4194304"));
+        assert!(
+            s.message().contains("--max-message-bytes"),
+            "{}",
+            s.message()
+        );
+        // Anything else passes unchanged.
+        let other = Status::out_of_range("k too large");
+        assert_eq!(oversize(other.clone()).message(), other.message());
+
+        let response = oversize_response(tonic.into_http::<()>());
+        let remapped = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(remapped.code(), Code::ResourceExhausted);
+        assert!(remapped.message().contains("4194304"));
     }
 
     #[test]

@@ -270,16 +270,35 @@ async fn every_bad_input_gets_its_status_code() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
-    // A message over the 4 MiB limit is refused by tonic before any handler runs.
+    // A 20 MB message is over the 4 MiB limit: RESOURCE_EXHAUSTED (the gRPC convention), naming the
+    // limit and the flag that raises it, on a unary call and on the event stream.
     let huge = v1::ScoreRequest {
         session_id: "s".into(),
-        candidates: vec!["y".repeat(5 << 20)],
+        candidates: vec!["y".repeat(20 << 20)],
     };
     let e = c.score(huge).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(
-        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        e.message().contains("4194304") && e.message().contains("--max-message-bytes"),
         "{e:?}"
     );
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(ev("big", &item(0), 1)).await.unwrap();
+    tx.send(ev("big", &"z".repeat(20 << 20), 2)).await.unwrap();
+    drop(tx);
+    let mut acks = c
+        .stream_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = acks
+        .message()
+        .await
+        .unwrap()
+        .expect("the event before is acknowledged");
+    assert!(first.applied);
+    let e = acks.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
 
     // Unknown inline items fail the request and apply nothing.
     let req = v1::RecommendRequest {

@@ -3,8 +3,6 @@
 //! small GEMMs on the shared micro-kernel (`x·W_ihᵀ`, `h·W_hhᵀ`) followed by the gate nonlinearity,
 //! in parallel over row blocks when the wave is large.
 
-use std::collections::HashMap;
-
 use rayon::prelude::*;
 
 use super::gemm::{gemm_panels, pack_rows};
@@ -12,6 +10,7 @@ use super::isa::{Isa, Vec8, multiversion};
 use super::table::LANES;
 use super::{CpuModel, PARALLEL_MIN_WORK};
 use crate::Event;
+use crate::waves::waves;
 
 /// Rows per block (and parallel task): a multiple of the micro-kernel's 6 rows, small enough that a
 /// block's activations stay in L1/L2 and a 4,096-event wave splits into ~85 tasks.
@@ -26,23 +25,10 @@ pub(super) fn step(
     states: &mut [f32],
     events: &[Event],
 ) {
-    for wave in waves(events) {
-        run_wave(pool, isa, m, states, &wave);
+    let (ordered, bounds) = waves(events);
+    for w in bounds.windows(2) {
+        run_wave(pool, isa, m, states, &ordered[w[0]..w[1]]);
     }
-}
-
-/// Splits events into waves: the n-th event of a slot goes to wave n, keeping the given order.
-fn waves(events: &[Event]) -> Vec<Vec<Event>> {
-    let mut seen: HashMap<u32, usize> = HashMap::with_capacity(events.len());
-    let mut waves: Vec<Vec<Event>> = Vec::new();
-    for &e in events {
-        let w = *seen.entry(e.slot).and_modify(|w| *w += 1).or_insert(0);
-        if w == waves.len() {
-            waves.push(Vec::with_capacity(if w == 0 { events.len() } else { 0 }));
-        }
-        waves[w].push(e);
-    }
-    waves
 }
 
 fn run_wave(pool: &rayon::ThreadPool, isa: Isa, m: &CpuModel, states: &mut [f32], wave: &[Event]) {
@@ -201,26 +187,5 @@ mod tests {
         }
         assert!(worst < 5e-7, "max relative error {worst}");
         assert!(sigmoid(f32::NEG_INFINITY) >= 0.0 && sigmoid(f32::INFINITY) == 1.0);
-    }
-
-    #[test]
-    fn waves_keep_per_slot_order() {
-        let ev = |slot, item| Event { slot, item };
-        let w = waves(&[
-            ev(1, 10),
-            ev(2, 20),
-            ev(1, 11),
-            ev(3, 30),
-            ev(1, 12),
-            ev(2, 21),
-        ]);
-        assert_eq!(
-            w,
-            vec![
-                vec![ev(1, 10), ev(2, 20), ev(3, 30)],
-                vec![ev(1, 11), ev(2, 21)],
-                vec![ev(1, 12)]
-            ]
-        );
     }
 }

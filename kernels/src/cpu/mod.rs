@@ -111,7 +111,7 @@ impl CpuBackend {
             .num_threads(threads.unwrap_or(0))
             .thread_name(|i| format!("lambdarec-cpu-{i}"))
             .build()
-            .map_err(|e| BackendError::Device(format!("cannot start CPU thread pool: {e}")))?;
+            .map_err(|e| BackendError::device_caused("cannot start CPU thread pool", e))?;
         let isa = if simd { Isa::detect() } else { Isa::Portable };
         Ok(Self {
             pool,
@@ -181,7 +181,7 @@ impl Backend for CpuBackend {
 
     fn alloc_states(&mut self, capacity: usize, hidden: usize) -> Result<()> {
         let len = capacity.checked_mul(hidden).ok_or_else(|| {
-            BackendError::Device(format!("state table {capacity}×{hidden} overflows"))
+            BackendError::device(format!("state table {capacity}×{hidden} overflows"))
         })?;
         self.states = States {
             capacity,

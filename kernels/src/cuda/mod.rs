@@ -38,7 +38,7 @@ pub(crate) const PAD_ITEMS: usize = 512;
 
 /// Maps a driver error to [`BackendError::Device`] with what was being done.
 pub(crate) fn dev(what: &'static str) -> impl Fn(DriverError) -> BackendError {
-    move |e| BackendError::Device(format!("{what}: {e}"))
+    move |e| BackendError::device_caused(what, e)
 }
 
 /// Whether libcuda can be loaded (cudarc panics on first use when it cannot).
@@ -155,13 +155,13 @@ impl CudaBackend {
     /// context and a stream and loads the kernels.
     pub fn new(ordinal: usize) -> Result<Self> {
         if !driver_present() {
-            return Err(BackendError::Device(
-                "no CUDA driver found: libcuda.so could not be loaded".into(),
+            return Err(BackendError::device(
+                "no CUDA driver found: libcuda.so could not be loaded",
             ));
         }
         catch_unwind(AssertUnwindSafe(|| Self::open(ordinal))).unwrap_or_else(|_| {
-            Err(BackendError::Device(
-                "the CUDA driver is too old for this build (CUDA 13.0)".into(),
+            Err(BackendError::device(
+                "the CUDA driver is too old for this build (CUDA 13.0)",
             ))
         })
     }
@@ -169,7 +169,7 @@ impl CudaBackend {
     fn open(ordinal: usize) -> Result<Self> {
         let count = CudaContext::device_count().map_err(dev("CUDA driver unusable"))?;
         if ordinal >= count.max(0) as usize {
-            return Err(BackendError::Device(format!(
+            return Err(BackendError::device(format!(
                 "no CUDA device {ordinal} ({count} found)"
             )));
         }
@@ -180,7 +180,7 @@ impl CudaBackend {
         let name = ctx.name().map_err(dev("query device"))?;
         let major = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
         if major < 9 {
-            return Err(BackendError::Device(format!(
+            return Err(BackendError::device(format!(
                 "cuda:{ordinal} {name} has compute capability {major}.x; the kernels need 9.0 or newer"
             )));
         }
@@ -338,10 +338,10 @@ impl Backend for CudaBackend {
     fn alloc_states(&mut self, capacity: usize, hidden: usize) -> Result<()> {
         let hp = round_up(hidden, ROW_ALIGN);
         let len = capacity.checked_mul(hp).ok_or_else(|| {
-            BackendError::Device(format!("state table {capacity}×{hidden} overflows"))
+            BackendError::device(format!("state table {capacity}×{hidden} overflows"))
         })?;
         if capacity > u32::MAX as usize {
-            return Err(BackendError::Device(format!(
+            return Err(BackendError::device(format!(
                 "state table of {capacity} slots exceeds u32 slot indices"
             )));
         }

@@ -63,7 +63,7 @@ impl Kernels {
         let topk = load_module(ctx, "topk", PTX_TOPK)?;
         let f = |m: &Arc<CudaModule>, name: &str| {
             m.load_function(name)
-                .map_err(|e| BackendError::Device(format!("kernel {name} not found: {e}")))
+                .map_err(|e| BackendError::device_caused(format!("kernel {name} not found"), e))
         };
         let per_dtype = |m: &Arc<CudaModule>, prefix: &str| -> Result<[CudaFunction; 3]> {
             Ok([
@@ -96,7 +96,7 @@ impl Kernels {
             .chain(&kernels.topk_scan_mma)
             .chain([&kernels.topk_merge]);
         for func in big_smem {
-            let err = |e| BackendError::Device(format!("cannot raise shared-memory limit: {e}"));
+            let err = |e| BackendError::device_caused("cannot raise shared-memory limit", e);
             // The opt-in limit covers static and dynamic shared memory together.
             let fixed = func.shared_size_bytes().map_err(err)?;
             func.set_attribute(
@@ -115,17 +115,20 @@ fn load_module(ctx: &Arc<CudaContext>, name: &str, code: KernelCode) -> Result<A
         KernelCode::Source(src) => compile_with_nvrtc(name, src)?,
     };
     ctx.load_module(ptx).map_err(|e| {
-        BackendError::Device(format!(
-            "cannot load the {name} kernels: {e} (the driver may be older than the PTX: built for \
-             PTX ISA 9.0 / CUDA 13.0 drivers and compute capability 9.0+)"
-        ))
+        BackendError::device_caused(
+            format!(
+                "cannot load the {name} kernels (the driver may be older than the PTX: built for \
+                 PTX ISA 9.0 / CUDA 13.0 drivers and compute capability 9.0+)"
+            ),
+            e,
+        )
     })
 }
 
 fn compile_with_nvrtc(name: &str, src: &str) -> Result<Ptx> {
     // SAFETY: only tries to open the NVRTC library; cudarc panics on first use when it is missing.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(BackendError::Device(format!(
+        return Err(BackendError::device(format!(
             "the {name} kernels were embedded as source (built without nvcc) and libnvrtc is not \
              available to compile them; rebuild with nvcc 13.0 on PATH or install nvidia-cuda-nvrtc"
         )));
@@ -139,8 +142,8 @@ fn compile_with_nvrtc(name: &str, src: &str) -> Result<Ptx> {
     let compiled = catch_unwind(AssertUnwindSafe(|| {
         cudarc::nvrtc::compile_ptx_with_opts(src, opts)
     }))
-    .map_err(|_| BackendError::Device(format!("NVRTC panicked compiling the {name} kernels")))?;
-    compiled.map_err(|e| BackendError::Device(format!("NVRTC cannot compile {name}.cu: {e}")))
+    .map_err(|_| BackendError::device(format!("NVRTC panicked compiling the {name} kernels")))?;
+    compiled.map_err(|e| BackendError::device_caused(format!("NVRTC cannot compile {name}.cu"), e))
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ impl Gpu {
         let (n_items, hp, dt) = (m.n_items, m.hp, dtype_index(m.dtype));
         let bf16 = m.dtype == crate::Dtype::Bf16;
         let plan = plan_scan(nq, kmax, hp, n_items, bf16, self.limits).ok_or_else(|| {
-            BackendError::Device(format!(
+            BackendError::device(format!(
                 "top-k for hidden size {hp} and k {kmax} does not fit shared memory"
             ))
         })?;

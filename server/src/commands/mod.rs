@@ -65,8 +65,10 @@ fn parse_delimiter(s: &str) -> Result<u8, String> {
     }
 }
 
-/// Evaluation flags (shared by train and eval).
+/// Evaluation flags (shared by train and eval). No argument group: `eval`'s own `EvalArgs` would
+/// otherwise define a second group of the same name.
 #[derive(Args, Clone, Debug)]
+#[group(skip)]
 pub struct EvalArgs {
     /// Cut-off of the ranking metrics.
     #[arg(long = "k", env = "LAMBDAREC_EVAL_K", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -1,12 +1,13 @@
 //! `lambdarec serve`: the gRPC serving layer (speed layer + recommendations) over a model bundle.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use lambdarec_kernels::Dtype;
-use lambdarec_server::{DeviceChoice, Limits, ServeConfig};
+use lambdarec_server::{DeviceChoice, Limits, LogConfig, ServeConfig};
 
 use super::StoreArgs;
 
@@ -54,6 +55,43 @@ pub struct ServeArgs {
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "LAMBDAREC_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     pub max_message_bytes: usize,
+    /// The event log every applied event and session delete is appended to before it is acknowledged:
+    /// a directory (`file://DIR` or a path: the embedded, segmented, CRC-checked log),
+    /// `nats://HOST:PORT/STREAM` (NATS JetStream, file storage), or `none` (sessions live in memory
+    /// only: a crash or restart loses them).
+    #[arg(
+        long = "log",
+        env = "LAMBDAREC_EVENT_LOG",
+        default_value = "file://./lambdarec-data/log"
+    )]
+    pub event_log: String,
+    /// Embedded log: bytes after which a segment is rolled (whole segments are deleted once they are
+    /// snapshotted and archived).
+    #[arg(long, env = "LAMBDAREC_LOG_SEGMENT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_segment_bytes: u64,
+    /// Directory of session snapshots; recovery restores the newest and replays only the log after
+    /// it. Default: `snapshots` beside a file log's directory (./lambdarec-data/snapshots for the
+    /// default log and for NATS).
+    #[arg(long, env = "LAMBDAREC_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Seconds between session snapshots (taken only when events arrived since the last); 0: only at
+    /// a graceful stop.
+    #[arg(long, env = "LAMBDAREC_SNAPSHOT_INTERVAL", default_value_t = 60.0)]
+    pub snapshot_interval: f64,
+    /// Exactly-once window: the client_seqs remembered per session; an event re-sent with one of them
+    /// is acknowledged again (duplicate = true) and not applied twice.
+    #[arg(long, env = "LAMBDAREC_DEDUP_WINDOW", default_value_t = 64)]
+    pub dedup_window: usize,
+}
+
+/// Where snapshots go when `--snapshot-dir` is not given: beside a file log, else the data directory.
+fn default_snapshot_dir(log: &str) -> PathBuf {
+    let dir = log.strip_prefix("file://").unwrap_or(log);
+    let is_file_log = !log.contains("://") || log.starts_with("file://");
+    match Path::new(dir).parent() {
+        Some(parent) if is_file_log && !parent.as_os_str().is_empty() => parent.join("snapshots"),
+        _ => PathBuf::from("./lambdarec-data/snapshots"),
+    }
 }
 
 fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
@@ -64,6 +102,19 @@ fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
 impl ServeArgs {
     pub fn config(&self) -> anyhow::Result<ServeConfig> {
         let poll = seconds("--poll-interval", self.poll_interval)?;
+        let snapshot_every = seconds("--snapshot-interval", self.snapshot_interval)?;
+        let log = match self.event_log.as_str() {
+            "none" => LogConfig::None,
+            url => LogConfig::Url(url.to_string()),
+        };
+        let snapshot_dir = match &log {
+            LogConfig::None => None,
+            _ => Some(
+                self.snapshot_dir
+                    .clone()
+                    .unwrap_or_else(|| default_snapshot_dir(&self.event_log)),
+            ),
+        };
         Ok(ServeConfig {
             listen: self.listen,
             store: self.store.store.clone(),
@@ -80,8 +131,13 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
+                dedup_window: self.dedup_window,
                 ..Limits::default()
             },
+            log,
+            log_segment_bytes: self.log_segment_bytes,
+            snapshot_dir,
+            snapshot_interval: (!snapshot_every.is_zero()).then_some(snapshot_every),
         })
     }
 }
@@ -97,4 +153,24 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             .context("starting the server")?;
         server.run_until_signal().await.context("serving")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_default_beside_a_file_log() {
+        let d = |log| default_snapshot_dir(log);
+        assert_eq!(
+            d("file://./lambdarec-data/log"),
+            PathBuf::from("./lambdarec-data/snapshots")
+        );
+        assert_eq!(d("/srv/lr/log"), PathBuf::from("/srv/lr/snapshots"));
+        assert_eq!(
+            d("nats://h:4222/S"),
+            PathBuf::from("./lambdarec-data/snapshots")
+        );
+        assert_eq!(d("log"), PathBuf::from("./lambdarec-data/snapshots"));
+    }
 }

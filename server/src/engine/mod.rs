@@ -3,16 +3,19 @@
 //! validates requests and submits them.
 
 mod batcher;
+mod journal;
 mod sessions;
+pub mod snapshot;
 mod types;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use lambdarec_eventlog::{EventLog, LogRecord, Position};
 use lambdarec_kernels::{Backend, ModelWeights};
 use tokio::sync::oneshot;
 
@@ -20,12 +23,15 @@ use crate::config::{Limits, ServeConfig};
 use crate::device::DeviceError;
 use crate::metrics::Metrics;
 
+use journal::Journal;
+pub use journal::LogStatus;
 pub use sessions::Eviction;
+use snapshot::{LoadedSnapshot, SnapshotStore};
 pub use types::{
     EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest, Recommendation,
-    ScoreOutcome, ScoreRequest, SessionSnapshot,
+    ReplayStats, RestoreStats, ScoreOutcome, ScoreRequest, SessionSnapshot,
 };
-use types::{Envelope, Install, Job, Msg, Reply};
+use types::{Envelope, Install, Job, Msg, Reply, Restore};
 
 /// State shared between the handle and the batcher thread.
 struct Shared {
@@ -35,6 +41,21 @@ struct Shared {
     batch_micros: AtomicU64,
     next_generation: AtomicU64,
     metrics: Arc<Metrics>,
+    /// True from the start of an engine with an event log until recovery has replayed it: requests
+    /// are refused meanwhile, so that none is served from (or applied to) half-recovered sessions.
+    recovering: AtomicBool,
+    /// The event log's state; None with `--log none`.
+    log: Option<Arc<LogStatus>>,
+}
+
+/// The event log an engine writes to, with what recovery found in it.
+pub struct LogSetup {
+    pub log: Box<dyn EventLog>,
+    pub snapshots: Option<SnapshotStore>,
+    /// Position of the last record in the log (recovery replays up to it before anything is appended).
+    pub last: Position,
+    /// Shared with the archiver (its `archived` position) and the server.
+    pub status: Arc<LogStatus>,
 }
 
 /// Settings of the engine (a subset of [`ServeConfig`]).
@@ -46,6 +67,8 @@ pub struct EngineConfig {
     pub max_wait: Duration,
     pub queue_capacity: usize,
     pub limits: Limits,
+    /// How often the sessions are snapshotted (with an event log); None: only at a graceful stop.
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl From<&ServeConfig> for EngineConfig {
@@ -57,6 +80,7 @@ impl From<&ServeConfig> for EngineConfig {
             max_wait: c.max_wait,
             queue_capacity: c.queue_capacity,
             limits: c.limits.clone(),
+            snapshot_interval: c.snapshot_interval,
         }
     }
 }
@@ -81,17 +105,29 @@ pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, EngineError>> + Send
 impl Engine {
     /// Opens the backend with `open` on a new batcher thread (a backend may be bound to the thread
     /// that created it, so it is created where it will live and never leaves).
+    /// With `log`, every change is appended to the event log before it is acknowledged, and the
+    /// engine refuses requests until [`Engine::finish_recovery`] (after any restore and replay).
     pub fn start(
         config: EngineConfig,
         open: impl FnOnce() -> Result<Box<dyn Backend>, DeviceError> + Send + 'static,
         metrics: Arc<Metrics>,
+        log: Option<LogSetup>,
     ) -> Result<Engine, DeviceError> {
         let shared = Arc::new(Shared {
             model: RwLock::new(None),
             batch_micros: AtomicU64::new(0),
             next_generation: AtomicU64::new(1),
             metrics,
+            recovering: AtomicBool::new(log.is_some()),
+            log: log.as_ref().map(|l| l.status.clone()),
         });
+        let journal = match log {
+            Some(l) => Some(
+                Journal::start(l.log, l.snapshots, shared.clone(), l.status, l.last)
+                    .map_err(DeviceError::Thread)?,
+            ),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let (opened_tx, opened_rx) = mpsc::sync_channel(1);
         let thread_shared = shared.clone();
@@ -101,7 +137,7 @@ impl Engine {
             .spawn(move || match open() {
                 Ok(backend) => {
                     let _ = opened_tx.send(Ok(backend.device()));
-                    batcher::Batcher::new(backend, thread_config, thread_shared).run(rx);
+                    batcher::Batcher::new(backend, thread_config, thread_shared, journal).run(rx);
                 }
                 Err(e) => {
                     let _ = opened_tx.send(Err(e));
@@ -146,6 +182,59 @@ impl Engine {
             .clone()
     }
 
+    /// The event log's state, when the engine has one.
+    pub fn log_status(&self) -> Option<&Arc<LogStatus>> {
+        self.inner.shared.log.as_ref()
+    }
+
+    /// Whether recovery is still running (requests are refused meanwhile).
+    pub fn recovering(&self) -> bool {
+        self.inner.shared.recovering.load(Ordering::Acquire)
+    }
+
+    /// Refuses requests while recovering, and changes once the event log has failed.
+    fn admit(&self, changes: bool) -> Result<(), EngineError> {
+        if self.recovering() {
+            return Err(EngineError::Recovering);
+        }
+        if changes && let Some(reason) = self.inner.shared.log.as_ref().and_then(|l| l.failure()) {
+            return Err(EngineError::LogFailed(reason));
+        }
+        Ok(())
+    }
+
+    /// Restores the sessions of a snapshot (recovery, before [`Engine::replay`]).
+    pub async fn restore(&self, snapshot: LoadedSnapshot) -> Result<RestoreStats, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Restore(Box::new(Restore { snapshot, reply })))
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    /// Applies logged records again, through the normal batch path, without logging them again.
+    pub async fn replay(
+        &self,
+        records: Vec<(Position, LogRecord)>,
+    ) -> Result<ReplayStats, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let env = Envelope {
+            deadline: None,
+            job: Job::Replay { records, reply },
+        };
+        self.inner
+            .tx
+            .send(Msg::Internal(env))
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    /// Ends recovery: requests are admitted from now on.
+    pub fn finish_recovery(&self) {
+        self.inner.shared.recovering.store(false, Ordering::Release);
+    }
+
     /// Checks a session id against the proto's limits.
     pub fn validate_session_id(&self, id: &str) -> Result<(), EngineError> {
         let max = self.limits().max_session_id_bytes;
@@ -162,6 +251,7 @@ impl Engine {
     /// future of its outcome.
     pub fn event(&self, req: EventRequest, deadline: Option<Instant>) -> Pending<EventOutcome> {
         let submitted = (|| {
+            self.admit(true)?;
             self.validate_session_id(&req.session_id)?;
             let model = self.model().ok_or(EngineError::NoModel)?;
             let item = model.resolve(std::slice::from_ref(&req.item_id));
@@ -178,6 +268,7 @@ impl Engine {
         req: RecommendRequest,
         deadline: Option<Instant>,
     ) -> Result<Recommendation, EngineError> {
+        self.admit(!req.inline_events.is_empty())?;
         self.validate_session_id(&req.session_id)?;
         let l = self.limits();
         check_count("exclude_items", req.exclude_items.len(), l.max_candidates)?;
@@ -207,6 +298,7 @@ impl Engine {
         req: ScoreRequest,
         deadline: Option<Instant>,
     ) -> Result<ScoreOutcome, EngineError> {
+        self.admit(false)?;
         self.validate_session_id(&req.session_id)?;
         check_count(
             "candidates",
@@ -228,6 +320,7 @@ impl Engine {
         session_id: String,
         deadline: Option<Instant>,
     ) -> Result<SessionSnapshot, EngineError> {
+        self.admit(false)?;
         self.validate_session_id(&session_id)?;
         let rx = self.submit(deadline, |reply| Job::GetSession { session_id, reply })?;
         wait(rx, deadline).await
@@ -239,6 +332,7 @@ impl Engine {
         session_id: String,
         deadline: Option<Instant>,
     ) -> Result<bool, EngineError> {
+        self.admit(true)?;
         self.validate_session_id(&session_id)?;
         let rx = self.submit(deadline, |reply| Job::DeleteSession { session_id, reply })?;
         wait(rx, deadline).await

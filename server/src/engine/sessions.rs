@@ -1,5 +1,6 @@
 //! The session store (the speed layer's bookkeeping): session id → state-table slot, recent items,
-//! event count and times, with LRU eviction by capacity and expiry by TTL.
+//! recent client sequence numbers (for exactly-once events), event count and times, with LRU eviction
+//! by capacity and expiry by TTL.
 //!
 //! It is owned by the batcher thread, like the backend, so the hot path takes no lock. The slot of a
 //! session is its index in `entries`: the store is a slab with an intrusive doubly linked LRU list, so
@@ -25,6 +26,9 @@ pub struct Entry {
     pub last_seen_ms: i64,
     /// Version of the model whose GRU step produced the current hidden state.
     pub state_version: Option<Arc<str>>,
+    /// `client_seq`s of the last applied events that had one, oldest first, at most the dedup window
+    /// long: an event re-sent with one of these is a duplicate.
+    pub seqs: VecDeque<u64>,
     /// Server time of the last use (event or query): LRU order and TTL.
     touched: Instant,
 }
@@ -46,12 +50,19 @@ pub struct SessionStore {
     tail: u32,
     ttl: Duration,
     history: usize,
+    dedup_window: usize,
     evicted_capacity: u64,
     evicted_ttl: u64,
 }
 
 impl SessionStore {
-    pub fn new(capacity: usize, ttl: Duration, history: usize, now: Instant) -> Self {
+    pub fn new(
+        capacity: usize,
+        ttl: Duration,
+        history: usize,
+        dedup_window: usize,
+        now: Instant,
+    ) -> Self {
         let entries = (0..capacity)
             .map(|_| Entry {
                 key: None,
@@ -61,6 +72,7 @@ impl SessionStore {
                 events: 0,
                 last_seen_ms: 0,
                 state_version: None,
+                seqs: VecDeque::new(),
                 touched: now,
             })
             .collect();
@@ -73,6 +85,7 @@ impl SessionStore {
             tail: NIL,
             ttl,
             history,
+            dedup_window,
             evicted_capacity: 0,
             evicted_ttl: 0,
         }
@@ -139,6 +152,7 @@ impl SessionStore {
         e.events = 0;
         e.last_seen_ms = 0;
         e.state_version = None;
+        e.seqs.clear();
         e.touched = now;
         self.index.insert(key, slot);
         self.push_front(slot);
@@ -178,15 +192,62 @@ impl SessionStore {
         &self.entries[slot as usize]
     }
 
+    /// The entry of `slot`, to restore it from a snapshot.
+    pub fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.entries[slot as usize]
+    }
+
+    /// The id of the session in `slot`, if one lives there.
+    pub fn key(&self, slot: u32) -> Option<&Arc<str>> {
+        self.entries[slot as usize].key.as_ref()
+    }
+
+    /// When the session in `slot` was last used.
+    pub fn touched(&self, slot: u32) -> Instant {
+        self.entries[slot as usize].touched
+    }
+
+    /// Live slots from the least to the most recently used (the order a restore inserts them in, so
+    /// that it rebuilds the same LRU order).
+    pub fn lru_order(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut slot = self.tail;
+        while slot != NIL {
+            out.push(slot);
+            slot = self.entries[slot as usize].prev;
+        }
+        out
+    }
+
+    /// Whether the session in `slot` applied an event with this `client_seq` within the dedup window.
+    pub fn has_seq(&self, slot: u32, seq: u64) -> bool {
+        self.entries[slot as usize].seqs.contains(&seq)
+    }
+
     /// Records one applied event on `slot`.
-    pub fn record_event(&mut self, slot: u32, item: u32, at_ms: i64, version: &Arc<str>) {
-        let history = self.history;
+    pub fn record_event(
+        &mut self,
+        slot: u32,
+        item: u32,
+        at_ms: i64,
+        version: &Arc<str>,
+        seq: Option<u64>,
+    ) {
+        let (history, window) = (self.history, self.dedup_window);
         let e = &mut self.entries[slot as usize];
         if history > 0 {
             if e.recent.len() == history {
                 e.recent.pop_front();
             }
             e.recent.push_back(item);
+        }
+        if let Some(seq) = seq
+            && window > 0
+        {
+            if e.seqs.len() == window {
+                e.seqs.pop_front();
+            }
+            e.seqs.push_back(seq);
         }
         e.events += 1;
         e.last_seen_ms = at_ms;
@@ -219,6 +280,7 @@ impl SessionStore {
             self.index.remove(&key);
         }
         e.recent = VecDeque::new();
+        e.seqs = VecDeque::new();
         e.state_version = None;
         self.free.push(slot);
     }
@@ -265,7 +327,10 @@ mod tests {
 
     fn store(cap: usize) -> (SessionStore, Instant) {
         let t0 = Instant::now();
-        (SessionStore::new(cap, Duration::from_secs(10), 3, t0), t0)
+        (
+            SessionStore::new(cap, Duration::from_secs(10), 3, 2, t0),
+            t0,
+        )
     }
 
     #[test]
@@ -305,15 +370,38 @@ mod tests {
         let (slot, _) = s.insert("a", t0);
         let v: Arc<str> = Arc::from("v1");
         for item in 1..=5 {
-            s.record_event(slot, item, 100 + i64::from(item), &v);
+            s.record_event(
+                slot,
+                item,
+                100 + i64::from(item),
+                &v,
+                Some(u64::from(item) * 10),
+            );
         }
         let e = s.entry(slot);
         assert_eq!(e.recent.iter().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
+        // The dedup window (2) keeps the last two sequence numbers only.
+        assert!(s.has_seq(slot, 50) && s.has_seq(slot, 40) && !s.has_seq(slot, 30));
         assert_eq!((e.events, e.last_seen_ms), (5, 105));
         assert!(s.remove("a"));
         assert!(!s.remove("a"));
         let (again, ev) = s.insert("b", t0);
         assert_eq!((again, ev), (slot, None));
         assert_eq!(s.entry(again).events, 0);
+        assert!(
+            !s.has_seq(again, 50),
+            "a new session starts with an empty dedup window"
+        );
+    }
+
+    #[test]
+    fn lru_order_runs_from_least_to_most_recently_used() {
+        let (mut s, t0) = store(3);
+        let (a, _) = s.insert("a", t0);
+        let (b, _) = s.insert("b", t0);
+        let (c, _) = s.insert("c", t0);
+        s.get("a", t0);
+        assert_eq!(s.lru_order(), vec![b, c, a]);
+        assert_eq!(s.key(a).map(|k| &**k), Some("a"));
     }
 }

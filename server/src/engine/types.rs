@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use lambdarec_eventlog::{LogRecord, Position};
+
+use super::snapshot::LoadedSnapshot;
 use lambdarec_kernels::{BackendError, Dtype, ModelWeights, Scored};
 use lambdarec_trainer::data::ItemVocab;
 use tokio::sync::oneshot;
@@ -60,8 +63,9 @@ impl Resolved {
     }
 }
 
-/// Why a request was not served. Mapped to gRPC codes in `status.rs` only.
-#[derive(Debug, thiserror::Error)]
+/// Why a request was not served. Mapped to gRPC codes in `status.rs` only. Cloneable (sources are
+/// shared) so that one failure can answer every request it affects.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("session_id is empty")]
     EmptySessionId,
@@ -97,15 +101,21 @@ pub enum EngineError {
     NoModel,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the server is recovering its sessions from the event log; retry shortly")]
+    Recovering,
+    /// The event log failed; nothing more is acknowledged until a restart recovers from the log.
+    #[error("not acknowledged: {0}")]
+    LogFailed(String),
     #[error("model install superseded by a newer one")]
     Superseded,
-    #[error("compute backend failed: {0}")]
-    Backend(String),
+    /// Shared so that one device failure can fail every request of its batch with its cause kept.
+    #[error("compute backend failed")]
+    Backend(#[source] Arc<BackendError>),
 }
 
 impl From<BackendError> for EngineError {
     fn from(e: BackendError) -> Self {
-        EngineError::Backend(e.to_string())
+        EngineError::Backend(Arc::new(e))
     }
 }
 
@@ -117,12 +127,18 @@ pub struct EventRequest {
     pub session_id: String,
     pub item_id: String,
     pub timestamp_ms: Option<i64>,
+    /// The client's sequence number: (session_id, client_seq) identifies the event for exactly-once
+    /// application.
+    pub client_seq: Option<u64>,
 }
 
 /// The outcome of one event: `applied` is `Err` for a rejected event (the session is unchanged).
 #[derive(Debug)]
 pub struct EventOutcome {
     pub applied: Result<(), EngineError>,
+    /// The event was a re-send of one already applied (same session and client_seq): acknowledged
+    /// again, not applied twice.
+    pub duplicate: bool,
     /// Events applied to the session so far (0 for a rejected event on a missing session).
     pub session_events: u64,
     pub model_version: Arc<str>,
@@ -131,7 +147,7 @@ pub struct EventOutcome {
 #[derive(Clone, Debug)]
 pub struct RecommendRequest {
     pub session_id: String,
-    /// Already defaulted and capped by the caller's conversion (see `Limits`).
+    /// Within 1..=max_k (checked by the caller's conversion, see `Limits`).
     pub k: usize,
     pub exclude_items: Vec<String>,
     pub exclude_seen: bool,
@@ -160,6 +176,21 @@ pub struct ScoreOutcome {
     /// Scores of the known candidates, in request order.
     pub scores: Vec<f32>,
     pub model: Arc<ModelView>,
+}
+
+/// What a replay of logged records did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Events applied to sessions.
+    pub events: u64,
+    /// Session deletes applied.
+    pub deletes: u64,
+    /// Events whose item the serving model does not know (skipped).
+    pub unknown_items: u64,
+    /// Records of no known kind (skipped).
+    pub skipped: u64,
+    /// Position of the last record replayed.
+    pub last_position: Option<Position>,
 }
 
 #[derive(Debug)]
@@ -197,6 +228,11 @@ pub(super) enum Job {
         session_id: String,
         reply: Reply<bool>,
     },
+    /// Logged records applied again at recovery (not logged again, no acks).
+    Replay {
+        records: Vec<(Position, LogRecord)>,
+        reply: Reply<ReplayStats>,
+    },
 }
 
 pub(super) struct Envelope {
@@ -211,8 +247,31 @@ pub(super) struct Install {
     pub(super) reply: Reply<Arc<ModelView>>,
 }
 
+/// A snapshot to restore at start-up.
+pub(super) struct Restore {
+    pub(super) snapshot: LoadedSnapshot,
+    pub(super) reply: Reply<RestoreStats>,
+}
+
+/// What restoring a snapshot did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Sessions restored.
+    pub sessions: u64,
+    /// Of those, sessions whose state was rebuilt from their recent items (another hidden size).
+    pub rebuilt: u64,
+    /// Sessions that had expired by the time of the restore (not restored).
+    pub expired: u64,
+    /// Recent items the serving model does not know (dropped from their sessions).
+    pub dropped_items: u64,
+}
+
 pub(super) enum Msg {
+    /// A request, counted against the queue capacity.
     Job(Envelope),
+    /// Work of the server itself (recovery's replay), never shed.
+    Internal(Envelope),
     Install(Box<Install>),
+    Restore(Box<Restore>),
     Stop,
 }

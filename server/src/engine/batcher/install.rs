@@ -74,10 +74,10 @@ impl Batcher {
             warn!(
                 from = h,
                 to = view.hidden,
-                sessions = self.sessions.len(),
+                sessions = self.planner.sessions.len(),
                 "hidden size changed: every session's state restarts from zero"
             );
-            for e in self.sessions.live_entries_mut() {
+            for e in self.planner.sessions.live_entries_mut() {
                 e.state_version = Some(view.version.clone());
             }
         }
@@ -109,7 +109,7 @@ impl Batcher {
         view: &ModelView,
         b: usize,
     ) -> lambdarec_kernels::Result<()> {
-        let s = self.scratch;
+        let s = self.planner.scratch;
         self.backend
             .gru_step(id, &vec![Event { slot: s, item: 0 }; b])?;
         let k = self.config.limits.default_k.min(view.n_items());
@@ -146,7 +146,7 @@ impl Batcher {
             self.backend.drop_model(old.id);
             if old.view.vocab.ids != view.vocab.ids {
                 // Recent items are indices: carry them over by id, dropping items the new model lacks.
-                for e in self.sessions.live_entries_mut() {
+                for e in self.planner.sessions.live_entries_mut() {
                     let recent = e
                         .recent
                         .iter()

@@ -1,0 +1,528 @@
+//! The plan of a batch: jobs are planned in arrival order into backend work (state resets, GRU steps,
+//! top-k and score queries) and executed with as few backend calls as the ordering allows.
+//!
+//! Ordering: a batch's events are applied before its queries. When that would change an answer — an
+//! event for a session that already has a query planned, or a slot reused while it has planned work —
+//! the plan so far is flushed first, so results equal one-at-a-time execution.
+//!
+//! Durability: every change a job makes is recorded for the event log (`Output::records`), and the
+//! replies that acknowledge a change (event acks, a Recommend that applied inline events, deletes) are
+//! held in `Output::held` until the log holds those records. Pure queries are answered as soon as they
+//! are computed: they see every acknowledged event, and possibly some whose ack is still in flight.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lambdarec_eventlog::{LogRecord, Position, RecordKind, delete_record, event_record};
+use lambdarec_kernels::{Backend, Event, ModelId, ScoreQuery, TopKQuery};
+use tracing::{debug, error};
+
+use crate::engine::sessions::SessionStore;
+use crate::engine::types::{Job, Reply, Resolved};
+use crate::engine::{
+    EngineConfig, EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest,
+    Recommendation, ReplayStats, ScoreOutcome, ScoreRequest, SessionSnapshot, unknown_inline,
+};
+
+/// The backend and the model one batch runs on.
+pub(super) struct Exec<'a> {
+    pub(super) backend: &'a mut dyn Backend,
+    pub(super) model: ModelId,
+    pub(super) view: &'a Arc<ModelView>,
+}
+
+/// A reply that acknowledges a change, sent only once the event log holds the change.
+pub(in crate::engine) enum Held {
+    Ack(Reply<EventOutcome>, EventOutcome),
+    Recommend(Reply<Recommendation>, Recommendation),
+    Deleted(Reply<bool>, bool),
+}
+
+impl Held {
+    pub(in crate::engine) fn release(self) {
+        let _ = match self {
+            Held::Ack(reply, outcome) => reply.send(Ok(outcome)).map_err(drop),
+            Held::Recommend(reply, answer) => reply.send(Ok(answer)).map_err(drop),
+            Held::Deleted(reply, existed) => reply.send(Ok(existed)).map_err(drop),
+        };
+    }
+
+    pub(in crate::engine) fn fail(self, e: EngineError) {
+        let _ = match self {
+            Held::Ack(reply, _) => reply.send(Err(e)).map_err(drop),
+            Held::Recommend(reply, _) => reply.send(Err(e)).map_err(drop),
+            Held::Deleted(reply, _) => reply.send(Err(e)).map_err(drop),
+        };
+    }
+}
+
+/// What served jobs leave for the event log: records in the order they were applied, and the replies
+/// to send once those records are durable.
+#[derive(Default)]
+pub(in crate::engine) struct Output {
+    pub(in crate::engine) records: Vec<LogRecord>,
+    pub(in crate::engine) held: Vec<Held>,
+}
+
+impl Output {
+    pub(in crate::engine) fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.held.is_empty()
+    }
+}
+
+struct TopKPlan {
+    slot: u32,
+    k: usize,
+    exclude: Vec<u32>,
+    session_events: u64,
+    /// Applied inline events: the answer is also their acknowledgement.
+    held: bool,
+    reply: Reply<Recommendation>,
+}
+
+struct ScorePlan {
+    slot: u32,
+    candidates: Vec<String>,
+    items: Vec<Option<u32>>,
+    known: Vec<u32>,
+    reply: Reply<ScoreOutcome>,
+}
+
+/// Backend work planned and not yet executed, with what depends on it.
+#[derive(Default)]
+struct Plan {
+    resets: Vec<u32>,
+    events: Vec<Event>,
+    records: Vec<LogRecord>,
+    acks: Vec<Held>,
+    topk: Vec<TopKPlan>,
+    scores: Vec<ScorePlan>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.resets.is_empty()
+            && self.events.is_empty()
+            && self.acks.is_empty()
+            && self.topk.is_empty()
+            && self.scores.is_empty()
+    }
+
+    fn fail(self, err: impl Fn() -> EngineError) {
+        self.acks.into_iter().for_each(|h| h.fail(err()));
+        for p in self.topk {
+            let _ = p.reply.send(Err(err()));
+        }
+        for p in self.scores {
+            let _ = p.reply.send(Err(err()));
+        }
+    }
+}
+
+/// Plans jobs against the session store and executes the plan on a backend.
+pub(super) struct Planner {
+    pub(super) sessions: SessionStore,
+    /// Slot of the zero state that unknown sessions are scored with; never stepped.
+    pub(super) scratch: u32,
+    /// Whether changes are recorded for an event log.
+    logging: bool,
+    plan: Plan,
+    /// Incremented at each flush; a slot whose mark equals it has work in the current plan.
+    epoch: u64,
+    planned: Vec<u64>,
+    queried: Vec<u64>,
+    out: Output,
+}
+
+impl Planner {
+    pub(super) fn new(config: &EngineConfig, logging: bool, now: Instant) -> Self {
+        let capacity = config.max_sessions;
+        let l = &config.limits;
+        Planner {
+            sessions: SessionStore::new(
+                capacity,
+                config.session_ttl,
+                l.history,
+                l.dedup_window,
+                now,
+            ),
+            scratch: capacity as u32,
+            logging,
+            plan: Plan::default(),
+            epoch: 1,
+            planned: vec![0; capacity + 1],
+            queried: vec![0; capacity + 1],
+            out: Output::default(),
+        }
+    }
+
+    /// The records and held replies of everything flushed since the last call.
+    pub(super) fn take_output(&mut self) -> Output {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Plans one job (flushing first when ordering requires it).
+    pub(super) fn plan(&mut self, x: &mut Exec<'_>, job: Job, now: Instant, now_ms: i64) {
+        match job {
+            Job::Event { req, item, reply } => self.plan_event(x, req, item, reply, now, now_ms),
+            Job::Recommend {
+                req,
+                exclude,
+                inline,
+                reply,
+            } => self.plan_recommend(x, req, exclude, inline, reply, now, now_ms),
+            Job::Score {
+                req,
+                candidates,
+                reply,
+            } => self.plan_score(x.view, req, candidates, reply, now),
+            Job::GetSession { session_id, reply } => {
+                let _ = reply.send(self.describe(&session_id, x.view, now));
+            }
+            Job::DeleteSession { session_id, reply } => {
+                let existed = self.sessions.remove(&session_id);
+                if self.logging {
+                    let version = &x.view.version;
+                    self.out
+                        .records
+                        .push(delete_record(&session_id, now_ms, version));
+                }
+                self.out.held.push(Held::Deleted(reply, existed));
+            }
+            Job::Replay { records, reply } => {
+                let stats = self.plan_replay(x, records, now, now_ms);
+                self.flush(x);
+                let _ = reply.send(Ok(stats));
+            }
+        }
+    }
+
+    fn plan_event(
+        &mut self,
+        x: &mut Exec<'_>,
+        req: EventRequest,
+        item: Resolved,
+        reply: Reply<EventOutcome>,
+        now: Instant,
+        now_ms: i64,
+    ) {
+        let view = x.view;
+        let existing = self.sessions.peek(&req.session_id, now);
+        if let (Some(slot), Some(seq)) = (existing, req.client_seq)
+            && self.sessions.has_seq(slot, seq)
+        {
+            // Acknowledged again once everything before it is durable (the original may still be
+            // in flight), never applied twice.
+            let outcome = EventOutcome {
+                applied: Ok(()),
+                duplicate: true,
+                session_events: self.sessions.entry(slot).events,
+                model_version: view.version.clone(),
+            };
+            self.plan.acks.push(Held::Ack(reply, outcome));
+            return;
+        }
+        let Some(item) = item.under(view, std::slice::from_ref(&req.item_id))[0] else {
+            let _ = reply.send(Ok(EventOutcome {
+                applied: Err(EngineError::UnknownItem {
+                    id: req.item_id,
+                    version: view.version.clone(),
+                }),
+                duplicate: false,
+                session_events: existing.map_or(0, |s| self.sessions.entry(s).events),
+                model_version: view.version.clone(),
+            }));
+            return;
+        };
+        let slot = self.session_for_events(x, &req.session_id, now);
+        let at_ms = req.timestamp_ms.unwrap_or(now_ms);
+        self.push_event(slot, item, at_ms, view, req.client_seq);
+        if self.logging {
+            self.plan.records.push(event_record(
+                &req.session_id,
+                &req.item_id,
+                at_ms,
+                now_ms,
+                req.client_seq,
+                &view.version,
+            ));
+        }
+        let outcome = EventOutcome {
+            applied: Ok(()),
+            duplicate: false,
+            session_events: self.sessions.entry(slot).events,
+            model_version: view.version.clone(),
+        };
+        self.plan.acks.push(Held::Ack(reply, outcome));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan_recommend(
+        &mut self,
+        x: &mut Exec<'_>,
+        req: RecommendRequest,
+        exclude: Resolved,
+        inline: Resolved,
+        reply: Reply<Recommendation>,
+        now: Instant,
+        now_ms: i64,
+    ) {
+        let view = x.view;
+        let inline_items = inline.under(view, &req.inline_events);
+        if inline_items.iter().any(Option::is_none) {
+            let _ = reply.send(Err(unknown_inline(view, &req.inline_events, &inline_items)));
+            return;
+        }
+        let held = !inline_items.is_empty();
+        let (slot, session_events) = if held {
+            let slot = self.session_for_events(x, &req.session_id, now);
+            for (item, id) in inline_items.into_iter().flatten().zip(&req.inline_events) {
+                self.push_event(slot, item, now_ms, view, None);
+                if self.logging {
+                    let r = event_record(&req.session_id, id, now_ms, now_ms, None, &view.version);
+                    self.plan.records.push(r);
+                }
+            }
+            (slot, self.sessions.entry(slot).events)
+        } else {
+            self.existing_or_scratch(&req.session_id, now)
+        };
+        let mut excluded: Vec<u32> = exclude
+            .under(view, &req.exclude_items)
+            .into_iter()
+            .flatten()
+            .collect();
+        if req.exclude_seen && slot != self.scratch {
+            excluded.extend(self.sessions.entry(slot).recent.iter().copied());
+        }
+        self.mark_query(slot);
+        self.plan.topk.push(TopKPlan {
+            slot,
+            k: req.k,
+            exclude: excluded,
+            session_events,
+            held,
+            reply,
+        });
+    }
+
+    fn plan_score(
+        &mut self,
+        view: &ModelView,
+        req: ScoreRequest,
+        candidates: Resolved,
+        reply: Reply<ScoreOutcome>,
+        now: Instant,
+    ) {
+        let items = candidates.under(view, &req.candidates);
+        let known = items.iter().flatten().copied().collect();
+        let (slot, _) = self.existing_or_scratch(&req.session_id, now);
+        self.mark_query(slot);
+        self.plan.scores.push(ScorePlan {
+            slot,
+            candidates: req.candidates,
+            items,
+            known,
+            reply,
+        });
+    }
+
+    fn describe(
+        &mut self,
+        session_id: &str,
+        view: &Arc<ModelView>,
+        now: Instant,
+    ) -> Result<SessionSnapshot, EngineError> {
+        let slot = self
+            .sessions
+            .peek(session_id, now)
+            .ok_or_else(|| EngineError::SessionNotFound(session_id.to_string()))?;
+        let e = self.sessions.entry(slot);
+        Ok(SessionSnapshot {
+            events: e.events,
+            recent: e.recent.iter().copied().collect(),
+            last_seen_ms: e.last_seen_ms,
+            state_version: e.state_version.clone(),
+            model: view.clone(),
+        })
+    }
+
+    /// Applies logged records again (recovery), through the same session bookkeeping as live events
+    /// but without logging them again. A session is dated by when its records were received, so that
+    /// sessions idle past the TTL expire as they would have.
+    fn plan_replay(
+        &mut self,
+        x: &mut Exec<'_>,
+        records: Vec<(Position, LogRecord)>,
+        now: Instant,
+        now_ms: i64,
+    ) -> ReplayStats {
+        let view = x.view;
+        let mut stats = ReplayStats::default();
+        for (position, r) in records {
+            stats.last_position = Some(position);
+            let age_ms = now_ms.saturating_sub(r.received_ms).max(0) as u64;
+            let at = now
+                .checked_sub(Duration::from_millis(age_ms))
+                .unwrap_or(now);
+            match r.kind() {
+                RecordKind::Delete => {
+                    self.sessions.remove(&r.session_id);
+                    stats.deletes += 1;
+                }
+                RecordKind::Event => match view.vocab.index(&r.item_id) {
+                    Some(item) => {
+                        let slot = self.session_for_events(x, &r.session_id, at);
+                        self.push_event(slot, item, r.timestamp_ms, view, r.client_seq);
+                        stats.events += 1;
+                    }
+                    None => stats.unknown_items += 1,
+                },
+                RecordKind::Unspecified => stats.skipped += 1,
+            }
+        }
+        stats
+    }
+
+    /// The slot of a session about to receive events, created (and its state reset) if missing.
+    fn session_for_events(&mut self, x: &mut Exec<'_>, key: &str, now: Instant) -> u32 {
+        if let Some(slot) = self.sessions.get(key, now) {
+            if self.queried[slot as usize] == self.epoch {
+                self.flush(x);
+            }
+            return slot;
+        }
+        let (slot, evicted) = self.sessions.insert(key, now);
+        if let Some(cause) = evicted {
+            debug!(?cause, slot, "evicted a session");
+        }
+        if self.planned[slot as usize] == self.epoch {
+            // The evicted or deleted session that owned this slot still has planned work.
+            self.flush(x);
+        }
+        self.plan.resets.push(slot);
+        self.planned[slot as usize] = self.epoch;
+        slot
+    }
+
+    fn existing_or_scratch(&mut self, key: &str, now: Instant) -> (u32, u64) {
+        match self.sessions.get(key, now) {
+            Some(slot) => (slot, self.sessions.entry(slot).events),
+            None => (self.scratch, 0),
+        }
+    }
+
+    fn push_event(&mut self, slot: u32, item: u32, at_ms: i64, view: &ModelView, seq: Option<u64>) {
+        self.plan.events.push(Event { slot, item });
+        self.planned[slot as usize] = self.epoch;
+        self.sessions
+            .record_event(slot, item, at_ms, &view.version, seq);
+    }
+
+    fn mark_query(&mut self, slot: u32) {
+        self.planned[slot as usize] = self.epoch;
+        self.queried[slot as usize] = self.epoch;
+    }
+
+    /// Executes the plan: resets, then all events in order, then all queries.
+    pub(super) fn flush(&mut self, x: &mut Exec<'_>) {
+        if self.plan.is_empty() {
+            return;
+        }
+        let mut plan = std::mem::take(&mut self.plan);
+        self.epoch += 1;
+        let stepped = x.backend.reset_states(&plan.resets).and_then(|()| {
+            if plan.events.is_empty() {
+                Ok(())
+            } else {
+                x.backend.gru_step(x.model, &plan.events)
+            }
+        });
+        if let Err(e) = stepped {
+            return self.drop_failed(x, plan, e);
+        }
+        self.out.records.append(&mut plan.records);
+        self.out.held.append(&mut plan.acks);
+        let view = x.view;
+        if !plan.topk.is_empty() {
+            let queries: Vec<TopKQuery<'_>> = plan
+                .topk
+                .iter()
+                .map(|p| TopKQuery {
+                    slot: p.slot,
+                    k: p.k,
+                    exclude: &p.exclude,
+                })
+                .collect();
+            match x.backend.top_k(x.model, &queries) {
+                Ok(lists) => {
+                    for (p, items) in plan.topk.into_iter().zip(lists) {
+                        let answer = Recommendation {
+                            items,
+                            model: view.clone(),
+                            session_events: p.session_events,
+                        };
+                        if p.held {
+                            self.out.held.push(Held::Recommend(p.reply, answer));
+                        } else {
+                            let _ = p.reply.send(Ok(answer));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = EngineError::from(e);
+                    for p in plan.topk {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        if !plan.scores.is_empty() {
+            let queries: Vec<ScoreQuery<'_>> = plan
+                .scores
+                .iter()
+                .map(|p| ScoreQuery {
+                    slot: p.slot,
+                    candidates: &p.known,
+                })
+                .collect();
+            match x.backend.score(x.model, &queries) {
+                Ok(all) => {
+                    for (p, scores) in plan.scores.into_iter().zip(all) {
+                        let _ = p.reply.send(Ok(ScoreOutcome {
+                            candidates: p.candidates,
+                            items: p.items,
+                            scores,
+                            model: view.clone(),
+                        }));
+                    }
+                }
+                Err(e) => {
+                    let e = EngineError::from(e);
+                    for p in plan.scores {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A failed state update. The backend validates before it changes anything, so this is a device
+    /// failure: the sessions involved are forgotten rather than kept with bookkeeping that disagrees
+    /// with their state, and (when logging) their deletes are logged so a replay agrees.
+    fn drop_failed(&mut self, x: &mut Exec<'_>, plan: Plan, e: lambdarec_kernels::BackendError) {
+        error!(error = %crate::registry::error_chain(&e), "session update failed; dropping the sessions of this batch");
+        let now_ms = lambdarec_proto::bundle::now_unix_ms() as i64;
+        for ev in &plan.events {
+            if let Some(key) = self.sessions.key(ev.slot).cloned() {
+                self.sessions.remove_slot(ev.slot);
+                if self.logging {
+                    let r = delete_record(&key, now_ms, &x.view.version);
+                    self.out.records.push(r);
+                }
+            }
+        }
+        let e = EngineError::from(e);
+        plan.fail(|| e.clone());
+    }
+}

@@ -1,0 +1,134 @@
+//! Session snapshots on the batcher thread: capturing every live session between batches (the journal
+//! stamps and writes the image), and restoring a snapshot at start-up before the log tail is replayed.
+
+use std::time::{Duration, Instant};
+
+use lambdarec_kernels::Event;
+use lambdarec_proto::bundle::now_unix_ms;
+use tracing::{info, warn};
+
+use super::Batcher;
+use crate::engine::snapshot::{SessionImage, SnapshotImage};
+use crate::engine::types::{Restore, RestoreStats};
+use crate::engine::{EngineError, ModelView};
+use crate::registry::error_chain;
+
+impl Batcher {
+    /// Captures every live session, least recently used first, and hands the image to the journal,
+    /// which writes it once the records before it are durable.
+    pub(super) fn snapshot(&mut self) {
+        let (Some(journal), Some(active)) = (&self.journal, &self.active) else {
+            return;
+        };
+        let now = Instant::now();
+        let store = &self.planner.sessions;
+        let mut sessions = Vec::with_capacity(store.len());
+        for slot in store.lru_order() {
+            let hidden = match self.backend.read_state(slot) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "cannot read session states; snapshot skipped");
+                    return;
+                }
+            };
+            let e = store.entry(slot);
+            sessions.push(SessionImage {
+                id: store.key(slot).expect("a live slot has a key").clone(),
+                events: e.events,
+                recent: e.recent.iter().copied().collect(),
+                seqs: e.seqs.iter().copied().collect(),
+                last_seen_ms: e.last_seen_ms,
+                idle_ms: now.duration_since(store.touched(slot)).as_millis() as u64,
+                state_version: e.state_version.clone(),
+                hidden,
+            });
+        }
+        journal.snapshot(SnapshotImage {
+            position: 0,
+            taken_ms: now_unix_ms() as i64,
+            view: active.view.clone(),
+            sessions,
+        });
+        self.changes = 0;
+        self.last_snapshot = now;
+    }
+
+    /// Rebuilds the session store from a snapshot. A session's hidden state is reused when the
+    /// serving model has the same hidden size (as a live model swap keeps it); otherwise it is rebuilt
+    /// by stepping the session's recent items through the serving model.
+    pub(super) fn restore(&mut self, restore: Restore) {
+        let Restore { snapshot, reply } = restore;
+        let Some((model, view)) = self.active.as_ref().map(|a| (a.id, a.view.clone())) else {
+            let _ = reply.send(Err(EngineError::NoModel));
+            return;
+        };
+        let map: Vec<Option<u32>> = snapshot
+            .items
+            .iter()
+            .map(|id| view.vocab.index(id))
+            .collect();
+        let reuse = snapshot.header.hidden == view.hidden;
+        let ttl = self.config.session_ttl.as_millis() as u64;
+        let now = Instant::now();
+        let mut stats = RestoreStats::default();
+        let (mut resets, mut steps) = (Vec::new(), Vec::new());
+        for s in snapshot.sessions {
+            if s.idle_ms > ttl {
+                stats.expired += 1;
+                continue;
+            }
+            let at = now
+                .checked_sub(Duration::from_millis(s.idle_ms))
+                .unwrap_or(now);
+            let (slot, _) = self.planner.sessions.insert(&s.id, at);
+            let recent: Vec<u32> = s.recent.iter().filter_map(|&i| map[i as usize]).collect();
+            stats.dropped_items += (s.recent.len() - recent.len()) as u64;
+            if reuse {
+                if let Err(e) = self.backend.write_state(slot, &s.hidden) {
+                    self.planner.sessions.remove_slot(slot);
+                    warn!(session = %s.id, error = %error_chain(&e), "cannot restore a session's state");
+                    continue;
+                }
+            } else {
+                resets.push(slot);
+                steps.extend(recent.iter().map(|&item| Event { slot, item }));
+                stats.rebuilt += 1;
+            }
+            let e = self.planner.sessions.entry_mut(slot);
+            e.events = s.events;
+            e.recent = recent.into();
+            e.seqs = s.seqs.into();
+            e.last_seen_ms = s.last_seen_ms;
+            e.state_version = if reuse {
+                s.state_version
+            } else {
+                Some(view.version.clone())
+            };
+            stats.sessions += 1;
+        }
+        let rebuilt = self.backend.reset_states(&resets).and_then(|()| {
+            if steps.is_empty() {
+                Ok(())
+            } else {
+                self.backend.gru_step(model, &steps)
+            }
+        });
+        if let Err(e) = rebuilt {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        log_restore(&snapshot.header.model_version, &view, reuse, &stats);
+        let _ = reply.send(Ok(stats));
+    }
+}
+
+fn log_restore(from_version: &str, view: &ModelView, reuse: bool, stats: &RestoreStats) {
+    info!(
+        sessions = stats.sessions,
+        expired = stats.expired,
+        snapshot_model = from_version,
+        serving_model = %view.version,
+        states = if reuse { "reused" } else { "rebuilt from recent items (hidden size changed)" },
+        "sessions restored from the snapshot"
+    );
+}

@@ -1,0 +1,296 @@
+//! The journal: the event log's writer thread. The batcher hands it every served batch's records and
+//! the replies that acknowledge them; it appends everything that is pending in one call — group commit:
+//! one fsync (or one JetStream publish batch) for as many batcher cycles as arrived while the previous
+//! append ran — and only then releases those replies. The batcher never waits for the log: it serves
+//! the next batch while the journal makes the previous one durable.
+//!
+//! Snapshots travel through the journal too, so that each is stamped with the position of the last
+//! record it reflects, and is written only once that record is durable. The log is released below
+//! the older of the two kept snapshots (so a damaged newest snapshot still has a predecessor and the
+//! log after it) and below what the archiver has copied to the object store.
+//!
+//! After a failed append the journal fails every held reply and refuses further work: after a failed
+//! fsync the kernel may have dropped the data, so no later success can be trusted. The server then
+//! reports NOT_SERVING; a restart recovers from the log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use lambdarec_eventlog::{EventLog, Position};
+use tracing::{debug, error, info, warn};
+
+use super::batcher::plan::{Held, Output};
+use super::snapshot::{SnapshotImage, SnapshotStore};
+use super::{EngineError, Shared};
+use crate::registry::error_chain;
+
+/// Most messages one group commit takes (it takes fewer when fewer are waiting).
+const MAX_GROUP: usize = 256;
+
+/// Where the log stands, shared with the engine handle, the server and metrics.
+#[derive(Debug, Default)]
+pub struct LogStatus {
+    /// Why the log stopped accepting appends, once it has.
+    failed: Mutex<Option<String>>,
+    /// Position of the last durable record (0: none yet).
+    pub durable: AtomicU64,
+    /// Position the archiver has copied the log up to (`u64::MAX` when nothing archives: the log is
+    /// then released after snapshots alone).
+    pub archived: Arc<AtomicU64>,
+    /// Positions of the kept snapshots, oldest first.
+    snapshots: Mutex<Vec<Position>>,
+}
+
+impl LogStatus {
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn fail(&self, reason: String) {
+        let mut f = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        f.get_or_insert(reason);
+    }
+
+    /// Records the snapshots now kept (oldest first).
+    pub fn set_snapshots(&self, kept: Vec<Position>) {
+        *self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = kept;
+    }
+
+    /// The position below which no record is needed any more: it is both in a snapshot that has a
+    /// newer one after it, and archived.
+    fn releasable(&self) -> Option<Position> {
+        let kept = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let safe = (kept.len() >= 2).then(|| kept[kept.len() - 2])?;
+        Some(safe.min(self.archived.load(Ordering::Acquire)))
+    }
+}
+
+pub(super) enum JournalMsg {
+    /// A served batch: its records and the replies to release once they are durable.
+    Commit(Output),
+    /// The sessions as of everything committed before this message.
+    Snapshot(Box<SnapshotImage>),
+    Stop,
+}
+
+/// The batcher's handle to the journal thread.
+pub(super) struct Journal {
+    tx: mpsc::Sender<JournalMsg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Journal {
+    /// Starts the writer thread. `last` is the position of the last record already in the log (the
+    /// state the batcher starts from reflects every record up to it, once recovery has run).
+    pub(super) fn start(
+        log: Box<dyn EventLog>,
+        snapshots: Option<SnapshotStore>,
+        shared: Arc<Shared>,
+        status: Arc<LogStatus>,
+        last: Position,
+    ) -> std::io::Result<Journal> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("lambdarec-journal".into())
+            .spawn(move || {
+                Writer {
+                    log,
+                    snapshots,
+                    shared,
+                    status,
+                    last,
+                    released_below: 0,
+                }
+                .run(rx)
+            })?;
+        Ok(Journal {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    pub(super) fn commit(&self, out: Output) {
+        if let Err(mpsc::SendError(JournalMsg::Commit(out))) = self.tx.send(JournalMsg::Commit(out))
+        {
+            fail_held(out.held, "the journal thread has stopped");
+        }
+    }
+
+    pub(super) fn snapshot(&self, image: SnapshotImage) {
+        let _ = self.tx.send(JournalMsg::Snapshot(Box::new(image)));
+    }
+
+    /// Makes everything sent so far durable (and writes any snapshot sent), then stops the thread.
+    pub(super) fn stop(&mut self) {
+        let _ = self.tx.send(JournalMsg::Stop);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            error!("the journal thread panicked");
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn fail_held(held: Vec<Held>, reason: &str) {
+    for h in held {
+        h.fail(EngineError::LogFailed(reason.to_string()));
+    }
+}
+
+struct Writer {
+    log: Box<dyn EventLog>,
+    snapshots: Option<SnapshotStore>,
+    shared: Arc<Shared>,
+    status: Arc<LogStatus>,
+    /// Position of the last record appended.
+    last: Position,
+    released_below: Position,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<JournalMsg>) {
+        info!(log = %self.log.describe(), last = self.last, "journal started");
+        let mut group = Vec::new();
+        while let Ok(first) = rx.recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(m) => group.push(m),
+                    Err(_) => break,
+                }
+            }
+            let stop = self.group_commit(std::mem::take(&mut group));
+            self.release();
+            if stop {
+                break;
+            }
+        }
+        debug!("journal stopped");
+    }
+
+    /// Appends the records of every commit in `group` at once, then releases their replies and
+    /// writes the snapshots among them. True when the group held a Stop.
+    fn group_commit(&mut self, group: Vec<JournalMsg>) -> bool {
+        let mut records = Vec::new();
+        let mut held = Vec::new();
+        let mut images = Vec::new();
+        let mut stop = false;
+        for msg in group {
+            match msg {
+                JournalMsg::Commit(out) => {
+                    records.extend(out.records);
+                    held.extend(out.held);
+                }
+                // Remember how many records precede the snapshot: its position is the last of them.
+                JournalMsg::Snapshot(image) => images.push((records.len(), image)),
+                JournalMsg::Stop => stop = true,
+            }
+        }
+        if let Some(reason) = self.status.failure() {
+            fail_held(held, &reason);
+            return stop;
+        }
+        let started = Instant::now();
+        let positions = match self.log.append(&records) {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = format!(
+                    "appending to the event log {} failed: {}",
+                    self.log.describe(),
+                    error_chain(&e)
+                );
+                error!(%reason, records = records.len(), "event log failed: acknowledging nothing more; restart the server to recover from the log");
+                self.status.fail(reason.clone());
+                fail_held(held, &reason);
+                return stop;
+            }
+        };
+        let m = &self.shared.metrics;
+        if !records.is_empty() {
+            m.log_append_seconds
+                .observe(started.elapsed().as_secs_f64());
+            m.log_batch_records.observe(records.len() as f64);
+        }
+        held.into_iter().for_each(Held::release);
+        // The highest position among the first n records, at least the last before this group: a
+        // log may answer a deduplicated record with its original's (older) position, and a
+        // snapshot's position must never move back (a replay would apply records twice).
+        let mut through = Vec::with_capacity(positions.len() + 1);
+        through.push(self.last);
+        for &p in &positions {
+            through.push(p.max(*through.last().expect("non-empty")));
+        }
+        self.last = *through.last().expect("non-empty");
+        self.status.durable.store(self.last, Ordering::Release);
+        m.log_bytes.set(self.log.stored_bytes());
+        for (n, mut image) in images {
+            image.position = through[n];
+            self.write_snapshot(*image);
+        }
+        stop
+    }
+
+    fn write_snapshot(&mut self, image: SnapshotImage) {
+        let Some(store) = &mut self.snapshots else {
+            return;
+        };
+        let (position, sessions) = (image.position, image.sessions.len());
+        let started = Instant::now();
+        match store.write(&image) {
+            Ok(kept) => {
+                let took = started.elapsed();
+                info!(
+                    position,
+                    sessions,
+                    took_ms = took.as_millis() as u64,
+                    "snapshot written"
+                );
+                let m = &self.shared.metrics;
+                m.snapshot_seconds.observe(took.as_secs_f64());
+                m.snapshot_unix_ms.set(image.taken_ms.max(0) as u64);
+                self.status.set_snapshots(kept);
+            }
+            // Not fatal: the log keeps everything after the last good snapshot.
+            Err(e) => {
+                warn!(error = %error_chain(&e), position, "snapshot failed; the log keeps the events since the last one")
+            }
+        }
+    }
+
+    /// Frees log storage that neither recovery nor the archive needs any more.
+    fn release(&mut self) {
+        let Some(below) = self.status.releasable() else {
+            return;
+        };
+        let below = below.saturating_add(1).min(self.last + 1);
+        if below <= self.released_below || self.status.failure().is_some() {
+            return;
+        }
+        match self.log.release_before(below) {
+            Ok(first) => {
+                debug!(below, first, "released log storage");
+                self.released_below = below;
+                let m = &self.shared.metrics;
+                m.log_bytes.set(self.log.stored_bytes());
+            }
+            Err(e) => warn!(error = %error_chain(&e), below, "cannot release log storage"),
+        }
+    }
+}

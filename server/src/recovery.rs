@@ -1,0 +1,266 @@
+//! Start-up recovery from the event log: open the log (the embedded log cuts a torn tail and refuses
+//! corrupt data here), pick the newest good snapshot, restore it, replay the log after it through the
+//! normal batch path, and only then admit requests (health stays NOT_SERVING meanwhile).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use lambdarec_eventlog::memory::MemoryLog;
+use lambdarec_eventlog::{EventLog, LogError, LogReader, LogRecord, OpenOptions, Position};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{LogConfig, ServeConfig};
+use crate::engine::snapshot::{LoadedSnapshot, SnapshotError, SnapshotStore};
+use crate::engine::{Engine, EngineError, LogSetup, LogStatus, ReplayStats, RestoreStats};
+use crate::metrics::Metrics;
+use crate::registry::error_chain;
+
+/// Records per replay job: large enough for one big GRU step, small enough to keep memory flat.
+const REPLAY_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("cannot open the event log {url}")]
+    Open {
+        url: String,
+        #[source]
+        source: LogError,
+    },
+    #[error("cannot use the snapshot directory")]
+    Snapshots(#[source] SnapshotError),
+    #[error("cannot read the event log at position {position}")]
+    Read {
+        position: Position,
+        #[source]
+        source: LogError,
+    },
+    #[error("cannot apply the event log")]
+    Apply(#[source] EngineError),
+}
+
+/// What recovery will restore and replay once the engine runs.
+pub struct Pending {
+    snapshot: Option<LoadedSnapshot>,
+    reader: Box<dyn LogReader>,
+    from: Position,
+    end: Position,
+}
+
+/// What recovery did.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    pub restored: RestoreStats,
+    pub replayed: ReplayStats,
+    pub took: Duration,
+}
+
+/// Opens the log `config.log` names and decides where recovery starts. Blocking I/O.
+pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, RecoveryError> {
+    let (url, log) = match &config.log {
+        LogConfig::None => {
+            warn!(
+                "--log none: events are applied in memory only; a crash or restart loses every session"
+            );
+            return Ok(None);
+        }
+        LogConfig::Memory(storage) => (
+            "memory".to_string(),
+            Box::new(MemoryLog::new(storage.clone())) as Box<dyn EventLog>,
+        ),
+        LogConfig::Url(url) => {
+            let options = OpenOptions {
+                segment_bytes: config.log_segment_bytes,
+                ..OpenOptions::default()
+            };
+            let open = lambdarec_eventlog::open(url, &options);
+            let log = open.map_err(|source| RecoveryError::Open {
+                url: url.clone(),
+                source,
+            })?;
+            let Some(log) = log else {
+                warn!(
+                    "--log none: events are applied in memory only; a crash or restart loses every session"
+                );
+                return Ok(None);
+            };
+            (url.clone(), log)
+        }
+    };
+    let open_err = |source| RecoveryError::Open {
+        url: url.clone(),
+        source,
+    };
+    let bounds = log.bounds().map_err(open_err)?;
+    let snapshots = match &config.snapshot_dir {
+        Some(dir) => Some(SnapshotStore::open(dir).map_err(RecoveryError::Snapshots)?),
+        None => None,
+    };
+    let snapshot = match &snapshots {
+        Some(store) => newest_usable(store, bounds.first)?,
+        None => None,
+    };
+    let from = match &snapshot {
+        Some(s) if s.header.position >= bounds.next => {
+            warn!(
+                snapshot = %s.path.display(), snapshot_position = s.header.position, log_end = bounds.next,
+                "the snapshot is ahead of the event log (was the log replaced?); restoring it and replaying nothing"
+            );
+            bounds.next
+        }
+        Some(s) => s.header.position + 1,
+        None => {
+            if bounds.first > 1 {
+                warn!(
+                    first = bounds.first,
+                    "no snapshot covers the log before its first retained position: sessions older than it are not recovered"
+                );
+            }
+            bounds.first
+        }
+    };
+    let reader = log.reader(from).map_err(open_err)?;
+    info!(
+        log = %log.describe(), first = bounds.first, next = bounds.next,
+        snapshot = snapshot.as_ref().map(|s| s.path.display().to_string()).unwrap_or_else(|| "none".into()),
+        replay_from = from, "event log opened"
+    );
+    let status = Arc::new(LogStatus::default());
+    // Until an archiver reports progress, the log is released after snapshots alone.
+    status.archived.store(u64::MAX, Ordering::Release);
+    if let Some(store) = &snapshots
+        && let Ok(kept) = store.positions()
+    {
+        status.set_snapshots(kept.into_iter().map(|(p, _)| p).collect());
+    }
+    let setup = LogSetup {
+        log,
+        snapshots,
+        last: bounds.next - 1,
+        status,
+    };
+    let pending = Pending {
+        snapshot,
+        reader,
+        from,
+        end: bounds.next,
+    };
+    Ok(Some((setup, pending)))
+}
+
+/// The newest snapshot that reads back intact and that the log continues (its position is at or
+/// after the log's first retained position − 1). Damaged ones are skipped with a warning.
+fn newest_usable(
+    store: &SnapshotStore,
+    log_first: Position,
+) -> Result<Option<LoadedSnapshot>, RecoveryError> {
+    let mut all = store.positions().map_err(RecoveryError::Snapshots)?;
+    all.reverse();
+    for (position, path) in all {
+        if position + 1 < log_first {
+            warn!(snapshot = %path.display(), position, log_first, "snapshot too old: the log no longer holds the events after it");
+            continue;
+        }
+        match SnapshotStore::read(&path) {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) => warn!(error = %error_chain(&e), "skipping a damaged snapshot"),
+        }
+    }
+    Ok(None)
+}
+
+/// Waits for a model, restores the snapshot, replays the log after it, then admits requests.
+pub async fn run(
+    engine: &Engine,
+    pending: Pending,
+    metrics: &Metrics,
+) -> Result<RecoveryReport, RecoveryError> {
+    let Pending {
+        snapshot,
+        reader,
+        from,
+        end,
+    } = pending;
+    let mut waited = false;
+    while engine.model().is_none() {
+        if !waited {
+            info!("recovery waits for a model to replay the event log with");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let mut report = RecoveryReport::default();
+    if let Some(s) = snapshot {
+        report.restored = engine.restore(s).await.map_err(RecoveryError::Apply)?;
+    }
+    let (tx, mut rx) = mpsc::channel(2);
+    // Reading is blocking I/O (files, or JetStream through the log's own runtime): a thread of its
+    // own reads ahead while the engine applies the previous batch.
+    let read_thread = std::thread::Builder::new()
+        .name("lambdarec-replay".into())
+        .spawn(move || read_all(reader, from, tx))
+        .map_err(|e| RecoveryError::Read {
+            position: from,
+            source: LogError::Io {
+                path: "replay thread".into(),
+                source: e,
+            },
+        })?;
+    while let Some(batch) = rx.recv().await {
+        let stats = engine
+            .replay(batch.map_err(|(position, source)| RecoveryError::Read { position, source })?)
+            .await
+            .map_err(RecoveryError::Apply)?;
+        let r = &mut report.replayed;
+        r.events += stats.events;
+        r.deletes += stats.deletes;
+        r.unknown_items += stats.unknown_items;
+        r.skipped += stats.skipped;
+        r.last_position = stats.last_position.or(r.last_position);
+    }
+    let _ = read_thread.join();
+    report.took = started.elapsed();
+    metrics.replay_millis.set(report.took.as_millis() as u64);
+    metrics.replay_events.set(report.replayed.events);
+    engine.finish_recovery();
+    info!(
+        restored_sessions = report.restored.sessions,
+        replayed_events = report.replayed.events,
+        replayed_deletes = report.replayed.deletes,
+        unknown_items = report.replayed.unknown_items,
+        from,
+        end,
+        took_ms = report.took.as_millis() as u64,
+        "recovered from the event log"
+    );
+    if report.replayed.unknown_items > 0 {
+        warn!(
+            events = report.replayed.unknown_items,
+            "replayed events name items the serving model does not know; they were skipped"
+        );
+    }
+    Ok(report)
+}
+
+type Batch = Result<Vec<(Position, LogRecord)>, (Position, LogError)>;
+
+fn read_all(mut reader: Box<dyn LogReader>, from: Position, tx: mpsc::Sender<Batch>) {
+    let mut at = from;
+    loop {
+        match reader.next_batch(REPLAY_BATCH) {
+            Ok(batch) if batch.is_empty() => return,
+            Ok(batch) => {
+                at = batch.last().map_or(at, |(p, _)| p + 1);
+                if tx.blocking_send(Ok(batch)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err((at, e)));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Recovery from the event log, in-process: a server that stops gracefully (final snapshot) or is
+//! abandoned without stopping (a crash, as far as the log is concerned: no final snapshot) is followed by
+//! a new server on the same log and snapshot directory, which must hold every acknowledged event in
+//! its session and answer as the old server did. The kill -9 test of a real process is
+//! `server_crash.rs`.
+
+mod server_common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lambdarec_eventlog::memory::MemoryStorage;
+use lambdarec_proto::v1::recommender_client::RecommenderClient;
+use lambdarec_proto::v1::{
+    DeleteSessionRequest, EventAck, GetSessionRequest, RecommendRequest, SessionEvent,
+};
+use lambdarec_server::{LogConfig, RunningServer, ServeConfig};
+use server_common::{base, client, config, fresh_store};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+fn logged(store: &str, log: &MemoryStorage, snapshots: &std::path::Path) -> ServeConfig {
+    ServeConfig {
+        log: LogConfig::Memory(log.clone()),
+        snapshot_dir: Some(snapshots.to_path_buf()),
+        snapshot_interval: None,
+        ..config(store)
+    }
+}
+
+async fn start(config: ServeConfig) -> RunningServer {
+    let server = lambdarec_server::start(config).await.unwrap();
+    assert!(
+        server.wait_ready(Duration::from_secs(30)).await,
+        "server not ready: {:?}",
+        server.not_serving_reason()
+    );
+    server
+}
+
+/// Streams `events` on one StreamEvents call and returns their acks.
+async fn stream(c: &mut RecommenderClient<Channel>, events: Vec<SessionEvent>) -> Vec<EventAck> {
+    let n = events.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(n.max(1));
+    for e in events {
+        tx.send(e).await.unwrap();
+    }
+    drop(tx);
+    let mut acks = c
+        .stream_events(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::with_capacity(n);
+    while let Some(ack) = acks.message().await.unwrap() {
+        out.push(ack);
+    }
+    out
+}
+
+/// Events of the first `n` test sessions, each with a client_seq, interleaved across sessions.
+fn workload(n: usize, tag: &str) -> Vec<SessionEvent> {
+    let b = base();
+    let sessions: Vec<&Vec<u32>> = b.sessions.iter().take(n).collect();
+    let longest = sessions.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for step in 0..longest {
+        for (i, s) in sessions.iter().enumerate() {
+            if let Some(&item) = s.get(step) {
+                out.push(SessionEvent {
+                    session_id: format!("{tag}-{i}"),
+                    item_id: b.ids[item as usize].clone(),
+                    timestamp_ms: Some(1_700_000_000_000 + step as i64),
+                    client_seq: Some(step as u64 + 1),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What a server holds for a session: (events, recent items, top-10 (item, score)).
+type View = (u64, Vec<String>, Vec<(String, f32)>);
+
+async fn view_of(c: &mut RecommenderClient<Channel>, session: &str) -> Option<View> {
+    let info = match c
+        .get_session(GetSessionRequest {
+            session_id: session.into(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => return None,
+        Err(s) => panic!("GetSession {session}: {s}"),
+    };
+    let rec = c
+        .recommend(RecommendRequest {
+            session_id: session.into(),
+            k: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let top = rec
+        .items
+        .into_iter()
+        .map(|i| (i.item_id, i.score))
+        .collect();
+    Some((info.events, info.recent_items, top))
+}
+
+async fn views(
+    c: &mut RecommenderClient<Channel>,
+    ids: &[String],
+) -> HashMap<String, Option<View>> {
+    let mut out = HashMap::new();
+    for id in ids {
+        out.insert(id.clone(), view_of(c, id).await);
+    }
+    out
+}
+
+/// Same events and recent items; the same top-10 up to float noise (an item may trade places only
+/// with one of an equal score).
+fn assert_same(got: &HashMap<String, Option<View>>, want: &HashMap<String, Option<View>>) {
+    for (id, w) in want {
+        let g = &got[id];
+        match (g, w) {
+            (None, None) => {}
+            (Some((ge, gr, gt)), Some((we, wr, wt))) => {
+                assert_eq!((ge, gr), (we, wr), "session {id}: events and recent items");
+                assert_eq!(gt.len(), wt.len(), "session {id}");
+                for (rank, (a, b)) in gt.iter().zip(wt).enumerate() {
+                    let close = (a.1 - b.1).abs() <= 1e-4 * b.1.abs().max(1.0);
+                    assert!(
+                        close && (a.0 == b.0 || (a.1 - b.1).abs() <= 1e-6),
+                        "session {id} rank {rank}: {a:?} vs {b:?}"
+                    );
+                }
+            }
+            _ => panic!("session {id}: present on one server only: {g:?} vs {w:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_graceful_restart_and_a_crash() {
+    let (store, _) = fresh_store("recovery").await;
+    let log = MemoryStorage::default();
+    let dir = tempfile::tempdir().unwrap();
+
+    // A: events for 40 sessions, one deleted, then a graceful stop (final snapshot).
+    let a = start(logged(&store, &log, dir.path())).await;
+    let mut ca = client(a.local_addr()).await;
+    let events = workload(40, "s");
+    let ids: Vec<String> = (0..40).map(|i| format!("s-{i}")).collect();
+    let acks = stream(&mut ca, events.clone()).await;
+    assert!(
+        acks.iter().all(|a| a.applied && !a.duplicate),
+        "every event applied once"
+    );
+    ca.delete_session(DeleteSessionRequest {
+        session_id: "s-3".into(),
+    })
+    .await
+    .unwrap();
+    let before = views(&mut ca, &ids).await;
+    assert!(before["s-3"].is_none());
+    a.shutdown().await.unwrap();
+    let snapshots = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(snapshots >= 1, "a graceful stop writes a snapshot");
+
+    // B restores the snapshot (nothing to replay) and holds the same sessions.
+    let b = start(logged(&store, &log, dir.path())).await;
+    let mut cb = client(b.local_addr()).await;
+    assert_same(&views(&mut cb, &ids).await, &before);
+
+    // More events on B, then B is abandoned without stopping: no final snapshot, so C must replay
+    // them from the log after A's snapshot.
+    let more = workload(60, "s");
+    let fresh: Vec<SessionEvent> = more
+        .into_iter()
+        .map(|mut e| {
+            e.client_seq = e.client_seq.map(|s| s + 1000);
+            e
+        })
+        .collect();
+    let acks = stream(&mut cb, fresh.clone()).await;
+    assert!(acks.iter().all(|a| a.applied && !a.duplicate));
+    let ids: Vec<String> = (0..60).map(|i| format!("s-{i}")).collect();
+    let on_b = views(&mut cb, &ids).await;
+    std::mem::forget(b);
+
+    let c = start(logged(&store, &log, dir.path())).await;
+    let mut cc = client(c.local_addr()).await;
+    assert_same(&views(&mut cc, &ids).await, &on_b);
+
+    // Exactly once across the crash: re-sent events are acknowledged as duplicates, not applied.
+    let again = stream(&mut cc, fresh[..50].to_vec()).await;
+    assert!(again.iter().all(|a| a.applied && a.duplicate), "{again:?}");
+    assert_same(&views(&mut cc, &ids).await, &on_b);
+    c.shutdown().await.unwrap();
+}
