@@ -11,8 +11,9 @@ pub enum ArchiveError {
     #[error("cannot open the archive at {url:?}: {source}")]
     Open {
         url: String,
+        // Boxed: the store's error is large and this one is rare.
         #[source]
-        source: BundleError,
+        source: Box<BundleError>,
     },
 
     /// Listing, reading, writing or deleting an object failed.

@@ -82,7 +82,7 @@ impl Archive {
     pub fn open(url: &str) -> Result<Archive, ArchiveError> {
         let store = Store::open_with(url, true).map_err(|source| ArchiveError::Open {
             url: url.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Archive::from_object_store(
             store.object_store().clone(),

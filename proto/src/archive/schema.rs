@@ -67,7 +67,7 @@ impl ArchivedEvent {
     /// The row of an event record; `None` for a delete (deletes are speed-layer state operations;
     /// the archive holds what happened, not what the server has since forgotten).
     pub fn from_record(position: u64, record: LogRecord) -> Option<ArchivedEvent> {
-        (record.kind() == RecordKind::Event).then(|| ArchivedEvent {
+        (record.kind() == RecordKind::Event).then_some(ArchivedEvent {
             position,
             session_id: record.session_id,
             item_id: record.item_id,
