@@ -2,6 +2,7 @@
 //! (releasing log segments below min(snapshot, archived)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use lambdarec_eventlog::Position;
 
@@ -11,6 +12,8 @@ use super::BatchReport;
 #[derive(Debug, Default)]
 pub struct ArchiveProgress {
     through: AtomicU64,
+    /// Another place the archived-through position is stored to (the server's log status).
+    publish: OnceLock<Arc<AtomicU64>>,
     records: AtomicU64,
     events: AtomicU64,
     files: AtomicU64,
@@ -74,8 +77,18 @@ impl ArchiveProgress {
         self.last_batch_micros.load(Ordering::Relaxed) as f64 / 1e6
     }
 
+    /// Stores the archived-through position into `sink` too, from now on (e.g. the server's
+    /// `LogStatus::archived`, which bounds what the log may release). Only the first sink is kept.
+    pub fn publish_through(&self, sink: Arc<AtomicU64>) {
+        sink.store(self.archived_through(), Ordering::Release);
+        let _ = self.publish.set(sink);
+    }
+
     pub(super) fn set_through(&self, through: Position) {
         self.through.store(through, Ordering::Release);
+        if let Some(sink) = self.publish.get() {
+            sink.store(through, Ordering::Release);
+        }
     }
 
     pub(super) fn record_batch(&self, r: &BatchReport) {

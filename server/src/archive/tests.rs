@@ -131,7 +131,12 @@ async fn incremental_runs_append_and_keep_earlier_files() {
     let mut log = MemoryLog::default();
     log.append(&records(120, 2, 2)).unwrap();
     let mut a = connected(&archive, &log, 1000).await;
+    // The server's log status learns the archived position (it bounds what the log releases).
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    a.progress().publish_through(published.clone());
+    assert_eq!(published.load(std::sync::atomic::Ordering::Acquire), 0);
     a.run_once().await.unwrap();
+    assert_eq!(published.load(std::sync::atomic::Ordering::Acquire), 120);
     let first_files = archive.files(DateRange::ALL).await.unwrap();
     assert_eq!(a.run_once().await.unwrap(), 0, "nothing new");
     log.append(&records(80, 2, 3)).unwrap();
