@@ -168,8 +168,11 @@ fn main() {
         v.get(v.len() / 2).copied()
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let bytes = encode_only(&storage);
     println!(
-        "\narchive throughput, {RECORDS} log records (load average {})",
+        "\narchive throughput, {RECORDS} log records, {:.1} MB of Parquet ({:.1} bytes/record; load average {})",
+        bytes as f64 / 1e6,
+        bytes as f64 / RECORDS as f64,
         load.trim()
     );
     let base = median(BASELINE);

@@ -116,7 +116,7 @@ impl DateRange {
 impl fmt::Display for DateRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.since, self.until) {
-            (None, None) => write!(f, "all dates"),
+            (None, None) => write!(f, "any date"),
             (Some(s), None) => write!(f, "dates from {s}"),
             (None, Some(u)) => write!(f, "dates up to {u}"),
             (Some(s), Some(u)) if s == u => write!(f, "date {s}"),

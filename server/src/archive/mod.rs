@@ -4,9 +4,13 @@
 //! ```text
 //! let mut archiver = Archiver::recover(Archive::in_store(url)?, ArchiveOptions::default()).await?;
 //! archiver.connect(&log.describe(), log.bounds()?, |from| log.reader(from))?;   // at start-up
+//! archiver.progress().publish_through(status.archived.clone());   // bounds log release
 //! archiver.run_once().await?;          // everything durable now, or:
 //! let task = archiver.spawn();         // poll every `interval`; task.stop().await on shutdown
 //! ```
+//!
+//! Archive lag in records is `progress.lag(log_next)` (or the server's durable position minus
+//! `archived_through()`).
 //!
 //! One batch: up to `max_records` log records (or what the log has), split by the UTC day of each
 //! event's time, one file per day (each an atomic put), then the checkpoint. `recover` deletes the

@@ -38,6 +38,14 @@ impl fmt::Display for ArchiveSource {
 /// events gives identical prepared data). Files are read day by day in log order, so equal times
 /// in a session keep the order the server logged them in.
 pub async fn read_archive(source: &ArchiveSource, skip_bad: bool) -> Result<RawLog, DataError> {
+    // Opening a local store creates its directory; a reader must not leave one behind a typo.
+    let local = std::path::Path::new(&source.url);
+    if !source.url.contains("://") && !local.is_dir() {
+        return Err(DataError::Io {
+            path: source.url.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+        });
+    }
     let archive = Archive::find(&source.url).await?;
     let files = archive.files(source.range).await?;
     if files.is_empty() {
@@ -266,6 +274,12 @@ mod tests {
                 && err.contains("3 days, 2024-03-01 to 2024-03-03"),
             "{err}"
         );
+        let typo = dir.path().join("typo");
+        let err = read_archive(&source(typo.to_str().unwrap().into(), None, None), false)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no such directory"), "{err}");
+        assert!(!typo.exists(), "reading must not create the directory");
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
         let err = read_archive(&source(empty.to_str().unwrap().into(), None, None), false)
