@@ -91,7 +91,7 @@ fn archive_all(rt: &tokio::runtime::Runtime, storage: &MemoryStorage, url: &str)
         let mut a = Archiver::recover(archive, ArchiveOptions::default())
             .await
             .expect("recover");
-        a.connect(&log.describe(), log.bounds().expect("bounds"), |f| {
+        a.connect(&log.describe(), log.bounds().expect("bounds").first, |f| {
             log.reader(f)
         })
         .expect("connect");

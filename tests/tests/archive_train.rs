@@ -69,7 +69,7 @@ async fn archive_into(records: &[LogRecord], store: &Path) -> PathBuf {
     };
     let mut archiver = Archiver::recover(archive, options).await.unwrap();
     archiver
-        .connect(&log.describe(), log.bounds().unwrap(), |from| {
+        .connect(&log.describe(), log.bounds().unwrap().first, |from| {
             log.reader(from)
         })
         .unwrap();

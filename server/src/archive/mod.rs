@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! let mut archiver = Archiver::recover(Archive::in_store(url)?, ArchiveOptions::default()).await?;
-//! archiver.connect(&log.describe(), log.bounds()?, |from| log.reader(from))?;   // at start-up
+//! archiver.connect(&log.describe(), log.bounds()?.first, |from| log.reader(from))?;  // start-up
 //! archiver.progress().publish_through(status.archived.clone());   // bounds log release
 //! archiver.run_once().await?;          // everything durable now, or:
 //! let task = archiver.spawn();         // poll every `interval`; task.stop().await on shutdown
@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lambdarec_eventlog::{Bounds, LogError, LogReader, LogRecord, Position};
+use lambdarec_eventlog::{LogError, LogReader, LogRecord, Position};
 use lambdarec_proto::archive::{
     Archive, ArchiveError, ArchiveFile, ArchivedEvent, Checkpoint, Date, DateRange, encode, file_of,
 };
@@ -69,14 +69,13 @@ pub enum ArchiverError {
         log: String,
     },
     #[error(
-        "the archive at {archive} is through position {through}, but log {log:?} ends before \
-         position {next}: was the log replaced? (archive the new log into another store)"
+        "the archive at {archive} is through position {through}, but log {log:?} does not reach \
+         it: was the log replaced? (archive the new log into another store)"
     )]
     AheadOfLog {
         archive: String,
         log: String,
         through: Position,
-        next: Position,
     },
     #[error("the archiver has no log reader: call connect first")]
     NotConnected,
@@ -185,14 +184,16 @@ impl Archiver {
     }
 
     /// Attaches the log: `log` is its `describe()` (recorded in the checkpoint, and checked against
-    /// it), `bounds` what it holds now, and `open` opens a reader at a position (e.g.
-    /// `|from| log.reader(from)`). Reading starts after the checkpoint, or at the log's first
-    /// position for a new archive. Returns that position.
+    /// it), `first` its first retained position, and `open` opens a reader at a position (e.g.
+    /// `|from| log.reader(from)`). Reading starts after the checkpoint, or at `first` for a new
+    /// archive; returns that position. A log that does not reach the checkpoint (replaced under the
+    /// same name) is refused. Log calls block: call this where blocking is allowed (not on an async
+    /// worker; a JetStream log runs its own runtime).
     pub fn connect(
         &mut self,
         log: &str,
-        bounds: Bounds,
-        open: impl FnOnce(Position) -> Result<Box<dyn LogReader>, LogError>,
+        first: Position,
+        mut open: impl FnMut(Position) -> Result<Box<dyn LogReader>, LogError>,
     ) -> Result<Position, ArchiverError> {
         if let Some(previous) = &self.log
             && previous != log
@@ -204,27 +205,21 @@ impl Archiver {
             });
         }
         let from = if self.through == 0 {
-            bounds.first
-        } else if self.through >= bounds.next {
-            return Err(ArchiverError::AheadOfLog {
-                archive: self.archive.url().to_owned(),
-                log: log.to_owned(),
-                through: self.through,
-                next: bounds.next,
-            });
-        } else if self.through + 1 < bounds.first {
-            let lost = bounds.first - self.through - 1;
+            first
+        } else if self.through + 1 < first {
+            let lost = first - self.through - 1;
             tracing::error!(
                 archive = self.archive.url(),
                 log,
                 through = self.through,
-                first = bounds.first,
+                first,
                 lost,
                 "the log released records that were never archived; continuing from its first position"
             );
             self.progress.add_lost(lost);
-            bounds.first
+            first
         } else {
+            self.check_log_reaches_checkpoint(log, &mut open)?;
             self.through + 1
         };
         self.reader = Some(open(from)?);
@@ -236,6 +231,29 @@ impl Archiver {
             "archiving the event log"
         );
         Ok(from)
+    }
+
+    /// The record at the checkpoint must still be readable (or released): a log that ends before
+    /// it was replaced, and continuing would skip its records up to the old position.
+    fn check_log_reaches_checkpoint(
+        &self,
+        log: &str,
+        open: &mut impl FnMut(Position) -> Result<Box<dyn LogReader>, LogError>,
+    ) -> Result<(), ArchiverError> {
+        let last = match open(self.through) {
+            Ok(mut reader) => reader.next_batch(1)?.first().map(|(p, _)| *p),
+            // Released right up to the checkpoint: archived, then freed, as intended.
+            Err(LogError::Released { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if last == Some(self.through) {
+            return Ok(());
+        }
+        Err(ArchiverError::AheadOfLog {
+            archive: self.archive.url().to_owned(),
+            log: log.to_owned(),
+            through: self.through,
+        })
     }
 
     /// Archives everything the log holds now, batch by batch; returns the events written.

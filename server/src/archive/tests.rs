@@ -40,7 +40,7 @@ async fn connected(archive: &Archive, log: &MemoryLog, max: usize) -> Archiver {
     let mut a = Archiver::recover(archive.clone(), options(max))
         .await
         .unwrap();
-    a.connect(&log.describe(), log.bounds().unwrap(), |from| {
+    a.connect(&log.describe(), log.bounds().unwrap().first, |from| {
         log.reader(from)
     })
     .unwrap();
@@ -250,13 +250,13 @@ async fn connect_refuses_another_log_and_a_log_behind_the_archive() {
         .await
         .unwrap();
     let err = a
-        .connect("file:///elsewhere", log.bounds().unwrap(), |f| {
-            log.reader(f)
-        })
+        .connect("file:///elsewhere", 1, |f| log.reader(f))
         .unwrap_err();
     assert!(matches!(err, ArchiverError::OtherLog { .. }), "{err}");
-    let short = Bounds { first: 1, next: 11 };
-    let err = a.connect("memory", short, |f| log.reader(f)).unwrap_err();
+    // A log of the same name that holds only 10 records: replaced, not continued.
+    let mut replaced = MemoryLog::default();
+    replaced.append(&records(10, 1, 9)).unwrap();
+    let err = a.connect("memory", 1, |f| replaced.reader(f)).unwrap_err();
     assert!(err.to_string().contains("through position 20"), "{err}");
     assert!(matches!(
         a.run_once().await,

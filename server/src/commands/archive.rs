@@ -1,15 +1,18 @@
 //! `lambdarec archive`: copies an event log that another process writes (a running server's) into
 //! the master dataset, `<store>/events/date=…/*.parquet`, once or following the log.
 
-use std::future::Future;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lambdarec_eventlog::EventLog;
+use lambdarec_eventlog::file::FileLog;
+use lambdarec_eventlog::{EventLog, Location, LogError, LogReader, OpenOptions, Position};
 use lambdarec_proto::archive::Archive;
 use lambdarec_server::archive::{ArchiveOptions, Archiver};
+use tokio::runtime::Runtime;
 
 #[derive(Args, Debug)]
 #[command(
@@ -63,84 +66,144 @@ impl ArchiveArgs {
 
 pub fn run(a: ArchiveArgs) -> anyhow::Result<()> {
     let options = a.options()?;
-    let log = open_log(&a.log)?;
+    let log = SourceLog::open(&a.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(archive(
-        log.as_ref(),
-        &a.store,
-        options,
-        a.once,
-        termination(),
-    ))
+    let (stop_tx, stop_rx) = mpsc::channel();
+    runtime.spawn(async move {
+        termination().await;
+        let _ = stop_tx.send(());
+    });
+    archive(&runtime, &log, &a.store, options, a.once, &stop_rx)
 }
 
-/// Opens the log at `url` for reading beside the process that appends to it.
-///
-/// Left for the event-log backends (issue 11, item 2): this is the one place to call their opener
-/// (a read-only open of the file log; the JetStream log reads through its own consumer). Until
-/// they land there is no log another process can share, so every URL is refused with that reason.
-fn open_log(url: &str) -> anyhow::Result<Box<dyn EventLog>> {
-    anyhow::bail!(
-        "cannot open the event log {url:?}: this build has no file:// or nats:// log backend to read \
-         it with yet (they arrive with the event-log backends)"
-    )
+/// A log that another process writes, as this command reads it. Its calls block (a JetStream log
+/// runs a runtime of its own), so they are made on this thread, never inside the async runtime.
+enum SourceLog {
+    /// A log opened through its backend (JetStream: any number of clients share a stream).
+    Shared(Box<dyn EventLog>),
+    /// The embedded log's directory, read without taking its lock (its server holds it).
+    FileReadOnly { dir: PathBuf, name: String },
+}
+
+impl SourceLog {
+    fn open(url: &str) -> anyhow::Result<SourceLog> {
+        match Location::parse(url)? {
+            Location::None => anyhow::bail!("--log none: there is no event log to archive"),
+            Location::File(dir) => {
+                let canonical = dir.canonicalize().with_context(|| {
+                    format!("opening the event log directory {}", dir.display())
+                })?;
+                // The name the writing FileLog gives itself, so the checkpoint matches whichever
+                // of the two (this command or an archiver in the server) continues the archive.
+                let name = format!("file://{}", canonical.display());
+                Ok(SourceLog::FileReadOnly {
+                    dir: canonical,
+                    name,
+                })
+            }
+            Location::Nats(_) => {
+                let log = lambdarec_eventlog::open(url, &OpenOptions::default())?;
+                Ok(SourceLog::Shared(
+                    log.context("a NATS location opens a log")?,
+                ))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            SourceLog::Shared(log) => log.describe(),
+            SourceLog::FileReadOnly { name, .. } => name.clone(),
+        }
+    }
+
+    /// The first position the log holds.
+    fn first(&self) -> Result<Position, LogError> {
+        match self {
+            SourceLog::Shared(log) => Ok(log.bounds()?.first),
+            SourceLog::FileReadOnly { dir, .. } => match FileLog::open_read_only(dir, 1) {
+                Ok(_) => Ok(1),
+                Err(LogError::Released { first, .. }) => Ok(first),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// The position the next record will get, where the log can tell (not a read-only file log).
+    fn next(&self) -> Option<Position> {
+        match self {
+            SourceLog::Shared(log) => log.bounds().ok().map(|b| b.next),
+            SourceLog::FileReadOnly { .. } => None,
+        }
+    }
+
+    fn reader(&self, from: Position) -> Result<Box<dyn LogReader>, LogError> {
+        match self {
+            SourceLog::Shared(log) => log.reader(from),
+            SourceLog::FileReadOnly { dir, .. } => {
+                Ok(Box::new(FileLog::open_read_only(dir, from)?))
+            }
+        }
+    }
 }
 
 /// Archives `log` into `<store>/events`: everything it holds now (`once`), or following it until
-/// `shutdown` resolves, reporting progress and lag every interval.
-async fn archive(
-    log: &dyn EventLog,
+/// `stop` receives (or its sender is gone), reporting progress and lag every interval.
+fn archive(
+    rt: &Runtime,
+    log: &SourceLog,
     store: &str,
     options: ArchiveOptions,
     once: bool,
-    shutdown: impl Future<Output = ()>,
+    stop: &mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
     let target = Archive::in_store(store)?;
     let url = target.url().to_owned();
     let interval = options.interval;
-    let mut archiver = Archiver::recover(target, options)
-        .await
+    let mut archiver = rt
+        .block_on(Archiver::recover(target, options))
         .with_context(|| format!("opening the archive at {url}"))?;
-    let from = archiver.connect(&log.describe(), log.bounds()?, |from| log.reader(from))?;
+    let from = archiver.connect(&log.describe(), log.first()?, |from| log.reader(from))?;
     let progress = archiver.progress();
     let started = Instant::now();
     if once {
-        let to_do = log.bounds()?.next.saturating_sub(from);
-        let bar = ProgressBar::new(to_do).with_style(
+        let bar = match log.next() {
+            Some(next) => ProgressBar::new(next.saturating_sub(from)),
+            None => ProgressBar::no_length(),
+        };
+        bar.set_style(
             ProgressStyle::with_template(
                 "archiving [{bar:30}] {pos}/{len} records {per_sec} {msg}",
             )
             .expect("static template")
             .progress_chars("=> "),
         );
-        while let Some(batch) = archiver.archive_batch().await? {
+        while let Some(batch) = rt.block_on(archiver.archive_batch())? {
             bar.inc(batch.records as u64);
             bar.set_message(format!("{} files", progress.files()));
         }
         bar.finish_and_clear();
     } else {
-        let task = archiver.spawn();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = tokio::time::sleep(interval) => {}
-            }
-            let lag = progress.lag(log.bounds()?.next);
+        let task = rt.block_on(async { archiver.spawn() });
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+            let lag = log.next().map(|next| progress.lag(next));
             tracing::info!(
                 archived_through = progress.archived_through(),
                 events = progress.events(),
                 files = progress.files(),
-                lag,
+                lag = lag.map_or_else(
+                    || "unknown (read-only file log)".to_owned(),
+                    |l| l.to_string()
+                ),
                 errors = progress.errors(),
                 "archive progress"
             );
         }
         tracing::info!("stopping after the batch in progress");
-        task.stop().await?;
+        rt.block_on(task.stop())?;
     }
     println!(
         "archived {} events ({} log records, {} files, {:.1} MB) into {url} in {:.1} s; through position {}",
@@ -172,88 +235,136 @@ async fn termination() {
 
 #[cfg(test)]
 mod tests {
-    use lambdarec_eventlog::event_record;
     use lambdarec_eventlog::memory::MemoryLog;
+    use lambdarec_eventlog::{LogRecord, delete_record, event_record};
     use lambdarec_proto::archive::DateRange;
 
     use super::*;
 
-    fn filled_log(n: usize) -> MemoryLog {
-        let mut log = MemoryLog::default();
-        let records: Vec<_> = (0..n)
+    fn records(n: usize) -> Vec<LogRecord> {
+        (0..n)
             .map(|i| {
                 let t = 1_709_251_200_000 + i as i64 * 3_600_000;
-                event_record(&format!("s{}", i % 5), &format!("i{i}"), t, t, None, "v1")
+                if i % 10 == 9 {
+                    delete_record(&format!("s{}", i % 5), t, "v1")
+                } else {
+                    event_record(&format!("s{}", i % 5), &format!("i{i}"), t, t, None, "v1")
+                }
             })
-            .collect();
-        log.append(&records).unwrap();
-        log
+            .collect()
     }
 
-    async fn archived_events(store: &str) -> usize {
-        let a = Archive::in_store(store).unwrap();
-        let mut n = 0;
-        for f in a.files(DateRange::ALL).await.unwrap() {
-            n += a.read_events(&f).await.unwrap().len();
-        }
-        n
+    fn runtime() -> Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
-    #[tokio::test]
-    async fn once_archives_everything_and_a_rerun_adds_nothing() {
+    fn archived_events(rt: &Runtime, store: &str) -> usize {
+        rt.block_on(async {
+            let a = Archive::in_store(store).unwrap();
+            let mut n = 0;
+            for f in a.files(DateRange::ALL).await.unwrap() {
+                n += a.read_events(&f).await.unwrap().len();
+            }
+            n
+        })
+    }
+
+    /// A stop channel whose sender fires once the store's checkpoint reaches `through`.
+    fn stop_when_archived(store: &std::path::Path, through: u64) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel();
+        let checkpoint = store.join("events/_archive/checkpoint.json");
+        // A deadline, so that a failing archiver fails the test instead of hanging it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        std::thread::spawn(move || {
+            while Instant::now() < deadline {
+                let json = std::fs::read(&checkpoint).unwrap_or_default();
+                let value: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
+                if value["through"] == through {
+                    let _ = tx.send(());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = tx.send(());
+        });
+        rx
+    }
+
+    #[test]
+    fn once_archives_a_shared_log_and_a_rerun_adds_nothing() {
+        let rt = runtime();
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().to_str().unwrap();
-        let log = filled_log(100);
+        let mut log = MemoryLog::default();
+        log.append(&records(100)).unwrap();
+        let log = SourceLog::Shared(Box::new(log));
         let opts = ArchiveOptions {
             max_records: 30,
             ..ArchiveOptions::default()
         };
-        archive(&log, store, opts.clone(), true, std::future::pending())
-            .await
-            .unwrap();
-        assert_eq!(archived_events(store).await, 100);
-        archive(&log, store, opts, true, std::future::pending())
-            .await
-            .unwrap();
-        assert_eq!(archived_events(store).await, 100);
+        let (_tx, never) = mpsc::channel();
+        archive(&rt, &log, store, opts.clone(), true, &never).unwrap();
+        assert_eq!(archived_events(&rt, store), 90);
+        archive(&rt, &log, store, opts, true, &never).unwrap();
+        assert_eq!(archived_events(&rt, store), 90);
     }
 
-    #[tokio::test]
-    async fn following_stops_on_shutdown_with_the_log_archived() {
+    #[test]
+    fn follows_a_file_log_that_its_server_holds_open() {
+        let rt = runtime();
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().to_str().unwrap();
-        let log = filled_log(60);
+        let log_dir = dir.path().join("log");
+        // The writer keeps the log (and its lock) open, as a running server does.
+        let mut writer = FileLog::open(&log_dir, &OpenOptions::default()).unwrap();
+        writer.append(&records(40)).unwrap();
+        let url = format!("file://{}", log_dir.display());
+        let source = SourceLog::open(&url).unwrap();
+        assert_eq!(
+            source.describe(),
+            writer.describe(),
+            "checkpoints must name the log alike"
+        );
+        let store = dir.path().join("store");
         let opts = ArchiveOptions {
             max_records: 1000,
             interval: Duration::from_millis(10),
         };
-        // Shut down once the checkpoint shows everything archived (the task runs meanwhile).
-        let watched = Archive::in_store(store).unwrap();
-        let shutdown = async move {
-            while watched
-                .read_checkpoint()
-                .await
-                .ok()
-                .flatten()
-                .map(|c| c.through)
-                != Some(60)
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        archive(&log, store, opts, false, shutdown).await.unwrap();
-        assert_eq!(archived_events(store).await, 60);
+        let stop = stop_when_archived(&store, 40);
+        archive(
+            &rt,
+            &source,
+            store.to_str().unwrap(),
+            opts.clone(),
+            false,
+            &stop,
+        )
+        .unwrap();
+        assert_eq!(archived_events(&rt, store.to_str().unwrap()), 36);
+
+        // Later appends are archived by the next run, after the checkpoint.
+        writer.append(&records(20)).unwrap();
+        let stop = stop_when_archived(&store, 60);
+        archive(&rt, &source, store.to_str().unwrap(), opts, false, &stop).unwrap();
+        assert_eq!(archived_events(&rt, store.to_str().unwrap()), 54);
     }
 
     #[test]
-    fn logs_without_a_backend_are_refused_with_the_reason() {
-        let Err(err) = open_log("file:///tmp/log") else {
-            panic!("opened a log without a backend");
+    fn unusable_logs_are_refused_with_the_reason() {
+        let err = |url: &str| match SourceLog::open(url) {
+            Ok(_) => panic!("{url} opened"),
+            Err(e) => format!("{e:#}"),
         };
-        let err = err.to_string();
+        assert!(err("none").contains("no event log"), "{}", err("none"));
+        let missing = err("file:///nonexistent/lambdarec/log");
+        assert!(missing.contains("/nonexistent/lambdarec/log"), "{missing}");
         assert!(
-            err.contains("file:///tmp/log") && err.contains("backend"),
-            "{err}"
+            err("kafka://h/t").contains("unknown scheme"),
+            "{}",
+            err("kafka://h/t")
         );
     }
 
