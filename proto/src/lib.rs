@@ -1,6 +1,8 @@
-//! lambdarec contracts: the gRPC API (`lambdarec.v1`) and the model bundle format that the trainer
-//! writes and the server reads, over any `object_store` (local, memory, S3, GCS, Azure).
+//! lambdarec contracts: the gRPC API (`lambdarec.v1`), the model bundle format that the trainer
+//! writes and the server reads, and the event archive (the master dataset) that the server's
+//! archiver writes and the trainer reads, over any `object_store` (local, memory, S3, GCS, Azure).
 
+pub mod archive;
 pub mod bundle;
 
 /// Generated messages, `recommender_client` and `recommender_server` for package `lambdarec.v1`.

@@ -2,6 +2,7 @@
 //! batcher that owns the compute backend and the session store, with a model registry that hot-reloads
 //! bundles. A library so that tests and benches run the real service in-process.
 
+pub mod archive;
 pub mod config;
 mod convert;
 pub mod device;

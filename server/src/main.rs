@@ -75,6 +75,8 @@ enum Command {
     Quickstart(Box<commands::quickstart::QuickstartArgs>),
     /// Write a random-weight model of any catalogue size and a matching session log, to load-test serving at scale.
     Synthetic(Box<commands::synthetic::SyntheticArgs>),
+    /// Copy an event log's events into the archive (<store>/events, Parquet by day) that `train --data` reads.
+    Archive(Box<commands::archive::ArchiveArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +92,7 @@ fn main() -> std::process::ExitCode {
         Command::Load(args) => commands::load::run(*args),
         Command::Quickstart(args) => commands::quickstart::run(*args),
         Command::Synthetic(args) => commands::synthetic::run(*args),
+        Command::Archive(args) => commands::archive::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,11 +8,12 @@ use serde::Serialize;
 use tracing::info;
 
 use lambdarec_kernels::{Backend, Dtype, ModelWeights, cpu::CpuBackend};
+use lambdarec_proto::archive::{Date, DateRange};
 use lambdarec_proto::bundle::{Bundle, Store};
 
 use crate::TrainError;
 use crate::baselines::{ItemKnn, Pop};
-use crate::data::{self, Dataset, ItemVocab, PrepareOptions, ReadOptions, Sessions};
+use crate::data::{self, ArchiveSource, Dataset, ItemVocab, PrepareOptions, ReadOptions, Sessions};
 use crate::eval::{Metrics, evaluate_model, evaluate_recommender};
 use crate::export;
 use crate::train::{EpochStats, TrainConfig, train};
@@ -39,11 +40,59 @@ impl Default for EvalOptions {
     }
 }
 
+/// What a training job learns from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainData {
+    /// The built-in synthetic sample (`data::synthetic` with its defaults).
+    Synthetic,
+    /// An interaction log file (delimited text or Parquet).
+    File(PathBuf),
+    /// The event archive, or the days of it in a range.
+    Archive(ArchiveSource),
+}
+
+impl TrainData {
+    /// What `--data` names: an existing file is a log file; an existing directory or an
+    /// object-store URL (`scheme://…`) is an archive. `since`/`until` apply to archives only.
+    pub fn from_arg(
+        arg: &str,
+        since: Option<Date>,
+        until: Option<Date>,
+    ) -> Result<TrainData, String> {
+        let path = std::path::Path::new(arg);
+        if path.is_file() {
+            if since.is_some() || until.is_some() {
+                return Err(format!(
+                    "--since/--until select days of an event archive; {arg} is a log file"
+                ));
+            }
+            return Ok(TrainData::File(path.to_path_buf()));
+        }
+        if !(path.is_dir() || arg.contains("://")) {
+            return Err(format!("{arg}: no such file or directory"));
+        }
+        let range = DateRange::new(since, until).map_err(|e| e.to_string())?;
+        Ok(TrainData::Archive(ArchiveSource {
+            url: arg.to_owned(),
+            range,
+        }))
+    }
+}
+
+impl std::fmt::Display for TrainData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainData::Synthetic => write!(f, "the built-in synthetic sample"),
+            TrainData::File(p) => write!(f, "{}", p.display()),
+            TrainData::Archive(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 /// Everything `lambdarec train` needs.
 #[derive(Clone, Debug)]
 pub struct TrainJob {
-    /// None = the built-in synthetic sample (`data::synthetic` with its defaults).
-    pub train_path: Option<PathBuf>,
+    pub data: TrainData,
     pub test_path: Option<PathBuf>,
     pub read: ReadOptions,
     pub prepare: PrepareOptions,
@@ -55,7 +104,8 @@ pub struct TrainJob {
 
 impl TrainJob {
     /// A job with the default reading, preparation and evaluation options (`train_path` None: the
-    /// built-in synthetic sample); set the other fields with struct update syntax.
+    /// built-in synthetic sample); set the other fields (an archive as `data`) with struct update
+    /// syntax.
     pub fn new(
         train_path: Option<PathBuf>,
         store: impl Into<String>,
@@ -63,7 +113,7 @@ impl TrainJob {
         config: TrainConfig,
     ) -> Self {
         TrainJob {
-            train_path,
+            data: train_path.map_or(TrainData::Synthetic, TrainData::File),
             test_path: None,
             read: ReadOptions::default(),
             prepare: PrepareOptions::default(),
@@ -175,9 +225,10 @@ pub async fn run_train(
     on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<TrainOutcome, TrainError> {
     let store = Store::open(&job.store)?;
-    let raw_train = match &job.train_path {
-        Some(p) => data::read_log(p, &job.read)?,
-        None => {
+    let raw_train = match &job.data {
+        TrainData::File(p) => data::read_log(p, &job.read)?,
+        TrainData::Archive(a) => data::read_archive(a, job.read.skip_bad_lines).await?,
+        TrainData::Synthetic => {
             let opts = data::synthetic::SyntheticOptions::default();
             info!(
                 items = opts.n_items,
@@ -312,4 +363,38 @@ pub async fn run_eval(
     };
     let evaluation = evaluate(&loaded.weights, train_sessions.as_ref(), &test, &job.eval)?;
     Ok((loaded, evaluation, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_argument_tells_files_from_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("log.tsv");
+        std::fs::write(&file, "SessionId\tItemId\tTime\n").unwrap();
+        let (f, d) = (file.to_str().unwrap(), dir.path().to_str().unwrap());
+        let day = |s: &str| Some(s.parse::<Date>().unwrap());
+
+        assert_eq!(
+            TrainData::from_arg(f, None, None),
+            Ok(TrainData::File(file.clone()))
+        );
+        let err = TrainData::from_arg(f, day("2024-01-01"), None).unwrap_err();
+        assert!(err.contains("is a log file"), "{err}");
+        let TrainData::Archive(a) = TrainData::from_arg(d, day("2024-01-01"), None).unwrap() else {
+            panic!("a directory is an archive");
+        };
+        assert_eq!(a.range.since, day("2024-01-01"));
+        assert!(matches!(
+            TrainData::from_arg("s3://bucket/events", None, None),
+            Ok(TrainData::Archive(_))
+        ));
+        let err = TrainData::from_arg(d, day("2024-01-02"), day("2024-01-01")).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = TrainData::from_arg(missing.to_str().unwrap(), None, None).unwrap_err();
+        assert!(err.contains("no such file or directory"), "{err}");
+    }
 }

@@ -20,7 +20,7 @@ mod items;
 mod names;
 mod open;
 mod store;
-mod time;
+pub(crate) mod time;
 mod validate;
 mod weights;
 

@@ -22,6 +22,12 @@ impl Store {
     /// - `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`, `https://...` (feature
     ///   `cloud`), configured from the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
     pub fn open(url: &str) -> Result<Store, BundleError> {
+        Store::open_with(url, false)
+    }
+
+    /// As [`Store::open`]; `fsync` makes a local directory store fsync each written file and its
+    /// directory before a put returns (the archive needs its files durable before its checkpoint).
+    pub(crate) fn open_with(url: &str, fsync: bool) -> Result<Store, BundleError> {
         if url.is_empty() {
             return Err(invalid_url(url, "empty", None));
         }
@@ -32,15 +38,15 @@ impl Store {
                     let path = parsed
                         .to_file_path()
                         .map_err(|()| invalid_url(url, "not an absolute local file URL", None))?;
-                    Store::open_local(&path)
+                    Store::open_local(&path, fsync)
                 }
                 "memory" => Ok(Store::open_memory(&parsed)),
                 _ => Store::open_remote(url, &parsed),
             },
-            _ => Store::open_local(std::path::Path::new(url)),
+            _ => Store::open_local(std::path::Path::new(url), fsync),
         }
     }
-    fn open_local(dir: &std::path::Path) -> Result<Store, BundleError> {
+    fn open_local(dir: &std::path::Path, fsync: bool) -> Result<Store, BundleError> {
         let io_err = |source| BundleError::Io {
             path: dir.display().to_string(),
             source,
@@ -49,11 +55,12 @@ impl Store {
         let dir = dir.canonicalize().map_err(io_err)?;
         let url =
             Url::from_file_path(&dir).map_or_else(|()| dir.display().to_string(), String::from);
-        let fs =
-            LocalFileSystem::new_with_prefix(&dir).map_err(|source| BundleError::ObjectStore {
+        let fs = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|source| BundleError::ObjectStore {
                 path: url.clone(),
                 source,
-            })?;
+            })?
+            .with_fsync(fsync);
         Ok(Store::from_object_store(Arc::new(fs), "", &url))
     }
 

@@ -1,5 +1,6 @@
 //! The subcommands of `lambdarec`, one module each, and the flags they share.
 
+pub mod archive;
 pub mod eval;
 pub mod load;
 pub mod quickstart;

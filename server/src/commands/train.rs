@@ -5,24 +5,36 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use lambdarec_proto::archive::Date;
+use lambdarec_trainer::data::parse_date;
 
 use lambdarec_trainer::data::PrepareOptions;
 use lambdarec_trainer::model::Loss;
-use lambdarec_trainer::pipeline::{TrainJob, run_train};
+use lambdarec_trainer::pipeline::{TrainData, TrainJob, run_train};
 use lambdarec_trainer::train::{Optimizer, TrainConfig};
 
 use super::{EvalArgs, ReadArgs, StoreArgs, existing_file};
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Example (the RSC15 sample split, paper settings are the defaults):\n  \
-    lambdarec train --data train_full.txt --test test.txt --store ./lambdarec-store --model rsc15"
+    after_help = "Examples (the RSC15 sample split, paper settings are the defaults; then the event \
+    archive a server wrote, one week of it):\n  \
+    lambdarec train --data train_full.txt --test test.txt --store ./lambdarec-store --model rsc15\n  \
+    lambdarec train --data s3://bucket/lambdarec/events --since 2026-11-20 --until 2026-11-26"
 )]
 pub struct TrainArgs {
-    /// Interaction log to train on (TSV/CSV/semicolon text with a header row, or Parquet).
+    /// What to train on: an interaction log file (TSV/CSV/semicolon text with a header row, or
+    /// Parquet), or the event archive `lambdarec archive` writes (`<store>/events`: a local
+    /// directory or an object-store URL such as s3://bucket/prefix/events).
     /// Default: the built-in synthetic sample, so that `lambdarec train` alone shows the whole loop.
-    #[arg(long, env = "LAMBDAREC_DATA", value_parser = existing_file)]
-    pub data: Option<PathBuf>,
+    #[arg(long, env = "LAMBDAREC_DATA")]
+    pub data: Option<String>,
+    /// First UTC day (YYYY-MM-DD, inclusive) of the archive to train on (by event time).
+    #[arg(long, env = "LAMBDAREC_SINCE", value_parser = parse_date, requires = "data")]
+    pub since: Option<Date>,
+    /// Last UTC day (YYYY-MM-DD, inclusive) of the archive to train on.
+    #[arg(long, env = "LAMBDAREC_UNTIL", value_parser = parse_date, requires = "data")]
+    pub until: Option<Date>,
     /// Explicit test log; without it the sessions ending in the last --test-window seconds are the test set.
     #[arg(long, env = "LAMBDAREC_TEST", value_parser = existing_file, requires = "data")]
     pub test: Option<PathBuf>,
@@ -90,7 +102,27 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+/// `--data` as a training source, refusing flags that do not apply to it.
+fn train_data(a: &TrainArgs) -> anyhow::Result<TrainData> {
+    let Some(arg) = &a.data else {
+        return Ok(TrainData::Synthetic);
+    };
+    let data = TrainData::from_arg(arg, a.since, a.until).map_err(anyhow::Error::msg)?;
+    let r = &a.read;
+    let file_flags = [&r.session_col, &r.item_col, &r.time_col, &r.user_col];
+    if matches!(data, TrainData::Archive(_))
+        && (file_flags.iter().any(|f| f.is_some()) || r.delimiter.is_some())
+    {
+        anyhow::bail!(
+            "--session-col, --item-col, --time-col, --user-col and --delimiter describe a log \
+             file; {arg} is read as an event archive, whose columns are fixed"
+        );
+    }
+    Ok(data)
+}
+
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let data = train_data(&a)?;
     let config = TrainConfig {
         hidden: a.hidden,
         embed_dim: a.embed_dim,
@@ -113,7 +145,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         .min_item_support
         .unwrap_or(if a.test.is_some() { 1 } else { 5 });
     let job = TrainJob {
-        train_path: a.data.clone(),
+        data,
         test_path: a.test.clone(),
         read: a.read.options(),
         prepare: PrepareOptions {
@@ -162,10 +194,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 });
             },
         ))
-        .with_context(|| match &a.data {
-            Some(p) => format!("training on {}", p.display()),
-            None => "training on the built-in synthetic sample".to_string(),
-        })?;
+        .with_context(|| format!("training on {}", job.data))?;
     bar.finish_and_clear();
     let ev = &outcome.evaluation;
     if a.json {

@@ -209,6 +209,7 @@ fn replay_of(test: &Sessions, ids: &[String]) -> Replay {
         .map(|i| ReplaySession {
             key: test.keys[i].clone(),
             items: test.session(i).to_vec(),
+            times: test.session_times(i).to_vec(),
         })
         .collect();
     Replay {

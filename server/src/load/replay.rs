@@ -27,6 +27,9 @@ use super::report::Collector;
 pub struct ReplaySession {
     pub key: String,
     pub items: Vec<u32>,
+    /// Unix seconds of each item's event, sent as the event's `timestamp_ms` so that the log (and
+    /// its archive) keep the original event times. Empty: the server's receive time is used.
+    pub times: Vec<f64>,
 }
 
 /// The sessions of a log, ready to replay.
@@ -41,17 +44,21 @@ impl Replay {
     /// Every session of the log with all its events (unknown items are the server's to reject).
     pub fn from_log(log: &RawLog) -> Self {
         // RawLog events are grouped by session and time-ordered within one (see `RawLog`).
-        let mut by_session: Vec<Vec<u32>> = vec![Vec::new(); log.sessions.len()];
+        let mut by_session: Vec<(Vec<u32>, Vec<f64>)> =
+            vec![Default::default(); log.sessions.len()];
         for e in &log.events {
-            by_session[e.session as usize].push(e.item);
+            let (items, times) = &mut by_session[e.session as usize];
+            items.push(e.item);
+            times.push(e.time);
         }
         let sessions = by_session
             .into_iter()
             .zip(&log.sessions)
-            .filter(|(items, _)| !items.is_empty())
-            .map(|(items, key)| ReplaySession {
+            .filter(|((items, _), _)| !items.is_empty())
+            .map(|((items, times), key)| ReplaySession {
                 key: key.clone(),
                 items,
+                times,
             })
             .collect();
         Replay {
@@ -79,10 +86,15 @@ impl EventStream {
     pub(crate) async fn open(mut client: RecommenderClient<Channel>) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let waiters: Waiters = Arc::default();
+        // client_seq starts at the time in µs, so a later replay of the same session ids is not
+        // taken for re-sent events by the server's exactly-once check.
+        let seq_base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         let stream = EventStream {
             tx: Mutex::new(Some(tx)),
             waiters: waiters.clone(),
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(seq_base),
         };
         match client.stream_events(ReceiverStream::new(rx)).await {
             Ok(response) => {
@@ -111,6 +123,7 @@ impl EventStream {
         &self,
         session_id: &str,
         item_id: &str,
+        timestamp_ms: Option<i64>,
         timeout: Duration,
     ) -> Result<EventAck, Code> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -120,7 +133,7 @@ impl EventStream {
         let event = SessionEvent {
             session_id: session_id.to_string(),
             item_id: item_id.to_string(),
-            timestamp_ms: None,
+            timestamp_ms,
             client_seq: Some(seq),
         };
         let outcome = tokio::time::timeout(timeout, async {
@@ -210,7 +223,10 @@ impl Ctx {
         let mut pending: Option<Vec<String>> = None;
         for (pos, &item) in session.items.iter().enumerate() {
             let item_id = replay.item_ids[item as usize].as_str();
-            let ack = stream.send(&session_id, item_id, self.timeout).await;
+            let time_ms = session.times.get(pos).map(|t| (t * 1000.0).round() as i64);
+            let ack = stream
+                .send(&session_id, item_id, time_ms, self.timeout)
+                .await;
             self.collector
                 .event(ack.as_ref().map(|a| a.code()).map_err(|c| *c));
             match ack {
@@ -227,22 +243,20 @@ impl Ctx {
                 break;
             }
             // Candidates are drawn before the clock starts and ranked after it stops: client work.
+            let later = session.items[pos + 1..].iter();
+            let later = later.map(|&it| replay.item_ids[it as usize].as_str());
             let score_request = match &self.call {
                 Call::Recommend => None,
                 Call::Score {
                     candidates,
                     catalogue,
-                } => {
-                    let later = session.items[pos + 1..].iter();
-                    let later = later.map(|&it| replay.item_ids[it as usize].as_str());
-                    Some(score_request(
-                        catalogue,
-                        *candidates,
-                        &session_id,
-                        later,
-                        &mut rng,
-                    ))
-                }
+                } => Some(score_request(
+                    catalogue,
+                    *candidates,
+                    &session_id,
+                    later,
+                    &mut rng,
+                )),
             };
             let sent = Instant::now();
             let answer = match score_request {
@@ -337,6 +351,7 @@ mod tests {
         let keys: Vec<&str> = r.sessions.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(keys, ["a", "c"]);
         assert_eq!(r.sessions[0].items, [1, 0]);
+        assert_eq!(r.sessions[0].times, [1.0, 2.0]);
         assert_eq!(r.n_events(), 3);
     }
 

@@ -1,10 +1,12 @@
 //! Interaction logs in, GRU4Rec-ready sessions out: the types shared by the reader, the preparation
 //! step and the synthetic generator, and the one error type they all return.
 //!
-//! The flow is `read_log` (any supported file → [`RawLog`]) then [`prepare`] (filters, time split,
+//! The flow is `read_log` (any supported file → [`RawLog`]; or `read_archive` for the event
+//! archive) then [`prepare`] (filters, time split,
 //! item vocabulary → [`Dataset`]). [`prepare_eval`] maps a further log onto an existing vocabulary,
 //! which is what evaluating a stored model needs.
 
+mod archive_reader;
 mod parquet_reader;
 mod prepare;
 mod reader;
@@ -18,6 +20,7 @@ mod reader_tests;
 
 use std::fmt;
 
+pub use archive_reader::{ArchiveSource, parse_date, read_archive};
 pub use prepare::{
     Dataset, ItemVocab, PrepareOptions, PrepareReport, Sessions, prepare, prepare_eval,
 };
@@ -117,6 +120,16 @@ pub enum DataError {
         context: String,
         #[source]
         source: arrow::error::ArrowError,
+    },
+    /// The event archive could not be listed or read (the error names the object).
+    #[error(transparent)]
+    Archive(#[from] lambdarec_proto::archive::ArchiveError),
+    /// The archive has no data files in the requested days; `holds` says what it does have.
+    #[error("{url}: no archived events for {range}: {holds}")]
+    EmptyArchive {
+        url: String,
+        range: String,
+        holds: String,
     },
     /// The training set has no events left; `rule` says which step removed the last of them.
     #[error("the training set is empty after {rule}")]
