@@ -148,7 +148,7 @@ impl ServeArgs {
             log_segment_bytes: self.log_segment_bytes,
             snapshot_dir,
             snapshot_interval: (!snapshot_every.is_zero()).then_some(snapshot_every),
-            archive: (!archive_every.is_zero()).then(|| ArchiveOptions {
+            archive: (!archive_every.is_zero()).then_some(ArchiveOptions {
                 max_records: self.archive_max_records as usize,
                 interval: archive_every,
             }),
