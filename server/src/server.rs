@@ -54,6 +54,9 @@ pub enum ServeError {
     Archive(#[from] ArchiverError),
 }
 
+/// How long a graceful stop waits for the archive to catch up with the log.
+const FINAL_ARCHIVE: Duration = Duration::from_secs(10);
+
 /// A started server. Dropping it without `shutdown` leaves the tasks running until the runtime ends.
 pub struct RunningServer {
     addr: SocketAddr,
@@ -298,9 +301,18 @@ impl RunningServer {
         }
         self.engine.shutdown().await;
         if let Some(archiver) = self.archiver {
-            // After the engine: its last records are durable by now, and the current batch ends.
-            if let Err(e) = archiver.stop().await {
-                warn!(error = %error_chain(&e), "the archiver did not stop cleanly");
+            // After the engine, whose last records are durable by now: the archive catches up with
+            // them (bounded, so a large backlog does not hold the stop; the next start continues).
+            let caught_up = match archiver.stop().await {
+                Ok(mut archiver) => tokio::time::timeout(FINAL_ARCHIVE, archiver.run_once()).await,
+                Err(e) => Ok(Err(e)),
+            };
+            match caught_up {
+                Ok(Ok(events)) => info!(events, "archive caught up with the log"),
+                Ok(Err(e)) => warn!(error = %error_chain(&e), "the archiver did not stop cleanly"),
+                Err(_) => warn!(
+                    "the archive did not catch up within {FINAL_ARCHIVE:?}; the next start continues it"
+                ),
             }
         }
         info!("server stopped");
