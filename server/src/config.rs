@@ -125,6 +125,9 @@ pub struct ServeConfig {
     pub snapshot_dir: Option<PathBuf>,
     /// How often the sessions are snapshotted; None: only at a graceful stop.
     pub snapshot_interval: Option<Duration>,
+    /// Copy the log's events into `<store>/events` (the master dataset the trainer reads); None:
+    /// no archive (the log is then released after snapshots alone).
+    pub archive: Option<crate::archive::ArchiveOptions>,
 }
 
 impl Default for ServeConfig {
@@ -148,6 +151,7 @@ impl Default for ServeConfig {
             log_segment_bytes: 64 << 20,
             snapshot_dir: None,
             snapshot_interval: Some(Duration::from_secs(60)),
+            archive: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use lambdarec_kernels::Backend;
 use lambdarec_proto::FILE_DESCRIPTOR_SET;
+use lambdarec_proto::archive::Archive;
 use lambdarec_proto::v1::recommender_server::RecommenderServer;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -17,9 +18,10 @@ use tonic::transport::server::TcpIncoming;
 
 use tracing::{error, info, warn};
 
+use crate::archive::{ArchiveOptions, Archiver, ArchiverError, ArchiverTask};
 use crate::config::ServeConfig;
 use crate::device::{DeviceError, open_backend};
-use crate::engine::Engine;
+use crate::engine::{Engine, LogSetup};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -49,7 +51,12 @@ pub enum ServeError {
     Task(String),
     #[error("recovery from the event log failed")]
     Recovery(#[from] RecoveryError),
+    #[error("cannot start the archiver")]
+    Archive(#[from] ArchiverError),
 }
+
+/// How long a graceful stop waits for the archive to catch up with the log.
+const FINAL_ARCHIVE: Duration = Duration::from_secs(10);
 
 /// A started server. Dropping it without `shutdown` leaves the tasks running until the runtime ends.
 pub struct RunningServer {
@@ -60,6 +67,8 @@ pub struct RunningServer {
     background: Vec<JoinHandle<()>>,
     /// Recovery from the event log (None without a log); Err ends the server.
     recovery: Option<JoinHandle<Result<(), RecoveryError>>>,
+    /// Copies the log into the store's archive (None without a log or with archiving off).
+    archiver: Option<ArchiverTask>,
     engine: Engine,
     registry: Arc<Registry>,
     readiness: Arc<Readiness>,
@@ -87,7 +96,15 @@ pub async fn start_with_backend(
         .await
         .map_err(|e| ServeError::Task(e.to_string()))??;
     let (setup, pending) = prepared.unzip();
+    let (setup, archiver) = match (setup, &config.archive) {
+        (Some(setup), Some(options)) => {
+            let (setup, archiver) = start_archiver(setup, &config.store, options.clone()).await?;
+            (Some(setup), Some(archiver))
+        }
+        (setup, _) => (setup, None),
+    };
     let engine = Engine::start((&config).into(), open, metrics.clone(), setup)?;
+    let archiver = archiver.map(Archiver::spawn);
     info!(
         device = engine.device(),
         dtype = %config.dtype,
@@ -186,10 +203,39 @@ pub async fn start_with_backend(
         server,
         background,
         recovery,
+        archiver,
         engine,
         registry,
         readiness,
     })
+}
+
+/// Opens the store's archive, connects it to the log after the last batch it holds, and makes its
+/// progress bound what the log may release. The log calls block: they run on the blocking pool.
+async fn start_archiver(
+    setup: LogSetup,
+    store: &str,
+    options: ArchiveOptions,
+) -> Result<(LogSetup, Archiver), ServeError> {
+    let archive = Archive::in_store(store).map_err(ArchiverError::from)?;
+    let mut archiver = Archiver::recover(archive, options).await?;
+    let (setup, archiver) = tokio::task::spawn_blocking(move || {
+        let connected = setup
+            .log
+            .bounds()
+            .map_err(ArchiverError::from)
+            .and_then(|b| {
+                let log = &setup.log;
+                archiver.connect(&log.describe(), b.first, |from| log.reader(from))
+            });
+        connected.map(|_| (setup, archiver))
+    })
+    .await
+    .map_err(|e| ServeError::Task(e.to_string()))??;
+    archiver
+        .progress()
+        .publish_through(setup.status.archived.clone());
+    Ok((setup, archiver))
 }
 
 /// Turns health NOT_SERVING (with the reason) once the event log has failed.
@@ -256,6 +302,21 @@ impl RunningServer {
             task.abort();
         }
         self.engine.shutdown().await;
+        if let Some(archiver) = self.archiver {
+            // After the engine, whose last records are durable by now: the archive catches up with
+            // them (bounded, so a large backlog does not hold the stop; the next start continues).
+            let caught_up = match archiver.stop().await {
+                Ok(mut archiver) => tokio::time::timeout(FINAL_ARCHIVE, archiver.run_once()).await,
+                Err(e) => Ok(Err(e)),
+            };
+            match caught_up {
+                Ok(Ok(events)) => info!(events, "archive caught up with the log"),
+                Ok(Err(e)) => warn!(error = %error_chain(&e), "the archiver did not stop cleanly"),
+                Err(_) => warn!(
+                    "the archive did not catch up within {FINAL_ARCHIVE:?}; the next start continues it"
+                ),
+            }
+        }
         info!("server stopped");
         served
             .map_err(|e| ServeError::Task(e.to_string()))?

@@ -1,6 +1,7 @@
 //! `lambdarec quickstart --exit` on a tiny sample: every step runs, and the online replay reproduces
 //! the offline evaluation printed in step 2.
 
+use lambdarec_proto::archive::{Archive, DateRange};
 use lambdarec_server::DeviceChoice;
 use lambdarec_server::load::quickstart::{self, QuickstartOptions};
 use lambdarec_trainer::data::synthetic::SyntheticOptions;
@@ -23,6 +24,7 @@ async fn quickstart_runs_end_to_end_and_exits() {
             ..TrainConfig::default()
         },
         store: dir.path().join("store"),
+        data_dir: Some(dir.path().join("data")),
         listen: "127.0.0.1:0".parse().unwrap(),
         device: DeviceChoice::Cpu,
         concurrency: 4,
@@ -48,5 +50,25 @@ async fn quickstart_runs_end_to_end_and_exits() {
         quickstart::grpcurl_example(done.server.local_addr(), "42")
             .contains("lambdarec.v1.Recommender/Recommend")
     );
+    let applied = done.online.events_applied;
     done.server.shutdown().await.unwrap();
+
+    // Every applied event went through the embedded log into the archive (a graceful stop lets the
+    // archive catch up), and a snapshot of the sessions was left for the next start.
+    assert!(dir.path().join("data/log").is_dir());
+    assert!(
+        std::fs::read_dir(dir.path().join("data/snapshots"))
+            .unwrap()
+            .count()
+            >= 1
+    );
+    let archive = Archive::in_store(dir.path().join("store").to_str().unwrap()).unwrap();
+    let mut archived = 0;
+    for file in archive.files(DateRange::ALL).await.unwrap() {
+        archived += archive.read_events(&file).await.unwrap().len() as u64;
+    }
+    assert_eq!(
+        archived, applied,
+        "archived events = events the server applied"
+    );
 }

@@ -38,6 +38,10 @@ pub struct QuickstartArgs {
     /// Stop after the replay instead of serving until ctrl-c.
     #[arg(long)]
     pub exit: bool,
+    /// Directory of the embedded event log (`<dir>/log`) and session snapshots; the events are
+    /// archived to `<store>/events`. `none`: no event log (sessions in memory only).
+    #[arg(long, env = "LAMBDAREC_DATA_DIR", default_value = "./lambdarec-data")]
+    pub data_dir: String,
 }
 
 pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
             ..TrainConfig::default()
         },
         store: a.store.clone(),
+        data_dir: (a.data_dir != "none").then(|| PathBuf::from(&a.data_dir)),
         listen: a.listen,
         device: a.device,
         ..QuickstartOptions::default()

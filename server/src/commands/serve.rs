@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use lambdarec_kernels::Dtype;
+use lambdarec_server::archive::ArchiveOptions;
 use lambdarec_server::{DeviceChoice, Limits, LogConfig, ServeConfig};
 
 use super::StoreArgs;
@@ -78,6 +79,15 @@ pub struct ServeArgs {
     /// a graceful stop.
     #[arg(long, env = "LAMBDAREC_SNAPSHOT_INTERVAL", default_value_t = 60.0)]
     pub snapshot_interval: f64,
+    /// Seconds between archive batches once caught up: the log's events are copied as day-partitioned
+    /// Parquet into `<store>/events` (the master dataset `lambdarec train --data <store>/events`
+    /// reads), and log segments are deleted only once archived. 0 turns archiving off (the log is
+    /// then deleted after snapshots alone, and the batch layer never sees these events).
+    #[arg(long, env = "LAMBDAREC_ARCHIVE_INTERVAL", default_value_t = 10.0)]
+    pub archive_interval: f64,
+    /// Most log records per archive batch (one Parquet file per day of the batch's events).
+    #[arg(long, env = "LAMBDAREC_ARCHIVE_MAX_RECORDS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub archive_max_records: u64,
     /// Exactly-once window: the client_seqs remembered per session; an event re-sent with one of them
     /// is acknowledged again (duplicate = true) and not applied twice.
     #[arg(long, env = "LAMBDAREC_DEDUP_WINDOW", default_value_t = 64)]
@@ -103,6 +113,7 @@ impl ServeArgs {
     pub fn config(&self) -> anyhow::Result<ServeConfig> {
         let poll = seconds("--poll-interval", self.poll_interval)?;
         let snapshot_every = seconds("--snapshot-interval", self.snapshot_interval)?;
+        let archive_every = seconds("--archive-interval", self.archive_interval)?;
         let log = match self.event_log.as_str() {
             "none" => LogConfig::None,
             url => LogConfig::Url(url.to_string()),
@@ -138,6 +149,10 @@ impl ServeArgs {
             log_segment_bytes: self.log_segment_bytes,
             snapshot_dir,
             snapshot_interval: (!snapshot_every.is_zero()).then_some(snapshot_every),
+            archive: (!archive_every.is_zero()).then_some(ArchiveOptions {
+                max_records: self.archive_max_records as usize,
+                interval: archive_every,
+            }),
         })
     }
 }

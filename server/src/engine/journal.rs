@@ -13,7 +13,7 @@
 //! fsync the kernel may have dropped the data, so no later success can be trusted. The server then
 //! reports NOT_SERVING; a restart recovers from the log.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -32,6 +32,8 @@ const MAX_GROUP: usize = 256;
 /// Where the log stands, shared with the engine handle, the server and metrics.
 #[derive(Debug, Default)]
 pub struct LogStatus {
+    /// Set with `failed`: the hot path (every event) checks this flag, not the lock.
+    has_failed: AtomicBool,
     /// Why the log stopped accepting appends, once it has.
     failed: Mutex<Option<String>>,
     /// Position of the last durable record (0: none yet).
@@ -45,6 +47,9 @@ pub struct LogStatus {
 
 impl LogStatus {
     pub fn failure(&self) -> Option<String> {
+        if !self.has_failed.load(Ordering::Acquire) {
+            return None;
+        }
         self.failed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -54,6 +59,7 @@ impl LogStatus {
     fn fail(&self, reason: String) {
         let mut f = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
         f.get_or_insert(reason);
+        self.has_failed.store(true, Ordering::Release);
     }
 
     /// Records the snapshots now kept (oldest first).

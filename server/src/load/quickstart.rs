@@ -14,7 +14,8 @@ use lambdarec_trainer::pipeline::{TrainJob, run_train};
 use lambdarec_trainer::train::TrainConfig;
 
 use super::{LoadOptions, LoadReport, Mode, Replay, ReplaySession};
-use crate::{DeviceChoice, RunningServer, ServeConfig};
+use crate::archive::ArchiveOptions;
+use crate::{DeviceChoice, LogConfig, RunningServer, ServeConfig};
 
 /// What `quickstart` does; the defaults are the command's.
 #[derive(Clone, Debug)]
@@ -25,8 +26,12 @@ pub struct QuickstartOptions {
     /// The sample generated when `data` is None.
     pub synthetic: SyntheticOptions,
     pub config: TrainConfig,
-    /// Local directory of the model store (the sample and test sessions are written there too).
+    /// Local directory of the model store (the sample and test sessions are written there too; the
+    /// event log's archive goes to `<store>/events`).
     pub store: PathBuf,
+    /// Where the embedded event log (`<dir>/log`) and session snapshots (`<dir>/snapshots`) live;
+    /// None: no event log (sessions in memory only).
+    pub data_dir: Option<PathBuf>,
     pub model: String,
     pub listen: SocketAddr,
     pub device: DeviceChoice,
@@ -44,6 +49,7 @@ impl Default for QuickstartOptions {
             synthetic: SyntheticOptions::default(),
             config: TrainConfig::default(),
             store: PathBuf::from("./lambdarec-store"),
+            data_dir: Some(PathBuf::from("./lambdarec-data")),
             model: "quickstart".to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             device: DeviceChoice::Auto,
@@ -148,16 +154,40 @@ pub async fn run(opts: &QuickstartOptions) -> anyhow::Result<Quickstart> {
         opts.listen,
         opts.model
     );
+    let (log, snapshot_dir, archive) = match &opts.data_dir {
+        Some(dir) => (
+            LogConfig::Url(format!("file://{}", dir.join("log").display())),
+            Some(dir.join("snapshots")),
+            Some(ArchiveOptions::default()),
+        ),
+        None => (LogConfig::None, None, None),
+    };
     let server = crate::start(ServeConfig {
         listen: opts.listen,
         store: store.clone(),
         model: opts.model.clone(),
         device: opts.device,
+        log,
+        snapshot_dir,
+        archive,
         ..ServeConfig::default()
     })
     .await
     .context("starting the server")?;
+    if !server.wait_ready(std::time::Duration::from_secs(300)).await {
+        anyhow::bail!(
+            "the server did not become ready: {}",
+            server.not_serving_reason().unwrap_or_default()
+        );
+    }
     let addr = server.local_addr();
+    if let Some(dir) = &opts.data_dir {
+        say!(
+            opts,
+            "    events are logged to {} before they are acknowledged, and archived to {store}/events",
+            dir.join("log").display()
+        );
+    }
 
     let replay = Arc::new(replay_of(&outcome.dataset.test, &outcome.dataset.vocab.ids));
     say!(

@@ -11,8 +11,12 @@ use lambdarec_kernels::{
 use lambdarec_trainer::data::ItemVocab;
 use tokio::sync::oneshot;
 
+use lambdarec_eventlog::memory::MemoryLog;
+use lambdarec_eventlog::{Bounds, EventLog, LogError, LogReader, LogRecord, Position, RecordKind};
+
 use super::Batcher;
 use crate::config::Limits;
+use crate::engine::journal::{Journal, LogStatus};
 use crate::engine::types::{Envelope, Install, Job};
 use crate::engine::{
     EngineConfig, EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest,
@@ -115,6 +119,11 @@ struct Rig {
 
 /// A batcher on the fake backend with a 5-item model installed and the warm-up calls forgotten.
 fn rig() -> Rig {
+    rig_with(None)
+}
+
+/// As [`rig`], appending to `log` through a journal.
+fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let fail_next_step = Arc::new(Mutex::new(false));
     let fake = Fake {
@@ -139,7 +148,11 @@ fn rig() -> Rig {
         recovering: AtomicBool::new(false),
         log: None,
     });
-    let mut batcher = Batcher::new(Box::new(fake), config, shared.clone(), None);
+    let journal = log.map(|log| {
+        let status = Arc::new(LogStatus::default());
+        Journal::start(log, None, shared.clone(), status, 0).unwrap()
+    });
+    let mut batcher = Batcher::new(Box::new(fake), config, shared.clone(), journal);
     let ids: Vec<String> = (0..5).map(|i| format!("i{i}")).collect();
     let view = ModelView {
         generation: 1,
@@ -380,4 +393,91 @@ fn an_unknown_item_is_rejected_without_touching_the_session() {
     ));
     assert_eq!(outcome.session_events, 0);
     assert_eq!(r.calls(), vec![]);
+}
+
+/// A memory log whose appends fail once `broken` is set (as a disk whose fsync fails would).
+struct Breakable {
+    inner: MemoryLog,
+    broken: Arc<Mutex<bool>>,
+}
+
+impl EventLog for Breakable {
+    fn describe(&self) -> String {
+        "breakable".into()
+    }
+    fn append(&mut self, records: &[LogRecord]) -> lambdarec_eventlog::Result<Vec<Position>> {
+        if *self.broken.lock().unwrap() {
+            return Err(LogError::Io {
+                path: "breakable".into(),
+                source: std::io::Error::other("fsync failed"),
+            });
+        }
+        self.inner.append(records)
+    }
+    fn bounds(&self) -> lambdarec_eventlog::Result<Bounds> {
+        self.inner.bounds()
+    }
+    fn reader(&self, from: Position) -> lambdarec_eventlog::Result<Box<dyn LogReader>> {
+        self.inner.reader(from)
+    }
+    fn release_before(&mut self, position: Position) -> lambdarec_eventlog::Result<Position> {
+        self.inner.release_before(position)
+    }
+    fn stored_bytes(&self) -> u64 {
+        self.inner.stored_bytes()
+    }
+}
+
+/// Waits for a held reply (the journal thread releases it).
+fn wait<T>(rx: Rx<T>) -> Result<T, EngineError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(rx).expect("answered")
+}
+
+#[test]
+fn acks_wait_for_the_log_and_a_failed_append_acknowledges_nothing_more() {
+    let memory = MemoryLog::default();
+    let storage = memory.shared();
+    let broken = Arc::new(Mutex::new(false));
+    let log = Breakable {
+        inner: memory,
+        broken: broken.clone(),
+    };
+    let mut r = rig_with(Some(Box::new(log)));
+    let (e1, a1) = r.event("a", "i1", Some(1));
+    let (q, rec) = r.recommend("a");
+    r.serve(vec![e1, q]);
+    // The query is answered at once; the ack only once the record is in the log.
+    assert_eq!(state_seen(rec), 2.0);
+    let ack = wait(a1).unwrap();
+    assert!(ack.applied.is_ok());
+    let logged = MemoryLog::new(storage.clone());
+    let read = logged.reader(1).unwrap().next_batch(10).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].1.kind(), RecordKind::Event);
+    assert_eq!(
+        (read[0].1.session_id.as_str(), read[0].1.item_id.as_str()),
+        ("a", "i1")
+    );
+    assert_eq!(read[0].1.client_seq, Some(1));
+
+    *broken.lock().unwrap() = true;
+    let (e2, a2) = r.event("a", "i2", Some(2));
+    r.serve(vec![e2]);
+    match wait(a2) {
+        Err(EngineError::LogFailed(why)) => assert!(why.contains("fsync failed"), "{why}"),
+        other => panic!("expected LogFailed, got {other:?}"),
+    }
+    // Healed or not, the log is never trusted again: later changes fail too.
+    *broken.lock().unwrap() = false;
+    let (e3, a3) = r.event("b", "i3", Some(1));
+    r.serve(vec![e3]);
+    assert!(matches!(wait(a3), Err(EngineError::LogFailed(_))));
+    assert_eq!(
+        logged.bounds().unwrap().len(),
+        1,
+        "nothing after the failure was logged"
+    );
 }
