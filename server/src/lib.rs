@@ -7,6 +7,7 @@ pub mod config;
 mod convert;
 pub mod device;
 pub mod engine;
+pub mod http;
 pub mod load;
 pub mod metrics;
 pub mod readiness;

@@ -1,18 +1,30 @@
-//! Prometheus metrics, hand-written (atomics and the text exposition format) to keep dependencies
-//! lean, and the tiny HTTP endpoint that serves them on `GET /metrics`.
+//! Prometheus metrics of the server: one [`Metrics`] value owning a `prometheus-client` registry and a
+//! handle on every metric in it, rendered in the Prometheus text format (0.0.4) by [`Metrics::render`].
+//! The HTTP endpoint that serves them is `crate::http`.
+//!
+//! Adding a metric: give `Metrics` a field of the metric's type (`Counter`, `Gauge`, `Histogram`, or a
+//! `Family` of them for labelled series), create and register it in `Metrics::new` with its name
+//! (without the `lambdarec_` prefix, and without `_total` for counters: both are added when rendered)
+//! and a one-line help text, then update it where the event happens, and give it a panel in
+//! `deploy/grafana/lambdarec.json` (a unit test fails until it has one). Metric handles are cheap
+//! clones of shared atomics: the field and the registered copy are the same series.
 
-use std::fmt::Write;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// The RPCs, for per-method series.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// The RPCs, for per-method series (the label value is the variant's name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 pub enum Method {
     StreamEvents,
     Recommend,
@@ -35,19 +47,6 @@ impl Method {
         Method::Reload,
         Method::Ping,
     ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Method::StreamEvents => "StreamEvents",
-            Method::Recommend => "Recommend",
-            Method::Score => "Score",
-            Method::GetSession => "GetSession",
-            Method::DeleteSession => "DeleteSession",
-            Method::ModelInfo => "ModelInfo",
-            Method::Reload => "Reload",
-            Method::Ping => "Ping",
-        }
-    }
 }
 
 /// gRPC status code names, indexed by code.
@@ -80,310 +79,275 @@ const EVENT_CODES: [&str; 5] = [
     "INTERNAL",
 ];
 
-/// A cumulative histogram with fixed upper bounds.
-pub struct Histogram {
-    bounds: &'static [f64],
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    /// Sum in millionths, so it fits an integer atomic.
-    sum_micro: AtomicU64,
-}
+/// Eviction causes, indexed by `engine::Eviction`.
+const EVICTION_CAUSES: [&str; 2] = ["capacity", "ttl"];
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micro: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micro
-            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (b, n) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
-}
-
-const LATENCY_BOUNDS: &[f64] = &[
+const LATENCY_BOUNDS: [f64; 16] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 10.0,
 ];
-const BATCH_BOUNDS: &[f64] = &[
+const BATCH_BOUNDS: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-/// Every metric of the server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: Method,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: Method,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+/// Every metric of the server, and the registry that renders them.
 pub struct Metrics {
-    requests: Vec<[AtomicU64; 17]>,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    /// Indexed like `Method::ALL`: the per-method series, held so that recording needs no lookup.
     latency: Vec<Histogram>,
-    events: [AtomicU64; 5],
+    /// Indexed like `EVENT_CODES`.
+    events: Vec<Counter>,
     pub batch_size: Histogram,
-    /// Requests submitted and not yet taken by the batcher; the engine's admission counter.
-    pub queue_depth: AtomicU64,
-    pub live_sessions: AtomicU64,
-    /// Indexed by `engine::Eviction`.
-    pub evictions: [AtomicU64; 2],
+    /// Requests submitted and not yet taken by the batcher; the engine's admission counter (`inc`
+    /// returns the previous value).
+    pub queue_depth: Gauge<u64, AtomicU64>,
+    pub live_sessions: Gauge<u64, AtomicU64>,
+    /// Indexed by `engine::Eviction`. The session store keeps the running totals; the batcher copies
+    /// them here (`inner().store`), which keeps each series monotonic as a counter must be.
+    pub evictions: [Counter; 2],
     /// Requests whose caller had gone (cancelled or timed out) before the batcher reached them.
-    pub dropped_requests: AtomicU64,
-    pub load_failures: AtomicU64,
+    pub dropped_requests: Counter,
+    pub load_failures: Counter,
+    model_info: Family<VersionLabels, Gauge>,
+    /// The version `model_info` reports; the lock also orders concurrent version changes.
     model_version: Mutex<Option<String>>,
     /// Seconds per event-log append (one group commit).
     pub log_append_seconds: Histogram,
     /// Records per event-log append.
     pub log_batch_records: Histogram,
     /// Bytes the event log stores.
-    pub log_bytes: AtomicU64,
+    pub log_bytes: Gauge<u64, AtomicU64>,
     /// Seconds to write a snapshot.
     pub snapshot_seconds: Histogram,
     /// When the last snapshot was taken, Unix ms (0: none yet).
-    pub snapshot_unix_ms: AtomicU64,
+    pub snapshot_unix_ms: Gauge<u64, AtomicU64>,
     /// Milliseconds the start-up recovery took.
-    pub replay_millis: AtomicU64,
+    pub replay_millis: Gauge<u64, AtomicU64>,
     /// Events replayed from the log at start-up.
-    pub replay_events: AtomicU64,
+    pub replay_events: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            requests: Method::ALL
-                .iter()
-                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-                .collect(),
-            latency: Method::ALL
-                .iter()
-                .map(|_| Histogram::new(LATENCY_BOUNDS))
-                .collect(),
-            events: std::array::from_fn(|_| AtomicU64::new(0)),
-            batch_size: Histogram::new(BATCH_BOUNDS),
-            queue_depth: AtomicU64::new(0),
-            live_sessions: AtomicU64::new(0),
-            evictions: std::array::from_fn(|_| AtomicU64::new(0)),
-            dropped_requests: AtomicU64::new(0),
-            load_failures: AtomicU64::new(0),
-            model_version: Mutex::new(None),
-            log_append_seconds: Histogram::new(LATENCY_BOUNDS),
-            log_batch_records: Histogram::new(BATCH_BOUNDS),
-            log_bytes: AtomicU64::new(0),
-            snapshot_seconds: Histogram::new(LATENCY_BOUNDS),
-            snapshot_unix_ms: AtomicU64::new(0),
-            replay_millis: AtomicU64::new(0),
-            replay_events: AtomicU64::new(0),
-        }
+        Self::new()
     }
 }
 
 impl Metrics {
+    /// Creates and registers every metric. Labelled series that dashboards expect to see at zero
+    /// (every method's latency, every event code, every eviction cause) are created up front.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("lambdarec");
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "requests",
+            "gRPC requests by method and status code",
+            requests.clone(),
+        );
+        let latency_family: HistogramFamily<MethodLabels> =
+            Family::new_with_constructor(|| Histogram::new(LATENCY_BOUNDS));
+        r.register(
+            "request_duration_seconds",
+            "gRPC request latency in seconds, by method (a cancelled call counts until it is dropped)",
+            latency_family.clone(),
+        );
+        let latency = Method::ALL
+            .iter()
+            .map(|&method| latency_family.get_or_create_owned(&MethodLabels { method }))
+            .collect();
+        let event_family = Family::<CodeLabels, Counter>::default();
+        r.register(
+            "events",
+            "Session events acknowledged, by ack code (lambdarec.v1.ErrorCode)",
+            event_family.clone(),
+        );
+        let events = EVENT_CODES
+            .iter()
+            .map(|&code| event_family.get_or_create_owned(&CodeLabels { code }))
+            .collect();
+        let batch_size = Histogram::new(BATCH_BOUNDS);
+        r.register(
+            "batch_size",
+            "Requests served per batch",
+            batch_size.clone(),
+        );
+        let queue_depth = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "queue_depth",
+            "Requests waiting for the batcher",
+            queue_depth.clone(),
+        );
+        let live_sessions = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "live_sessions",
+            "Sessions in the session store",
+            live_sessions.clone(),
+        );
+        let dropped_requests = Counter::default();
+        r.register(
+            "dropped_requests",
+            "Requests dropped because their caller had gone",
+            dropped_requests.clone(),
+        );
+        let load_failures = Counter::default();
+        r.register(
+            "model_load_failures",
+            "Bundles that failed to load or verify",
+            load_failures.clone(),
+        );
+        let eviction_family = Family::<CauseLabels, Counter>::default();
+        r.register(
+            "session_evictions",
+            "Sessions evicted, by cause (capacity: LRU to make room; ttl: idle too long)",
+            eviction_family.clone(),
+        );
+        let evictions = EVICTION_CAUSES
+            .map(|cause| eviction_family.get_or_create_owned(&CauseLabels { cause }));
+        let model_info = Family::<VersionLabels, Gauge>::default();
+        r.register(
+            "model_info",
+            "The model version being served (value 1)",
+            model_info.clone(),
+        );
+        let log_append_seconds = Histogram::new(LATENCY_BOUNDS);
+        r.register(
+            "log_append_seconds",
+            "Seconds per event-log append (one group commit)",
+            log_append_seconds.clone(),
+        );
+        let log_batch_records = Histogram::new(BATCH_BOUNDS);
+        r.register(
+            "log_batch_records",
+            "Records per event-log append",
+            log_batch_records.clone(),
+        );
+        let log_bytes = Gauge::<u64, AtomicU64>::default();
+        r.register("log_bytes", "Bytes the event log stores", log_bytes.clone());
+        let snapshot_seconds = Histogram::new(LATENCY_BOUNDS);
+        r.register(
+            "snapshot_seconds",
+            "Seconds to write a session snapshot",
+            snapshot_seconds.clone(),
+        );
+        let snapshot_unix_ms = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "snapshot_unix_ms",
+            "When the last session snapshot was taken, Unix ms (0: none yet)",
+            snapshot_unix_ms.clone(),
+        );
+        let replay_millis = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "replay_millis",
+            "Milliseconds the start-up recovery from the event log took",
+            replay_millis.clone(),
+        );
+        let replay_events = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "replay_events",
+            "Events replayed from the event log at start-up",
+            replay_events.clone(),
+        );
+        Metrics {
+            registry: r,
+            requests,
+            latency,
+            events,
+            batch_size,
+            queue_depth,
+            live_sessions,
+            evictions,
+            dropped_requests,
+            load_failures,
+            model_info,
+            model_version: Mutex::new(None),
+            log_append_seconds,
+            log_batch_records,
+            log_bytes,
+            snapshot_seconds,
+            snapshot_unix_ms,
+            replay_millis,
+            replay_events,
+        }
+    }
+
     /// Records one finished RPC.
     pub fn request(&self, method: Method, code: tonic::Code, elapsed: Duration) {
+        let code = CODES[(code as usize).min(CODES.len() - 1)];
+        self.requests
+            .get_or_create(&RequestLabels { method, code })
+            .inc();
         let m = Method::ALL.iter().position(|&x| x == method).unwrap_or(0);
-        let c = (code as usize).min(CODES.len() - 1);
-        self.requests[m][c].fetch_add(1, Ordering::Relaxed);
         self.latency[m].observe(elapsed.as_secs_f64());
     }
 
     /// Records one event acknowledgement by its code (lambdarec.v1.ErrorCode value).
     pub fn event(&self, code: i32) {
         let c = (code.max(0) as usize).min(EVENT_CODES.len() - 1);
-        self.events[c].fetch_add(1, Ordering::Relaxed);
+        self.events[c].inc();
     }
 
+    /// Makes `version` the one `lambdarec_model_info` reports. The new series is added before the old
+    /// one is removed, so a scrape never finds no version once one has been served.
     pub fn set_model_version(&self, version: &str) {
-        *self
+        let mut current = self
             .model_version
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(version.to_string());
+            .unwrap_or_else(PoisonError::into_inner);
+        let label = |v: &str| VersionLabels {
+            version: v.to_string(),
+        };
+        self.model_info.get_or_create(&label(version)).set(1);
+        if let Some(old) = current.replace(version.to_string())
+            && old != version
+        {
+            self.model_info.remove(&label(&old));
+        }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]) of every metric.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 << 10);
-        let o = &mut out;
-        let _ = writeln!(
-            o,
-            "# HELP lambdarec_requests_total gRPC requests by method and status code."
-        );
-        let _ = writeln!(o, "# TYPE lambdarec_requests_total counter");
-        for (m, row) in Method::ALL.iter().zip(&self.requests) {
-            for (code, n) in CODES.iter().zip(row) {
-                let n = n.load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        o,
-                        "lambdarec_requests_total{{method=\"{}\",code=\"{code}\"}} {n}",
-                        m.name()
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            o,
-            "# HELP lambdarec_request_duration_seconds gRPC request latency by method."
-        );
-        let _ = writeln!(o, "# TYPE lambdarec_request_duration_seconds histogram");
-        for (m, h) in Method::ALL.iter().zip(&self.latency) {
-            h.render(
-                o,
-                "lambdarec_request_duration_seconds",
-                &format!("method=\"{}\"", m.name()),
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP lambdarec_events_total Session events acknowledged, by ack code."
-        );
-        let _ = writeln!(o, "# TYPE lambdarec_events_total counter");
-        for (code, n) in EVENT_CODES.iter().zip(&self.events) {
-            let _ = writeln!(
-                o,
-                "lambdarec_events_total{{code=\"{code}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(o, "# HELP lambdarec_batch_size Requests served per batch.");
-        let _ = writeln!(o, "# TYPE lambdarec_batch_size histogram");
-        self.batch_size.render(o, "lambdarec_batch_size", "");
-        let gauges = [
-            (
-                "lambdarec_queue_depth",
-                "gauge",
-                "Requests waiting for the batcher.",
-                &self.queue_depth,
-            ),
-            (
-                "lambdarec_live_sessions",
-                "gauge",
-                "Sessions in the session store.",
-                &self.live_sessions,
-            ),
-            (
-                "lambdarec_dropped_requests_total",
-                "counter",
-                "Requests dropped because their caller had gone.",
-                &self.dropped_requests,
-            ),
-            (
-                "lambdarec_model_load_failures_total",
-                "counter",
-                "Bundles that failed to load or verify.",
-                &self.load_failures,
-            ),
-        ];
-        for (name, kind, help, v) in gauges {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP lambdarec_session_evictions_total Sessions evicted, by cause."
-        );
-        let _ = writeln!(o, "# TYPE lambdarec_session_evictions_total counter");
-        for (cause, n) in ["capacity", "ttl"].iter().zip(&self.evictions) {
-            let _ = writeln!(
-                o,
-                "lambdarec_session_evictions_total{{cause=\"{cause}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP lambdarec_model_info The model version being served (value 1)."
-        );
-        let _ = writeln!(o, "# TYPE lambdarec_model_info gauge");
-        if let Some(v) = self
-            .model_version
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_deref()
-        {
-            let _ = writeln!(o, "lambdarec_model_info{{version=\"{v}\"}} 1");
+        // Writing into a String cannot fail; an encoder error would be a bug in a label value.
+        if let Err(e) = prometheus_text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
         }
         out
     }
 }
 
-/// Serves `GET /metrics` (HTTP/1.x, one request per connection) until the task is aborted.
-pub async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
-    loop {
-        let (mut conn, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // Read the request head; scrapers send small requests, so a fixed buffer is enough.
-            while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf[len..])).await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => len += n,
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if head.starts_with("GET ")
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                ("200 OK", metrics.render())
-            } else {
-                (
-                    "404 Not Found",
-                    "not found; metrics are at /metrics\n".to_string(),
-                )
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = conn.write_all(response.as_bytes()).await {
-                debug!(%peer, error = %e, "metrics endpoint: write failed");
-            }
-            let _ = conn.shutdown().await;
-        });
-    }
-}
-
-/// Binds the metrics endpoint.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn renders_counters_histograms_and_info() {
@@ -398,21 +362,143 @@ mod tests {
             tonic::Code::InvalidArgument,
             Duration::from_millis(2),
         );
+        m.event(1);
         m.batch_size.observe(3.0);
+        assert_eq!(m.queue_depth.inc(), 0, "inc returns the previous value");
+        m.evictions[1]
+            .inner()
+            .store(2, std::sync::atomic::Ordering::Relaxed);
         m.set_model_version("20261126T101500123Z");
         let text = m.render();
+        let lines: Vec<&str> = text.lines().collect();
+        for want in [
+            "# HELP lambdarec_requests_total gRPC requests by method and status code.",
+            "# TYPE lambdarec_requests_total counter",
+            "lambdarec_requests_total{method=\"Recommend\",code=\"OK\"} 1",
+            "lambdarec_requests_total{method=\"Recommend\",code=\"INVALID_ARGUMENT\"} 1",
+            "# TYPE lambdarec_request_duration_seconds histogram",
+            "lambdarec_request_duration_seconds_bucket{method=\"Recommend\",le=\"0.00025\"} 0",
+            "lambdarec_request_duration_seconds_bucket{method=\"Recommend\",le=\"0.0005\"} 1",
+            "lambdarec_request_duration_seconds_bucket{method=\"Recommend\",le=\"0.0025\"} 2",
+            "lambdarec_request_duration_seconds_bucket{method=\"Recommend\",le=\"+Inf\"} 2",
+            "lambdarec_request_duration_seconds_sum{method=\"Recommend\"} 0.0023",
+            "lambdarec_request_duration_seconds_count{method=\"Recommend\"} 2",
+            "lambdarec_request_duration_seconds_count{method=\"Ping\"} 0",
+            "lambdarec_events_total{code=\"OK\"} 0",
+            "lambdarec_events_total{code=\"UNKNOWN_ITEM\"} 1",
+            "lambdarec_batch_size_bucket{le=\"2\"} 0",
+            "lambdarec_batch_size_bucket{le=\"4\"} 1",
+            "lambdarec_batch_size_count 1",
+            "# TYPE lambdarec_queue_depth gauge",
+            "lambdarec_queue_depth 1",
+            "lambdarec_live_sessions 0",
+            "lambdarec_dropped_requests_total 0",
+            "lambdarec_model_load_failures_total 0",
+            "lambdarec_session_evictions_total{cause=\"capacity\"} 0",
+            "lambdarec_session_evictions_total{cause=\"ttl\"} 2",
+            "# TYPE lambdarec_model_info gauge",
+            "lambdarec_model_info{version=\"20261126T101500123Z\"} 1",
+        ] {
+            assert!(lines.contains(&want), "missing line {want:?} in\n{text}");
+        }
+        // Only requests that happened have a series.
+        assert!(!text.contains("method=\"Ping\",code="), "{text}");
+    }
+
+    #[test]
+    fn a_new_model_version_replaces_the_old_one() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("lambdarec_model_info{"));
+        m.set_model_version("v1");
+        m.set_model_version("v1");
+        m.set_model_version("v2");
+        let text = m.render();
         assert!(
-            text.contains("lambdarec_requests_total{method=\"Recommend\",code=\"OK\"} 1"),
+            text.contains("lambdarec_model_info{version=\"v2\"} 1"),
             "{text}"
         );
-        assert!(text.contains(
-            "lambdarec_requests_total{method=\"Recommend\",code=\"INVALID_ARGUMENT\"} 1"
-        ));
-        assert!(text.contains(
-            "lambdarec_request_duration_seconds_bucket{method=\"Recommend\",le=\"0.0005\"} 1"
-        ));
-        assert!(text.contains("lambdarec_request_duration_seconds_count{method=\"Recommend\"} 2"));
-        assert!(text.contains("lambdarec_batch_size_bucket{le=\"4\"} 1"));
-        assert!(text.contains("lambdarec_model_info{version=\"20261126T101500123Z\"} 1"));
+        assert!(!text.contains("version=\"v1\""), "{text}");
+    }
+
+    /// Every `expr` string anywhere in a Grafana dashboard.
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match value {
+                        serde_json::Value::String(e) if key == "expr" => out.push(e.clone()),
+                        _ => exprs(value, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(list) => list.iter().for_each(|x| exprs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_what_render_exposes() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/lambdarec.json"))
+                .expect("the dashboard is well-formed JSON");
+        assert_eq!(dashboard["__inputs"][0]["name"], "DS_PROMETHEUS");
+        let m = Metrics::default();
+        m.request(Method::Ping, tonic::Code::Ok, Duration::ZERO);
+        m.set_model_version("v1");
+        let text = m.render();
+        let samples = text.lines().filter(|l| !l.starts_with('#'));
+        let names: HashSet<&str> = samples
+            .clone()
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let labels: HashSet<&str> = samples
+            .filter_map(|l| Some(l.split_once('{')?.1.split_once('}')?.0))
+            .flat_map(|ls| ls.split(',').filter_map(|kv| kv.split('=').next()))
+            .chain(["instance"]) // added by Prometheus at scrape time
+            .collect();
+        let mut queries = Vec::new();
+        exprs(&dashboard, &mut queries);
+        assert!(queries.len() >= 10, "{queries:?}");
+        let mut seen = HashSet::new();
+        for q in &queries {
+            let words = q.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            for metric in words.filter(|w| w.starts_with("lambdarec_")) {
+                assert!(names.contains(metric), "{metric} (in {q}) is not exposed");
+                seen.insert(metric.to_string());
+            }
+            for (_, rest) in q.match_indices("by (").map(|(i, _)| q.split_at(i + 4)) {
+                let grouped = rest.split(')').next().unwrap_or("");
+                for label in grouped.split(',').map(str::trim) {
+                    assert!(
+                        labels.contains(label),
+                        "label {label} (in {q}) is not exposed"
+                    );
+                }
+            }
+        }
+        // Every metric the server exposes has a panel: a new metric needs one in the dashboard.
+        for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = family.split(' ').next().unwrap_or_default();
+            assert!(
+                seen.iter().any(|m| m.starts_with(name)),
+                "no panel of deploy/grafana/lambdarec.json queries {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_range_codes_are_clamped_not_panics() {
+        let m = Metrics::default();
+        m.event(-3);
+        m.event(99);
+        let text = m.render();
+        assert!(
+            text.contains("lambdarec_events_total{code=\"OK\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lambdarec_events_total{code=\"INTERNAL\"} 1"),
+            "{text}"
+        );
     }
 }

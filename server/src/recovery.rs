@@ -222,12 +222,8 @@ pub async fn run(
     }
     let _ = read_thread.join();
     report.took = started.elapsed();
-    metrics
-        .replay_millis
-        .store(report.took.as_millis() as u64, Ordering::Relaxed);
-    metrics
-        .replay_events
-        .store(report.replayed.events, Ordering::Relaxed);
+    metrics.replay_millis.set(report.took.as_millis() as u64);
+    metrics.replay_events.set(report.replayed.events);
     engine.finish_recovery();
     info!(
         restored_sessions = report.restored.sessions,

@@ -264,9 +264,7 @@ impl Registry {
     fn failed(&self, version: &str, e: RegistryError) -> RegistryError {
         let message = error_chain(&e);
         error!(model = %self.model, version, error = %message, "model load failed; the serving model (if any) keeps serving");
-        self.metrics
-            .load_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.load_failures.inc();
         let mut st = self.lock();
         if !version.is_empty() {
             st.last_failed = Some(version.to_string());

@@ -1,6 +1,6 @@
 //! Assembles and runs the server: engine, registry (initial load, LATEST poller), the Recommender
-//! service with grpc.health.v1 and reflection, the metrics endpoint, and a graceful shutdown that
-//! answers in-flight work before the batcher stops.
+//! service with grpc.health.v1 and reflection, the HTTP admin endpoint (/metrics, /healthz), and a
+//! graceful shutdown that answers in-flight work before the batcher stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use crate::archive::{ArchiveOptions, Archiver, ArchiverError, ArchiverTask};
 use crate::config::ServeConfig;
 use crate::device::{DeviceError, open_backend};
 use crate::engine::{Engine, LogSetup};
-use crate::metrics::{self, Metrics};
+use crate::http;
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::recovery::{self, RecoveryError};
 use crate::registry::{Registry, error_chain};
@@ -150,10 +151,11 @@ pub async fn start_with_backend(
     let mut background = Vec::new();
     let metrics_addr = match config.metrics_listen {
         Some(at) => {
-            let l = metrics::bind(at).await.map_err(|e| bind(at, e))?;
+            let l = http::bind(at).await.map_err(|e| bind(at, e))?;
             let bound = l.local_addr().map_err(|e| bind(at, e))?;
-            background.push(tokio::spawn(metrics::serve_metrics(l, metrics.clone())));
-            info!(addr = %bound, "metrics at http://{bound}/metrics");
+            let routes = http::router(metrics.clone(), readiness.clone());
+            background.push(http::spawn(l, routes));
+            info!(addr = %bound, "metrics at http://{bound}/metrics, health at http://{bound}/healthz");
             Some(bound)
         }
         None => None,
@@ -256,7 +258,7 @@ impl RunningServer {
         self.addr
     }
 
-    /// The bound metrics address, if metrics are served.
+    /// The bound address of the HTTP admin endpoint (/metrics, /healthz), if it is served.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }

@@ -1,10 +1,13 @@
 //! The load harness scores online exactly what the offline evaluator scores: a bundle trained on
 //! synthetic data, its test sessions (plus events on unknown items) replayed through the real server on
-//! a loopback port, must give `run_eval`'s Recall@20, MRR@20 and event count.
+//! a loopback port, must give `run_eval`'s Recall@20, MRR@20 and event count — with Recommend, and
+//! with Score when every catalogue item is a candidate (a check of score mode's targets and ranking).
+//! With fewer candidates, score mode scores the same predictions and finds the target at least as
+//! high as in the whole catalogue.
 
 use std::time::Duration;
 
-use lambdarec_server::load::{self, LoadOptions, Mode};
+use lambdarec_server::load::{self, LoadOptions, Mode, Workload};
 use lambdarec_server::{DeviceChoice, ServeConfig};
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
 use lambdarec_trainer::data::{ReadOptions, Sessions};
@@ -76,6 +79,7 @@ async fn online_metrics_equal_offline_metrics() {
     let out = run_train(&job, |_, _, _| {}, |_| {}).await.unwrap();
     let test_path = dir.path().join("test.tsv");
     let unknown = write_with_unknowns(&out.dataset.test, &out.dataset.vocab.ids, &test_path);
+    let n_items = out.dataset.vocab.ids.len();
 
     let (_, offline, _) = run_eval(&EvalJob {
         store: store.clone(),
@@ -132,21 +136,26 @@ async fn online_metrics_equal_offline_metrics() {
                 ..base.clone()
             },
         ),
+        (
+            "score, every item a candidate",
+            LoadOptions {
+                mode: Mode::Closed { concurrency: 8 },
+                workload: Workload::Score {
+                    candidates: n_items,
+                },
+                ..base.clone()
+            },
+        ),
     ];
+    let mut recommend_requests = None;
     for (name, opts) in runs {
         let report = load::run(&opts).await.unwrap();
-        assert!(
-            report.errors.is_empty(),
-            "{name}: errors {:?}",
-            report.errors
-        );
+        check_run(name, &report, unknown, offline.model.events);
+        // Every pass makes one call per applied event but a session's last, whatever the call.
         assert_eq!(
-            report.unknown_items as usize, unknown,
-            "{name}: unknown-item acks"
-        );
-        assert_eq!(
-            report.accuracy.events, offline.model.events,
-            "{name}: predictions scored"
+            *recommend_requests.get_or_insert(report.requests),
+            report.requests,
+            "{name}: calls"
         );
         assert!(
             (report.accuracy.recall - offline.model.recall).abs() < 1e-6,
@@ -182,12 +191,77 @@ async fn online_metrics_equal_offline_metrics() {
         ] {
             assert!(json.get(key).is_some(), "{name}: JSON lacks {key}");
         }
-        let svg = load::latency_svg(&report);
+        let svg = load::latency_svg(&report).unwrap();
         assert!(
             svg.starts_with("<svg")
                 && svg.contains("polyline")
                 && svg.trim_end().ends_with("</svg>")
         );
     }
+
+    // 50 of the 200 items: the same predictions, each target ranked among fewer items.
+    let opts = LoadOptions {
+        workload: Workload::Score { candidates: 50 },
+        seed: 3,
+        ..base.clone()
+    };
+    let report = load::run(&opts).await.unwrap();
+    check_run(
+        "score, 50 candidates",
+        &report,
+        unknown,
+        offline.model.events,
+    );
+    assert!(
+        report.accuracy.recall > offline.model.recall && report.accuracy.mrr > offline.model.mrr,
+        "recall {} mrr {} over 50 candidates vs {} {} over the catalogue",
+        report.accuracy.recall,
+        report.accuracy.mrr,
+        offline.model.recall,
+        offline.model.mrr
+    );
+    let json = report.to_json();
+    assert_eq!(
+        (json["mode"].as_str(), json["candidates"].as_u64()),
+        (Some("score"), Some(50))
+    );
+    assert!(report.text().contains("Score (50 candidates): "));
+    // Sessions finish in a different order each run, so sums may differ in the last bit.
+    let again = load::run(&opts).await.unwrap();
+    assert!(
+        (again.accuracy.recall - report.accuracy.recall).abs() < 1e-9
+            && (again.accuracy.mrr - report.accuracy.mrr).abs() < 1e-9,
+        "a seeded run repeats its candidate draws: {:?} vs {:?}",
+        again.accuracy,
+        report.accuracy
+    );
+
+    // A catalogue that cannot be read is a clear error before any load.
+    let e = load::run(&LoadOptions {
+        workload: Workload::Score { candidates: 10 },
+        store: Some("memory://no-such-store".to_string()),
+        ..base.clone()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("score mode needs the served catalogue"),
+        "{e}"
+    );
     server.shutdown().await.unwrap();
+}
+
+/// What every run must show: no errors, the unknown items skipped, every offline prediction scored.
+fn check_run(name: &str, report: &load::LoadReport, unknown: usize, events: u64) {
+    assert!(
+        report.errors.is_empty(),
+        "{name}: errors {:?}",
+        report.errors
+    );
+    assert_eq!(
+        report.unknown_items as usize, unknown,
+        "{name}: unknown-item acks"
+    );
+    assert_eq!(report.accuracy.events, events, "{name}: predictions scored");
 }

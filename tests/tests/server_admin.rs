@@ -1,11 +1,11 @@
-//! The admin surface of the gRPC server: health (NOT_SERVING until a model loads), ModelInfo and
-//! load failures, server reflection, and the Prometheus metrics endpoint.
+//! The admin surface of the server: health (NOT_SERVING until a model loads, on gRPC and on HTTP
+//! `/healthz`), ModelInfo and load failures, server reflection, and the Prometheus metrics endpoint.
 
 mod server_common;
 
 use futures::StreamExt;
 use lambdarec_proto::v1;
-use server_common::{base, client, config};
+use server_common::{base, client, config, http_get};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -34,6 +34,12 @@ async fn health_reflection_and_metrics() {
         .into_inner()
         .status();
     assert_eq!(status, ServingStatus::NotServing);
+    let healthz = http_get(server.metrics_addr().unwrap(), "/healthz").await;
+    assert!(healthz.starts_with("HTTP/1.1 503 "), "{healthz}");
+    assert!(
+        healthz.ends_with("\r\n\r\nNOT_SERVING: no model is loaded yet\n"),
+        "{healthz}"
+    );
     let mut c = client(server.local_addr()).await;
     let e = c
         .recommend(v1::RecommendRequest {
@@ -72,6 +78,9 @@ async fn health_reflection_and_metrics() {
             ServingStatus::Serving
         );
     }
+    let healthz = http_get(server.metrics_addr().unwrap(), "/healthz").await;
+    assert!(healthz.starts_with("HTTP/1.1 200 OK\r\n"), "{healthz}");
+    assert!(healthz.ends_with("\r\n\r\nSERVING\n"), "{healthz}");
     let info = c
         .model_info(v1::ModelInfoRequest {})
         .await
@@ -172,6 +181,11 @@ async fn health_reflection_and_metrics() {
     }
 
     let text = http_get(server.metrics_addr().unwrap(), "/metrics").await;
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n")
+            && text.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{text}"
+    );
     for needle in [
         "lambdarec_requests_total{method=\"Recommend\",code=\"OK\"} 1",
         "lambdarec_requests_total{method=\"Recommend\",code=\"UNAVAILABLE\"} 1",
@@ -189,17 +203,6 @@ async fn health_reflection_and_metrics() {
             .starts_with("HTTP/1.1 404")
     );
     server.shutdown().await.unwrap();
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    conn.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -445,12 +445,5 @@ async fn overload_deadlines_and_graceful_shutdown() {
 }
 
 async fn metrics_text(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    conn.read_to_string(&mut out).await.unwrap();
-    out
+    server_common::http_get(addr, "/metrics").await
 }

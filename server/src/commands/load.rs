@@ -1,22 +1,27 @@
-//! `lambdarec load`: replays a log's sessions through a running server and reports Recommend latency,
-//! throughput, errors and the online Recall/MRR (see `lambdarec_server::load`).
+//! `lambdarec load`: replays a log's sessions through a running server and reports Recommend (or Score)
+//! latency, throughput, errors and the online Recall/MRR (see `lambdarec_server::load`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use lambdarec_server::load::{self, LoadOptions, LoadReport, Mode};
+use lambdarec_server::load::{self, LoadOptions, LoadReport, MAX_CANDIDATES, Mode, Workload};
 
 use super::{ReadArgs, existing_file};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     lambdarec load --target 127.0.0.1:50051 --data test.txt                 # every session once, 16 in flight\n  \
-    lambdarec load --data test.txt --rate 200 --duration 60 --plot lat.svg  # open loop, 200 sessions/s\n\n\
+    lambdarec load --data test.txt --rate 200 --duration 60 --plot lat.svg  # open loop, 200 sessions/s\n  \
+    lambdarec load --data test.txt --mode score --candidates 1000 --duration 30  # candidate scoring\n\n\
     Online accuracy: after each applied event the Recommend list is scored against the session's next\n\
     applied item; events acked UNKNOWN_ITEM are skipped. This scores exactly the predictions of\n\
-    `lambdarec eval` on the same file (unknown items dropped, then sessions shorter than 2).")]
+    `lambdarec eval` on the same file (unknown items dropped, then sessions shorter than 2).\n\n\
+    Score mode: after each applied event, Score with N candidates drawn from the served bundle's\n\
+    catalogue by training popularity, without repeats, the session's next known item among them at a\n\
+    random place. The top k by score (ties in candidate order) is scored like a Recommend list, so\n\
+    Recall/MRR are over the candidates; with N at least the catalogue size they equal Recommend's.")]
 pub struct LoadArgs {
     /// Server address (host:port), loopback by default.
     #[arg(long, env = "LAMBDAREC_TARGET", default_value = "127.0.0.1:50051")]
@@ -35,6 +40,16 @@ pub struct LoadArgs {
     /// Seconds to run, looping over the log; without it every session is replayed once.
     #[arg(long)]
     pub duration: Option<f64>,
+    /// The call after each applied event: Recommend (top k of the catalogue) or Score (candidates).
+    #[arg(long, value_enum, default_value_t = CallMode::Recommend)]
+    pub mode: CallMode,
+    /// Score mode: candidates per Score request (the next item plus items drawn by popularity).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_CANDIDATES as i64))]
+    pub candidates: Option<u32>,
+    /// Score mode: store to read the served bundle's catalogue from (default: the store the server
+    /// reports in ModelInfo, which may be a path on the server's machine).
+    #[arg(long)]
+    pub store: Option<String>,
     /// Recommendation list length and metric cut-off.
     #[arg(long = "k", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub k: u32,
@@ -47,16 +62,26 @@ pub struct LoadArgs {
     /// Hard limit of the whole run in seconds.
     #[arg(long, default_value_t = 3600.0)]
     pub max_time: f64,
-    /// Seed of the open-loop arrivals.
+    /// Seed of the open-loop arrivals and of score mode's candidate draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Write an SVG of p50/p99 Recommend latency per second to this file.
+    /// Write an SVG of p50/p99 Recommend (or Score) latency per second to this file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
 }
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CallMode {
+    Recommend,
+    Score,
+}
+
+/// Score mode's default candidate count.
+const DEFAULT_CANDIDATES: u32 = 100;
 
 fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s)
@@ -73,11 +98,24 @@ impl LoadArgs {
                 concurrency: self.concurrency.unwrap_or(16),
             },
         };
+        let workload = match self.mode {
+            CallMode::Recommend => {
+                if self.candidates.is_some() || self.store.is_some() {
+                    anyhow::bail!("--candidates and --store apply to --mode score");
+                }
+                Workload::Recommend
+            }
+            CallMode::Score => Workload::Score {
+                candidates: self.candidates.unwrap_or(DEFAULT_CANDIDATES) as usize,
+            },
+        };
         Ok(LoadOptions {
             target: self.target.clone(),
             data: self.data.clone(),
             read: self.read.options(),
             mode,
+            workload,
+            store: self.store.clone(),
             duration: self
                 .duration
                 .map(|d| seconds("--duration", d))
@@ -105,7 +143,7 @@ pub fn print(
         print!("{}", report.text());
     }
     if let Some(path) = plot {
-        std::fs::write(path, load::latency_svg(report))
+        std::fs::write(path, load::latency_svg(report)?)
             .with_context(|| format!("writing {}", path.display()))?;
         if !json {
             println!("wrote {}", path.display());

@@ -49,7 +49,8 @@ pub struct ServeArgs {
     /// Seconds between checks of the store's LATEST for a new version; 0 turns polling off.
     #[arg(long, env = "LAMBDAREC_POLL_INTERVAL", default_value_t = 30.0)]
     pub poll_interval: f64,
-    /// Address for Prometheus metrics (GET /metrics); not served when unset.
+    /// Address of the HTTP admin endpoint: Prometheus metrics (GET /metrics) and health (GET
+    /// /healthz); not served when unset.
     #[arg(long, env = "LAMBDAREC_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Largest request message accepted, in bytes.

@@ -245,8 +245,7 @@ impl Writer {
         }
         self.last = *through.last().expect("non-empty");
         self.status.durable.store(self.last, Ordering::Release);
-        m.log_bytes
-            .store(self.log.stored_bytes(), Ordering::Relaxed);
+        m.log_bytes.set(self.log.stored_bytes());
         for (n, mut image) in images {
             image.position = through[n];
             self.write_snapshot(*image);
@@ -271,8 +270,7 @@ impl Writer {
                 );
                 let m = &self.shared.metrics;
                 m.snapshot_seconds.observe(took.as_secs_f64());
-                m.snapshot_unix_ms
-                    .store(image.taken_ms.max(0) as u64, Ordering::Relaxed);
+                m.snapshot_unix_ms.set(image.taken_ms.max(0) as u64);
                 self.status.set_snapshots(kept);
             }
             // Not fatal: the log keeps everything after the last good snapshot.
@@ -296,8 +294,7 @@ impl Writer {
                 debug!(below, first, "released log storage");
                 self.released_below = below;
                 let m = &self.shared.metrics;
-                m.log_bytes
-                    .store(self.log.stored_bytes(), Ordering::Relaxed);
+                m.log_bytes.set(self.log.stored_bytes());
             }
             Err(e) => warn!(error = %error_chain(&e), below, "cannot release log storage"),
         }

@@ -388,9 +388,9 @@ impl Engine {
         let shared = &self.inner.shared;
         let capacity = self.inner.config.queue_capacity;
         // The queue-depth gauge is the admission counter itself, so the metric is never stale.
-        let queued = shared.metrics.queue_depth.fetch_add(1, Ordering::AcqRel) as usize;
+        let queued = shared.metrics.queue_depth.inc() as usize;
         if queued >= capacity {
-            shared.metrics.queue_depth.fetch_sub(1, Ordering::AcqRel);
+            shared.metrics.queue_depth.dec();
             return Err(EngineError::Overloaded {
                 queued,
                 capacity,
@@ -403,7 +403,7 @@ impl Engine {
             job: job(reply),
         });
         if self.inner.tx.send(msg).is_err() {
-            shared.metrics.queue_depth.fetch_sub(1, Ordering::AcqRel);
+            shared.metrics.queue_depth.dec();
             return Err(EngineError::ShuttingDown);
         }
         Ok(rx)

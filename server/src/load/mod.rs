@@ -1,10 +1,15 @@
 //! The load-test harness behind `lambdarec load`: replays the sessions of an interaction log through a
-//! running server the way a product service would, and reports Recommend latency, throughput, errors
-//! and the *online* accuracy, scored with the trainer's own `MetricsAccumulator`.
+//! running server the way a product service would, and reports Recommend (or Score) latency,
+//! throughput, errors and the *online* accuracy, scored with the trainer's own `MetricsAccumulator`.
 //!
 //! Per session, per event in order: send the event on a `StreamEvents` stream and wait for its ack,
 //! then call `Recommend` (k, `exclude_seen = false`, like the offline evaluator) — except after the
 //! session's last event. The list is scored against the session's next *applied* event.
+//!
+//! Score mode (`Workload::Score`) calls `Score` instead, with N candidates drawn from the served
+//! model's catalogue by popularity and the session's next known item among them (see `candidates`);
+//! the candidates ranked by score, ties in candidate order, make the top-k list that is scored the
+//! same way. With N at least the catalogue size this ranks the whole catalogue, as Recommend does.
 //!
 //! Unknown items (the rule that makes online = offline): an event acked `UNKNOWN_ITEM` leaves the
 //! session unchanged and is skipped: it is not a prediction target, and the list pending from the
@@ -17,6 +22,7 @@
 //! starts late — the in-flight cap was reached — charges its delay to its first Recommend, so the
 //! latency is measured from the intended send time and coordinated omission is not hidden).
 
+mod candidates;
 mod plot;
 pub mod quickstart;
 mod replay;
@@ -37,11 +43,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-pub use plot::latency_svg;
+pub use candidates::CatalogueError;
+pub use plot::{PlotError, latency_svg};
 pub use replay::{Replay, ReplaySession};
 pub use report::{LoadReport, TimelinePoint};
 
-use replay::{Ctx, EventStream};
+use candidates::Catalogue;
+use replay::{Call, Ctx, EventStream};
 use report::Collector;
 
 /// How sessions are offered to the server.
@@ -53,6 +61,28 @@ pub enum Mode {
     Open { rate: f64 },
 }
 
+/// Which call follows each applied event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `Recommend`: the top k of the whole catalogue.
+    Recommend,
+    /// `Score` of `candidates` items: the session's next item and items drawn by popularity.
+    Score { candidates: usize },
+}
+
+impl Workload {
+    /// The RPC's name, for reports.
+    pub fn call(self) -> &'static str {
+        match self {
+            Workload::Recommend => "Recommend",
+            Workload::Score { .. } => "Score",
+        }
+    }
+}
+
+/// The server's limit on candidates per Score request.
+pub const MAX_CANDIDATES: usize = 10_000;
+
 /// Everything one load run needs.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -62,6 +92,10 @@ pub struct LoadOptions {
     pub data: PathBuf,
     pub read: ReadOptions,
     pub mode: Mode,
+    pub workload: Workload,
+    /// Score mode: the store to read the served bundle's catalogue from; None: the store the server
+    /// names in ModelInfo.
+    pub store: Option<String>,
     /// None: replay every session once. Some: loop over the log until it has passed.
     pub duration: Option<Duration>,
     /// Recommendation list length and metric cut-off.
@@ -74,7 +108,7 @@ pub struct LoadOptions {
     pub max_time: Duration,
     /// Open loop: most sessions in flight; beyond it arrivals wait (and their delay is charged).
     pub max_in_flight: usize,
-    /// Seed of the open-loop arrival process.
+    /// Seed of the open-loop arrival process and of score mode's candidate draws.
     pub seed: u64,
     /// A live progress line on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
@@ -87,6 +121,8 @@ impl Default for LoadOptions {
             data: PathBuf::new(),
             read: ReadOptions::default(),
             mode: Mode::Closed { concurrency: 16 },
+            workload: Workload::Recommend,
+            store: None,
             duration: None,
             k: 20,
             connections: 4,
@@ -117,6 +153,8 @@ pub enum LoadError {
         target: String,
         status: tonic::Status,
     },
+    #[error("score mode needs the served catalogue: {0} (--store names a store to read it from)")]
+    Catalogue(#[from] CatalogueError),
 }
 
 /// Reads `opts.data` and replays it (see the module docs).
@@ -158,6 +196,17 @@ pub async fn run_replay(opts: &LoadOptions, replay: Arc<Replay>) -> Result<LoadR
             status,
         })?
         .into_inner();
+    let call = match opts.workload {
+        Workload::Recommend => Call::Recommend,
+        Workload::Score { candidates } => {
+            let store = opts.store.as_deref().unwrap_or(&info.store);
+            let catalogue = Catalogue::load(store, &info.name, &info.version).await?;
+            Call::Score {
+                candidates,
+                catalogue,
+            }
+        }
+    };
     let mut streams = Vec::with_capacity(clients.len());
     for c in &clients {
         streams.push(EventStream::open(c.clone()).await);
@@ -169,6 +218,8 @@ pub async fn run_replay(opts: &LoadOptions, replay: Arc<Replay>) -> Result<LoadR
         streams,
         collector: collector.clone(),
         k: opts.k,
+        call,
+        seed: opts.seed,
         timeout: opts.request_timeout,
         run_tag: format!("load-{:x}-{:x}", std::process::id(), epoch_millis()),
     });
@@ -268,6 +319,13 @@ fn validate(opts: &LoadOptions) -> Result<(), LoadError> {
     }
     if opts.k == 0 || opts.connections == 0 || opts.max_in_flight == 0 {
         return bad("--k, --connections and the in-flight limit must be at least 1");
+    }
+    if let Workload::Score { candidates } = opts.workload
+        && !(1..=MAX_CANDIDATES).contains(&candidates)
+    {
+        return bad(&format!(
+            "--candidates must be 1 to {MAX_CANDIDATES} (the server's limit), got {candidates}"
+        ));
     }
     Ok(())
 }

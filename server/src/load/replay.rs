@@ -1,5 +1,6 @@
 //! Replaying one session through the server: events on a shared, multiplexed `StreamEvents` stream
-//! (acks matched by `client_seq`), a `Recommend` after each applied event, and the unknown-item rule.
+//! (acks matched by `client_seq`), a `Recommend` (or `Score`) after each applied event, and the
+//! unknown-item rule.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,13 +8,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lambdarec_proto::v1::recommender_client::RecommenderClient;
-use lambdarec_proto::v1::{ErrorCode, EventAck, RecommendRequest, SessionEvent};
+use lambdarec_proto::v1::{
+    ErrorCode, EventAck, RecommendRequest, ScoreRequest, ScoredItem, SessionEvent,
+};
 use lambdarec_trainer::data::RawLog;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use super::candidates::{self, Catalogue};
 use super::report::Collector;
 
 /// One session of the log: its key and its items (indices into [`Replay::item_ids`]) in time order.
@@ -152,12 +158,51 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The call made after each applied event, with what it needs.
+pub(crate) enum Call {
+    Recommend,
+    Score {
+        candidates: usize,
+        catalogue: Catalogue,
+    },
+}
+
+/// What a call returned: a ranked list (Recommend) or scores in candidate order (Score).
+enum Answer {
+    List(Vec<String>),
+    Scores(Vec<ScoredItem>),
+}
+
+/// A Score request of `n` candidates by popularity with the true next item among them: the first of
+/// the session's `later` items that the catalogue knows, as that is the next one the server will
+/// apply. None known: popular items only (the list will not be scored).
+fn score_request<'a>(
+    catalogue: &Catalogue,
+    n: usize,
+    session_id: &str,
+    mut later: impl Iterator<Item = &'a str>,
+    rng: &mut SmallRng,
+) -> ScoreRequest {
+    let target = later.find_map(|id| catalogue.index(id));
+    ScoreRequest {
+        session_id: session_id.to_string(),
+        candidates: catalogue
+            .draw(target, n, rng)
+            .into_iter()
+            .map(|i| catalogue.id(i).to_string())
+            .collect(),
+    }
+}
+
 /// What every session task shares.
 pub(crate) struct Ctx {
     pub(crate) clients: Vec<RecommenderClient<Channel>>,
     pub(crate) streams: Vec<EventStream>,
     pub(crate) collector: Arc<Collector>,
     pub(crate) k: usize,
+    pub(crate) call: Call,
+    /// Seeds each session's candidate draws (with the session's number), so a run repeats.
+    pub(crate) seed: u64,
     pub(crate) timeout: Duration,
     /// Makes session ids unique to this run (and `/pass/` to each pass over the log).
     pub(crate) run_tag: String,
@@ -171,6 +216,8 @@ impl Ctx {
         let session_id = format!("{}/{}/{}", self.run_tag, i / n, session.key);
         let conn = i % self.clients.len();
         let (stream, mut client) = (&self.streams[conn], self.clients[conn].clone());
+        let mut rng =
+            SmallRng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut late = Some(late);
         // The list recommended after the last applied event, waiting for the next applied item.
         let mut pending: Option<Vec<String>> = None;
@@ -195,28 +242,80 @@ impl Ctx {
             if pos + 1 == session.items.len() {
                 break;
             }
-            let request = RecommendRequest {
-                session_id: session_id.clone(),
-                k: self.k as u32,
-                exclude_items: Vec::new(),
-                exclude_seen: Some(false),
-                inline_events: Vec::new(),
+            // Candidates are drawn before the clock starts and ranked after it stops: client work.
+            let later = session.items[pos + 1..].iter();
+            let later = later.map(|&it| replay.item_ids[it as usize].as_str());
+            let score_request = match &self.call {
+                Call::Recommend => None,
+                Call::Score {
+                    candidates,
+                    catalogue,
+                } => Some(score_request(
+                    catalogue,
+                    *candidates,
+                    &session_id,
+                    later,
+                    &mut rng,
+                )),
             };
             let sent = Instant::now();
-            let answer = match tokio::time::timeout(self.timeout, client.recommend(request)).await {
-                Ok(Ok(r)) => Ok(r
-                    .into_inner()
-                    .items
-                    .into_iter()
-                    .map(|s| s.item_id)
-                    .collect()),
-                Ok(Err(status)) => Err(status.code()),
-                Err(_) => Err(Code::DeadlineExceeded),
+            let answer = match score_request {
+                None => self.recommend(&mut client, &session_id).await,
+                Some(request) => self.score(&mut client, request).await,
             };
             let latency = sent.elapsed() + late.take().unwrap_or_default();
             self.collector
-                .recommend(latency, answer.as_ref().map(|_| ()).map_err(|c| *c));
-            pending = answer.ok();
+                .request(latency, answer.as_ref().map(|_| ()).map_err(|c| *c));
+            pending = answer.ok().map(|a| match a {
+                Answer::List(list) => list,
+                Answer::Scores(scores) => candidates::top_k(scores, self.k),
+            });
+        }
+    }
+
+    /// The top k of the whole catalogue.
+    async fn recommend(
+        &self,
+        client: &mut RecommenderClient<Channel>,
+        session_id: &str,
+    ) -> Result<Answer, Code> {
+        let request = RecommendRequest {
+            session_id: session_id.to_string(),
+            k: self.k as u32,
+            exclude_items: Vec::new(),
+            exclude_seen: Some(false),
+            inline_events: Vec::new(),
+        };
+        match tokio::time::timeout(self.timeout, client.recommend(request)).await {
+            Ok(Ok(r)) => Ok(Answer::List(
+                r.into_inner()
+                    .items
+                    .into_iter()
+                    .map(|s| s.item_id)
+                    .collect(),
+            )),
+            Ok(Err(status)) => Err(status.code()),
+            Err(_) => Err(Code::DeadlineExceeded),
+        }
+    }
+
+    /// The candidates' scores. A candidate the server does not know means the catalogue read is not
+    /// the one served (a model swap mid-run): it is reported.
+    async fn score(
+        &self,
+        client: &mut RecommenderClient<Channel>,
+        request: ScoreRequest,
+    ) -> Result<Answer, Code> {
+        match tokio::time::timeout(self.timeout, client.score(request)).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                if !r.unknown_items.is_empty() {
+                    self.collector.error("score:unknown-candidates");
+                }
+                Ok(Answer::Scores(r.scores))
+            }
+            Ok(Err(status)) => Err(status.code()),
+            Err(_) => Err(Code::DeadlineExceeded),
         }
     }
 }

@@ -14,7 +14,7 @@ use lambdarec_trainer::eval::{Metrics, MetricsAccumulator};
 use tonic::Code;
 
 use super::replay::event_error;
-use super::{LoadOptions, Mode};
+use super::{LoadOptions, Mode, Workload};
 
 /// Latencies are recorded in microseconds, 1 µs to 1 h, 3 significant digits.
 fn histogram() -> Histogram<u64> {
@@ -84,7 +84,8 @@ impl Collector {
         }
     }
 
-    pub(crate) fn recommend(&self, latency: Duration, outcome: Result<(), Code>) {
+    /// Records one Recommend or Score call.
+    pub(crate) fn request(&self, latency: Duration, outcome: Result<(), Code>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let micros = (latency.as_micros() as u64).clamp(1, 3_600_000_000);
         let second = self.started.elapsed().as_secs() as usize;
@@ -101,6 +102,11 @@ impl Collector {
             }
             inner.per_second[second].saturating_record(micros);
         }
+    }
+
+    /// Counts a failure that is not a call's status (e.g. `score:unknown-candidates`).
+    pub(crate) fn error(&self, key: &str) {
+        *self.lock().errors.entry(key.to_string()).or_default() += 1;
     }
 
     /// Scores one served list against the session's true next item.
@@ -158,6 +164,7 @@ impl Collector {
             model: model.to_string(),
             model_version: version.to_string(),
             mode: opts.mode,
+            workload: opts.workload,
             sessions_in_log: sessions,
             seconds: elapsed.as_secs_f64(),
             requests,
@@ -179,7 +186,7 @@ impl Collector {
     }
 }
 
-/// Recommend latency over one second of the run.
+/// Recommend (or Score) latency over one second of the run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TimelinePoint {
     pub second: u64,
@@ -188,16 +195,17 @@ pub struct TimelinePoint {
     pub p99_ms: f64,
 }
 
-/// The outcome of a load run. Latencies are of successful Recommend calls.
+/// The outcome of a load run. Latencies are of successful Recommend (or Score) calls.
 #[derive(Clone, Debug)]
 pub struct LoadReport {
     pub target: String,
     pub model: String,
     pub model_version: String,
     pub mode: Mode,
+    pub workload: Workload,
     pub sessions_in_log: usize,
     pub seconds: f64,
-    /// Recommend calls made (failed ones included).
+    /// Recommend (or Score) calls made (failed ones included).
     pub requests: u64,
     pub failed: u64,
     pub throughput_rps: f64,
@@ -211,8 +219,9 @@ pub struct LoadReport {
     pub p999_ms: f64,
     pub max_ms: f64,
     pub mean_ms: f64,
-    /// Failures by gRPC status code of Recommend (`Unavailable`, …), of event acks (`event:OVERLOADED`)
-    /// and of the event stream (`event-stream:…`).
+    /// Failures by gRPC status code of Recommend or Score (`Unavailable`, …), of event acks
+    /// (`event:OVERLOADED`), of the event stream (`event-stream:…`), and Score answers naming
+    /// candidates the server does not know (`score:unknown-candidates`).
     pub errors: BTreeMap<String, u64>,
     /// Online accuracy. Coverage uses the served catalogue size; pop_share is not meaningful here
     /// (the harness does not know item popularity) and is left out of the outputs.
@@ -225,10 +234,12 @@ impl LoadReport {
         self.errors.values().sum()
     }
 
-    /// One JSON object: `requests, throughput_rps, p50_ms, p99_ms, p999_ms, errors, recall@k, mrr@k`, ….
+    /// One JSON object: `mode, requests, throughput_rps, p50_ms, p99_ms, p999_ms, errors, recall@k,
+    /// mrr@k`, … (`candidates` in score mode).
     pub fn to_json(&self) -> serde_json::Value {
         let k = self.accuracy.k;
         let mut v = serde_json::json!({
+            "mode": self.workload.call().to_lowercase(),
             "requests": self.requests,
             "throughput_rps": self.throughput_rps,
             "p50_ms": self.p50_ms,
@@ -255,6 +266,9 @@ impl LoadReport {
             Mode::Closed { concurrency } => v["concurrency"] = concurrency.into(),
             Mode::Open { rate } => v["rate_sessions_per_s"] = rate.into(),
         }
+        if let Workload::Score { candidates } = self.workload {
+            v["candidates"] = candidates.into();
+        }
         v
     }
 
@@ -271,8 +285,12 @@ impl LoadReport {
             "load on {} (model {} version {}), {mode}, {:.1} s\n",
             self.target, self.model, self.model_version, self.seconds
         );
+        let call = match self.workload {
+            Workload::Recommend => "Recommend".to_string(),
+            Workload::Score { candidates } => format!("Score ({candidates} candidates)"),
+        };
         out += &format!(
-            "Recommend: {} requests, {:.1} req/s; events: {} sent, {} applied, {} unknown items skipped\n",
+            "{call}: {} requests, {:.1} req/s; events: {} sent, {} applied, {} unknown items skipped\n",
             self.requests,
             self.throughput_rps,
             self.events_sent,

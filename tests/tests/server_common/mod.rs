@@ -185,3 +185,18 @@ pub fn assert_close(got: f32, want: f32, what: &str) {
     let tol = 1e-4 * want.abs().max(1.0);
     assert!((got - want).abs() <= tol, "{what}: got {got}, want {want}");
 }
+
+/// One HTTP/1.1 GET on a fresh connection (`Connection: close`, so the server ends the response by
+/// closing); the whole response, head and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut out))
+        .await
+        .expect("the HTTP response ends")
+        .unwrap();
+    out
+}

@@ -148,15 +148,9 @@ impl Batcher {
                 true
             }
             Msg::Job(env) => {
-                self.shared
-                    .metrics
-                    .queue_depth
-                    .fetch_sub(1, Ordering::AcqRel);
+                self.shared.metrics.queue_depth.dec();
                 if env.job.caller_left() {
-                    self.shared
-                        .metrics
-                        .dropped_requests
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.dropped_requests.inc();
                 } else if env.deadline.is_some_and(|d| d <= Instant::now()) {
                     env.job.fail(EngineError::DeadlineExceeded);
                 } else {
@@ -194,8 +188,7 @@ impl Batcher {
             // Checked again here: gathering a batch takes up to max_wait, and a batch that had to
             // flush several times may have taken longer.
             if env.job.caller_left() {
-                let dropped = &self.shared.metrics.dropped_requests;
-                dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.dropped_requests.inc();
             } else if env.deadline.is_some_and(|d| d <= Instant::now()) {
                 env.job.fail(EngineError::DeadlineExceeded);
             } else {
@@ -236,10 +229,13 @@ impl Batcher {
         }
         let m = &self.shared.metrics;
         let (capacity, ttl) = self.planner.sessions.evictions();
-        m.evictions[Eviction::Capacity as usize].store(capacity, Ordering::Relaxed);
-        m.evictions[Eviction::Ttl as usize].store(ttl, Ordering::Relaxed);
-        m.live_sessions
-            .store(self.planner.sessions.len() as u64, Ordering::Relaxed);
+        m.evictions[Eviction::Capacity as usize]
+            .inner()
+            .store(capacity, Ordering::Relaxed);
+        m.evictions[Eviction::Ttl as usize]
+            .inner()
+            .store(ttl, Ordering::Relaxed);
+        m.live_sessions.set(self.planner.sessions.len() as u64);
         if let Some(every) = self.config.snapshot_interval
             && self.changes > 0
             && now.duration_since(self.last_snapshot) >= every

@@ -1,7 +1,7 @@
 //! Unit tests of the batcher's planning and serving with a fake [`Backend`] that records every call and
 //! folds each session's items into its one-number state, so an answer shows exactly which events it saw.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -331,7 +331,7 @@ fn a_cancelled_caller_costs_no_backend_work() {
     drop(a1);
     r.serve(vec![e1, q]);
     assert_eq!(r.calls(), vec![], "neither the event nor the query ran");
-    let dropped = r.shared.metrics.dropped_requests.load(Ordering::Relaxed);
+    let dropped = r.shared.metrics.dropped_requests.get();
     assert_eq!(dropped, 2);
     let (q, rec) = r.recommend("a");
     r.serve(vec![q]);
