@@ -154,6 +154,14 @@ pub struct Metrics {
     pub replay_millis: Gauge<u64, AtomicU64>,
     /// Events replayed from the log at start-up.
     pub replay_events: Gauge<u64, AtomicU64>,
+    /// Log records durable but not yet archived (the archive's lag behind the log).
+    pub archive_lag_records: Gauge<u64, AtomicU64>,
+    /// Events written to the archive (copied from the archiver's own total).
+    pub archive_events: Counter,
+    /// Parquet bytes written to the archive.
+    pub archive_bytes: Counter,
+    /// Archive batches that failed (and were retried).
+    pub archive_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -276,6 +284,30 @@ impl Metrics {
             "Events replayed from the event log at start-up",
             replay_events.clone(),
         );
+        let archive_lag_records = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "archive_lag_records",
+            "Event-log records durable but not yet copied to the archive",
+            archive_lag_records.clone(),
+        );
+        let archive_events = Counter::default();
+        r.register(
+            "archive_events",
+            "Events written to the archive (<store>/events)",
+            archive_events.clone(),
+        );
+        let archive_bytes = Counter::default();
+        r.register(
+            "archive_bytes",
+            "Parquet bytes written to the archive",
+            archive_bytes.clone(),
+        );
+        let archive_errors = Counter::default();
+        r.register(
+            "archive_errors",
+            "Archive batches that failed (each is retried)",
+            archive_errors.clone(),
+        );
         Metrics {
             registry: r,
             requests,
@@ -296,6 +328,10 @@ impl Metrics {
             snapshot_unix_ms,
             replay_millis,
             replay_events,
+            archive_lag_records,
+            archive_events,
+            archive_bytes,
+            archive_errors,
         }
     }
 

@@ -18,7 +18,7 @@ use tonic::transport::server::TcpIncoming;
 
 use tracing::{error, info, warn};
 
-use crate::archive::{ArchiveOptions, Archiver, ArchiverError, ArchiverTask};
+use crate::archive::{ArchiveOptions, ArchiveProgress, Archiver, ArchiverError, ArchiverTask};
 use crate::config::ServeConfig;
 use crate::device::{DeviceError, open_backend};
 use crate::engine::{Engine, LogSetup};
@@ -172,7 +172,13 @@ pub async fn start_with_backend(
         })
     });
     if engine.log_status().is_some() {
-        background.push(watch_log(engine.clone(), readiness.clone()));
+        let progress = archiver.as_ref().map(ArchiverTask::progress);
+        background.push(watch_log(
+            engine.clone(),
+            readiness.clone(),
+            metrics.clone(),
+            progress,
+        ));
     }
 
     let (stop, stop_rx) = watch::channel(false);
@@ -238,15 +244,40 @@ async fn start_archiver(
     Ok((setup, archiver))
 }
 
-/// Turns health NOT_SERVING (with the reason) once the event log has failed.
-fn watch_log(engine: Engine, readiness: Arc<Readiness>) -> JoinHandle<()> {
+/// Turns health NOT_SERVING (with the reason) once the event log has failed, and keeps the archive's
+/// metrics current (its counters live in the archiver; the lag is the log's durable end minus them).
+fn watch_log(
+    engine: Engine,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    archive: Option<Arc<ArchiveProgress>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let status = engine.log_status().expect("checked by the caller").clone();
+        let mut failed = false;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Some(reason) = status.failure() {
+            if !failed && let Some(reason) = status.failure() {
                 readiness.log_failed(reason).await;
-                return;
+                failed = true;
+            }
+            if let Some(p) = &archive {
+                let durable = status.durable.load(std::sync::atomic::Ordering::Acquire);
+                metrics
+                    .archive_lag_records
+                    .set(durable.saturating_sub(p.archived_through()));
+                metrics
+                    .archive_events
+                    .inner()
+                    .store(p.events(), std::sync::atomic::Ordering::Relaxed);
+                metrics
+                    .archive_bytes
+                    .inner()
+                    .store(p.bytes(), std::sync::atomic::Ordering::Relaxed);
+                metrics
+                    .archive_errors
+                    .inner()
+                    .store(p.errors(), std::sync::atomic::Ordering::Relaxed);
             }
         }
     })
