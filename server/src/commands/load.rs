@@ -14,7 +14,8 @@ use super::{ReadArgs, existing_file};
 #[command(after_help = "Examples:\n  \
     lambdarec load --target 127.0.0.1:50051 --data test.txt                 # every session once, 16 in flight\n  \
     lambdarec load --data test.txt --rate 200 --duration 60 --plot lat.svg  # open loop, 200 sessions/s\n  \
-    lambdarec load --data test.txt --mode score --candidates 1000 --duration 30  # candidate scoring\n\n\
+    lambdarec load --data test.txt --mode score --candidates 1000 --duration 30  # candidate scoring\n  \
+    lambdarec load --data test.txt --mode events --concurrency 256              # event ingestion only\n\n\
     Online accuracy: after each applied event the Recommend list is scored against the session's next\n\
     applied item; events acked UNKNOWN_ITEM are skipped. This scores exactly the predictions of\n\
     `lambdarec eval` on the same file (unknown items dropped, then sessions shorter than 2).\n\n\
@@ -78,6 +79,8 @@ pub struct LoadArgs {
 pub enum CallMode {
     Recommend,
     Score,
+    /// Events only: each event's ack latency and acks/s (the event path and its log append).
+    Events,
 }
 
 /// Score mode's default candidate count.
@@ -108,6 +111,12 @@ impl LoadArgs {
             CallMode::Score => Workload::Score {
                 candidates: self.candidates.unwrap_or(DEFAULT_CANDIDATES) as usize,
             },
+            CallMode::Events => {
+                if self.candidates.is_some() || self.store.is_some() {
+                    anyhow::bail!("--candidates and --store apply to --mode score");
+                }
+                Workload::Events
+            }
         };
         Ok(LoadOptions {
             target: self.target.clone(),

@@ -17,6 +17,10 @@
 //! list). A list pending when the session ends is not scored. The scored (list, target) pairs are thus
 //! exactly those of `prepare_eval` (drop unknown items, then sessions shorter than 2) + `evaluate_model`.
 //!
+//! Events mode (`Workload::Events`) makes no call after the events: it measures the event path alone
+//! — each event's ack latency (which includes the server's event-log append) and acks per second — and
+//! has no accuracy to report.
+//!
 //! Loads: closed loop (`Mode::Closed`, C sessions in flight, each starting when one ends) or open loop
 //! (`Mode::Open`, sessions arriving as a Poisson process of `rate` sessions per second; a session that
 //! starts late — the in-flight cap was reached — charges its delay to its first Recommend, so the
@@ -68,6 +72,8 @@ pub enum Workload {
     Recommend,
     /// `Score` of `candidates` items: the session's next item and items drawn by popularity.
     Score { candidates: usize },
+    /// No call: the events alone, timed from send to ack.
+    Events,
 }
 
 impl Workload {
@@ -76,6 +82,7 @@ impl Workload {
         match self {
             Workload::Recommend => "Recommend",
             Workload::Score { .. } => "Score",
+            Workload::Events => "events",
         }
     }
 }
@@ -198,6 +205,7 @@ pub async fn run_replay(opts: &LoadOptions, replay: Arc<Replay>) -> Result<LoadR
         .into_inner();
     let call = match opts.workload {
         Workload::Recommend => Call::Recommend,
+        Workload::Events => Call::Events,
         Workload::Score { candidates } => {
             let store = opts.store.as_deref().unwrap_or(&info.store);
             let catalogue = Catalogue::load(store, &info.name, &info.version).await?;

@@ -161,6 +161,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The call made after each applied event, with what it needs.
 pub(crate) enum Call {
     Recommend,
+    /// Nothing after the event: the event's own ack latency is what is measured.
+    Events,
     Score {
         candidates: usize,
         catalogue: Catalogue,
@@ -224,11 +226,25 @@ impl Ctx {
         for (pos, &item) in session.items.iter().enumerate() {
             let item_id = replay.item_ids[item as usize].as_str();
             let time_ms = session.times.get(pos).map(|t| (t * 1000.0).round() as i64);
+            let sent = Instant::now();
             let ack = stream
                 .send(&session_id, item_id, time_ms, self.timeout)
                 .await;
             self.collector
                 .event(ack.as_ref().map(|a| a.code()).map_err(|c| *c));
+            if let Call::Events = self.call {
+                let latency = sent.elapsed() + late.take().unwrap_or_default();
+                let outcome = match &ack {
+                    Ok(a) if a.applied || a.code() == ErrorCode::UnknownItem => Ok(()),
+                    Ok(_) => Err(Code::Unavailable),
+                    Err(c) => Err(*c),
+                };
+                self.collector.request(latency, outcome);
+                if ack.is_err() {
+                    return;
+                }
+                continue;
+            }
             match ack {
                 Ok(a) if a.applied => {}
                 // Unknown (or rejected) item: the session is unchanged; skip it (see the module docs).
@@ -246,7 +262,7 @@ impl Ctx {
             let later = session.items[pos + 1..].iter();
             let later = later.map(|&it| replay.item_ids[it as usize].as_str());
             let score_request = match &self.call {
-                Call::Recommend => None,
+                Call::Recommend | Call::Events => None,
                 Call::Score {
                     candidates,
                     catalogue,

@@ -288,6 +288,7 @@ impl LoadReport {
         let call = match self.workload {
             Workload::Recommend => "Recommend".to_string(),
             Workload::Score { candidates } => format!("Score ({candidates} candidates)"),
+            Workload::Events => "Event acks (no calls)".to_string(),
         };
         out += &format!(
             "{call}: {} requests, {:.1} req/s; events: {} sent, {} applied, {} unknown items skipped\n",
