@@ -36,8 +36,10 @@ if [ -z "${SKIP_SERVE:-}" ]; then
   for device in ${DEVICES:-cuda cpu}; do
     port=$((port + 1))
     log="$out/serve-$device.log"
+    # The event log in the work dir (as in production; the default would write ./lambdarec-data).
     "$bin/lambdarec" serve --store "$work/store" --model synthetic --device "$device" \
-      --listen "127.0.0.1:$port" >"$log" 2>&1 &
+      --listen "127.0.0.1:$port" --log "file://$work/log-$device" \
+      --snapshot-dir "$work/snapshots-$device" --archive-interval 0 >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 1 120); do
       grep -q "listening" "$log" && break

@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lambdarec_eventlog::{EventLog, Position};
 use tracing::{debug, error, info, warn};
@@ -117,6 +117,7 @@ impl Journal {
                     status,
                     last,
                     released_below: 0,
+                    size_checked: Instant::now(),
                 }
                 .run(rx)
             })?;
@@ -168,6 +169,8 @@ struct Writer {
     /// Position of the last record appended.
     last: Position,
     released_below: Position,
+    /// When the log-size metric was last refreshed.
+    size_checked: Instant,
 }
 
 impl Writer {
@@ -245,7 +248,7 @@ impl Writer {
         }
         self.last = *through.last().expect("non-empty");
         self.status.durable.store(self.last, Ordering::Release);
-        m.log_bytes.set(self.log.stored_bytes());
+        self.refresh_size(false);
         for (n, mut image) in images {
             image.position = through[n];
             self.write_snapshot(*image);
@@ -280,6 +283,15 @@ impl Writer {
         }
     }
 
+    /// Updates the log-size metric: after a release, else at most once a second (asking a remote log
+    /// for its size is a round trip, which must not sit on every group commit).
+    fn refresh_size(&mut self, now: bool) {
+        if now || self.size_checked.elapsed() >= Duration::from_secs(1) {
+            self.size_checked = Instant::now();
+            self.shared.metrics.log_bytes.set(self.log.stored_bytes());
+        }
+    }
+
     /// Frees log storage that neither recovery nor the archive needs any more.
     fn release(&mut self) {
         let Some(below) = self.status.releasable() else {
@@ -293,8 +305,7 @@ impl Writer {
             Ok(first) => {
                 debug!(below, first, "released log storage");
                 self.released_below = below;
-                let m = &self.shared.metrics;
-                m.log_bytes.set(self.log.stored_bytes());
+                self.refresh_size(true);
             }
             Err(e) => warn!(error = %error_chain(&e), below, "cannot release log storage"),
         }

@@ -238,14 +238,16 @@ impl Planner {
         let at_ms = req.timestamp_ms.unwrap_or(now_ms);
         self.push_event(slot, item, at_ms, view, req.client_seq);
         if self.logging {
-            self.plan.records.push(event_record(
-                &req.session_id,
-                &req.item_id,
-                at_ms,
-                now_ms,
-                req.client_seq,
-                &view.version,
-            ));
+            // The request's strings move into the record: nothing else needs them now.
+            self.plan.records.push(LogRecord {
+                kind: RecordKind::Event.into(),
+                session_id: req.session_id,
+                item_id: req.item_id,
+                timestamp_ms: at_ms,
+                received_ms: now_ms,
+                client_seq: req.client_seq,
+                model_version: view.version.to_string(),
+            });
         }
         let outcome = EventOutcome {
             applied: Ok(()),
