@@ -5,7 +5,8 @@
 //! the next batch while the journal makes the previous one durable.
 //!
 //! Snapshots travel through the journal too, so that each is stamped with the position of the last
-//! record it reflects, and is written only once that record is durable. The log is released below
+//! record it reflects, and is written (by a thread of its own, so a large one never delays an ack)
+//! only once that record is durable. The log is released below
 //! the older of the two kept snapshots (so a damaged newest snapshot still has a predecessor and the
 //! log after it) and below what the archiver has copied to the object store.
 //!
@@ -107,6 +108,14 @@ impl Journal {
         last: Position,
     ) -> std::io::Result<Journal> {
         let (tx, rx) = mpsc::channel();
+        let snapshots = match snapshots {
+            Some(store) => Some(SnapshotWriter::start(
+                store,
+                shared.clone(),
+                status.clone(),
+            )?),
+            None => None,
+        };
         let thread = std::thread::Builder::new()
             .name("lambdarec-journal".into())
             .spawn(move || {
@@ -163,7 +172,7 @@ fn fail_held(held: Vec<Held>, reason: &str) {
 
 struct Writer {
     log: Box<dyn EventLog>,
-    snapshots: Option<SnapshotStore>,
+    snapshots: Option<SnapshotWriter>,
     shared: Arc<Shared>,
     status: Arc<LogStatus>,
     /// Position of the last record appended.
@@ -190,6 +199,9 @@ impl Writer {
             if stop {
                 break;
             }
+        }
+        if let Some(mut writer) = self.snapshots.take() {
+            writer.finish();
         }
         debug!("journal stopped");
     }
@@ -249,38 +261,15 @@ impl Writer {
         self.last = *through.last().expect("non-empty");
         self.status.durable.store(self.last, Ordering::Release);
         self.refresh_size(false);
-        for (n, mut image) in images {
-            image.position = through[n];
-            self.write_snapshot(*image);
+        if let Some(writer) = &self.snapshots {
+            for (n, mut image) in images {
+                image.position = through[n];
+                // The stop's snapshot is always written; a periodic one is skipped if the previous
+                // one is still being written (the next interval takes another).
+                writer.submit(*image, stop);
+            }
         }
         stop
-    }
-
-    fn write_snapshot(&mut self, image: SnapshotImage) {
-        let Some(store) = &mut self.snapshots else {
-            return;
-        };
-        let (position, sessions) = (image.position, image.sessions.len());
-        let started = Instant::now();
-        match store.write(&image) {
-            Ok(kept) => {
-                let took = started.elapsed();
-                info!(
-                    position,
-                    sessions,
-                    took_ms = took.as_millis() as u64,
-                    "snapshot written"
-                );
-                let m = &self.shared.metrics;
-                m.snapshot_seconds.observe(took.as_secs_f64());
-                m.snapshot_unix_ms.set(image.taken_ms.max(0) as u64);
-                self.status.set_snapshots(kept);
-            }
-            // Not fatal: the log keeps everything after the last good snapshot.
-            Err(e) => {
-                warn!(error = %error_chain(&e), position, "snapshot failed; the log keeps the events since the last one")
-            }
-        }
     }
 
     /// Updates the log-size metric: after a release, else at most once a second (asking a remote log
@@ -308,6 +297,86 @@ impl Writer {
                 self.refresh_size(true);
             }
             Err(e) => warn!(error = %error_chain(&e), below, "cannot release log storage"),
+        }
+    }
+}
+
+/// Writes snapshots on a thread of its own, so that writing (and fsyncing) a large one never holds up
+/// the group commits and their acks.
+struct SnapshotWriter {
+    tx: Option<mpsc::SyncSender<SnapshotImage>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SnapshotWriter {
+    fn start(
+        mut store: SnapshotStore,
+        shared: Arc<Shared>,
+        status: Arc<LogStatus>,
+    ) -> std::io::Result<SnapshotWriter> {
+        let (tx, rx) = mpsc::sync_channel::<SnapshotImage>(1);
+        let thread = std::thread::Builder::new()
+            .name("lambdarec-snapshot".into())
+            .spawn(move || {
+                for image in rx {
+                    write_snapshot(&mut store, &image, &shared, &status);
+                }
+            })?;
+        Ok(SnapshotWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `image`; with `wait`, even when the writer is busy (blocking until it takes it).
+    fn submit(&self, image: SnapshotImage, wait: bool) {
+        let Some(tx) = &self.tx else { return };
+        if wait {
+            let _ = tx.send(image);
+        } else if let Err(mpsc::TrySendError::Full(image)) = tx.try_send(image) {
+            warn!(
+                position = image.position,
+                "the previous snapshot is still being written; this one is skipped"
+            );
+        }
+    }
+
+    /// Writes what is queued, then stops the thread.
+    fn finish(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            error!("the snapshot writer panicked");
+        }
+    }
+}
+
+fn write_snapshot(
+    store: &mut SnapshotStore,
+    image: &SnapshotImage,
+    shared: &Shared,
+    status: &LogStatus,
+) {
+    let (position, sessions) = (image.position, image.sessions.len());
+    let started = Instant::now();
+    match store.write(image) {
+        Ok(kept) => {
+            let took = started.elapsed();
+            info!(
+                position,
+                sessions,
+                took_ms = took.as_millis() as u64,
+                "snapshot written"
+            );
+            let m = &shared.metrics;
+            m.snapshot_seconds.observe(took.as_secs_f64());
+            m.snapshot_unix_ms.set(image.taken_ms.max(0) as u64);
+            status.set_snapshots(kept);
+        }
+        // Not fatal: the log keeps everything after the last good snapshot.
+        Err(e) => {
+            warn!(error = %error_chain(&e), position, "snapshot failed; the log keeps the events since the last one")
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use lambdarec_kernels::Event;
 use lambdarec_proto::bundle::now_unix_ms;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Batcher;
 use crate::engine::snapshot::{SessionImage, SnapshotImage};
@@ -43,12 +43,19 @@ impl Batcher {
                 hidden,
             });
         }
+        let (n, took) = (sessions.len(), now.elapsed());
         journal.snapshot(SnapshotImage {
             position: 0,
             taken_ms: now_unix_ms() as i64,
             view: active.view.clone(),
             sessions,
         });
+        // The capture is the only part that holds up serving (the journal's thread writes it).
+        debug!(
+            sessions = n,
+            capture_ms = took.as_millis() as u64,
+            "sessions captured for a snapshot"
+        );
         self.changes = 0;
         self.last_snapshot = now;
     }
