@@ -46,6 +46,10 @@ pub struct Pending {
     reader: Box<dyn LogReader>,
     from: Position,
     end: Position,
+    /// A reader over the whole log, when it still holds everything from position 1: used instead of
+    /// the snapshot if the serving model turns out to have another hidden size (its states cannot be
+    /// reused, and a full replay rebuilds them exactly).
+    whole: Option<Box<dyn LogReader>>,
 }
 
 /// What recovery did.
@@ -121,6 +125,10 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
         }
     };
     let reader = log.reader(from).map_err(open_err)?;
+    let whole = match &snapshot {
+        Some(_) if bounds.first == 1 && from > 1 => Some(log.reader(1).map_err(open_err)?),
+        _ => None,
+    };
     info!(
         log = %log.describe(), first = bounds.first, next = bounds.next,
         snapshot = snapshot.as_ref().map(|s| s.path.display().to_string()).unwrap_or_else(|| "none".into()),
@@ -145,6 +153,7 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
         reader,
         from,
         end: bounds.next,
+        whole,
     };
     Ok(Some((setup, pending)))
 }
@@ -177,10 +186,11 @@ pub async fn run(
     metrics: &Metrics,
 ) -> Result<RecoveryReport, RecoveryError> {
     let Pending {
-        snapshot,
-        reader,
-        from,
+        mut snapshot,
+        mut reader,
+        mut from,
         end,
+        whole,
     } = pending;
     let mut waited = false;
     while engine.model().is_none() {
@@ -192,6 +202,17 @@ pub async fn run(
     }
     let started = Instant::now();
     let mut report = RecoveryReport::default();
+    let hidden = engine.model().map(|m| m.hidden);
+    if let (Some(s), Some(whole)) = (&snapshot, whole)
+        && Some(s.header.hidden) != hidden
+    {
+        info!(
+            snapshot_hidden = s.header.hidden,
+            serving_hidden = hidden.unwrap_or(0),
+            "the snapshot's states do not fit the serving model; replaying the whole log instead"
+        );
+        (snapshot, reader, from) = (None, whole, 1);
+    }
     if let Some(s) = snapshot {
         report.restored = engine.restore(s).await.map_err(RecoveryError::Apply)?;
     }

@@ -202,3 +202,138 @@ async fn sessions_survive_a_graceful_restart_and_a_crash() {
     assert_same(&views(&mut cc, &ids).await, &on_b);
     c.shutdown().await.unwrap();
 }
+
+/// Random weights over the base catalogue with another hidden size.
+fn other_hidden(hidden: usize) -> lambdarec_kernels::ModelWeights {
+    let n = base().weights.n_items;
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let mut rand = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+            })
+            .collect()
+    };
+    lambdarec_kernels::ModelWeights {
+        n_items: n,
+        embed_dim: hidden,
+        hidden,
+        item_in: None,
+        w_ih: rand(3 * hidden * hidden),
+        w_hh: rand(3 * hidden * hidden),
+        b_ih: rand(3 * hidden),
+        b_hh: rand(3 * hidden),
+        item_out: rand(n * hidden),
+        item_bias: rand(n),
+    }
+}
+
+/// A server that never stopped, on the store's LATEST, fed `events`; its views of `ids`.
+async fn reference_views(
+    store: &str,
+    events: Vec<SessionEvent>,
+    ids: &[String],
+    history: usize,
+) -> HashMap<String, Option<View>> {
+    let mut cfg = config(store);
+    cfg.limits.history = history;
+    let r = start(cfg).await;
+    let mut c = client(r.local_addr()).await;
+    let acks = stream(&mut c, events).await;
+    assert!(acks.iter().all(|a| a.applied));
+    let v = views(&mut c, ids).await;
+    r.shutdown().await.unwrap();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_another_hidden_size_is_replayed_from_the_log_or_rebuilt_from_recent_items() {
+    // A short history makes the two ways of rebuilding a session differ: the whole log versus the
+    // last three items.
+    const HISTORY: usize = 3;
+    let (store, _) = fresh_store("hidden-change").await;
+    let log = MemoryStorage::default();
+    let dir = tempfile::tempdir().unwrap();
+    let logged_with = |store: &str| {
+        let mut c = logged(store, &log, dir.path());
+        c.limits.history = HISTORY;
+        c
+    };
+    let a = start(logged_with(&store)).await;
+    let mut ca = client(a.local_addr()).await;
+    let events = workload(30, "h");
+    let ids: Vec<String> = (0..30).map(|i| format!("h-{i}")).collect();
+    assert!(
+        stream(&mut ca, events.clone())
+            .await
+            .iter()
+            .all(|a| a.applied)
+    );
+    a.shutdown().await.unwrap(); // snapshot at hidden 24
+
+    server_common::publish(&store, server_common::bundle_with(&other_hidden(16))).await;
+    let want = reference_views(&store, events.clone(), &ids, HISTORY).await;
+
+    // The log still holds everything: the snapshot is set aside and the whole log replayed.
+    let b = start(logged_with(&store)).await;
+    let mut cb = client(b.local_addr()).await;
+    assert_same(&views(&mut cb, &ids).await, &want);
+    b.shutdown().await.unwrap();
+
+    // Once the log's start is released, the sessions are rebuilt from their recent items instead:
+    // the same counts and recent items, states from the last HISTORY items only.
+    let (store2, _) = fresh_store("hidden-change-2").await;
+    let log2 = MemoryStorage::default();
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut cfg = logged(&store2, &log2, dir2.path());
+    cfg.limits.history = HISTORY;
+    let a = start(cfg.clone()).await;
+    let mut ca = client(a.local_addr()).await;
+    assert!(
+        stream(&mut ca, events.clone())
+            .await
+            .iter()
+            .all(|a| a.applied)
+    );
+    a.shutdown().await.unwrap();
+    let mut l = lambdarec_eventlog::memory::MemoryLog::new(log2.clone());
+    let next = lambdarec_eventlog::EventLog::bounds(&l).unwrap().next;
+    lambdarec_eventlog::EventLog::release_before(&mut l, next).unwrap();
+    server_common::publish(&store2, server_common::bundle_with(&other_hidden(16))).await;
+    let b = start(cfg).await;
+    let mut cb = client(b.local_addr()).await;
+    let got = views(&mut cb, &ids).await;
+    // Reference: each session fed only its last HISTORY items.
+    let mut tail: Vec<SessionEvent> = Vec::new();
+    for id in &ids {
+        let mine: Vec<&SessionEvent> = events.iter().filter(|e| &e.session_id == id).collect();
+        tail.extend(
+            mine[mine.len().saturating_sub(HISTORY)..]
+                .iter()
+                .map(|e| (*e).clone()),
+        );
+    }
+    let rebuilt = reference_views(&store2, tail, &ids, HISTORY).await;
+    for id in &ids {
+        let (g, full, r) = (&got[id], &want[id], &rebuilt[id]);
+        let (g, full, r) = (
+            g.as_ref().unwrap(),
+            full.as_ref().unwrap(),
+            r.as_ref().unwrap(),
+        );
+        assert_eq!(
+            (g.0, &g.1),
+            (full.0, &full.1),
+            "{id}: counts and recent items are kept"
+        );
+        assert_eq!(
+            g.2.iter().map(|x| &x.0).collect::<Vec<_>>(),
+            r.2.iter().map(|x| &x.0).collect::<Vec<_>>(),
+            "{id}: state rebuilt from the recent items"
+        );
+    }
+    b.shutdown().await.unwrap();
+}
