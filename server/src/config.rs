@@ -113,7 +113,8 @@ pub struct ServeConfig {
     pub queue_capacity: usize,
     /// How often LATEST is checked for a new version; None: never (Reload only).
     pub poll_interval: Option<Duration>,
-    /// Where Prometheus metrics are served (`GET /metrics`); None: not served.
+    /// Where the HTTP endpoint listens: Prometheus metrics (`GET /metrics`) and health (`GET /healthz`);
+    /// None: not served.
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
     /// The event log (the library default is none; `lambdarec serve` defaults to an embedded log).
