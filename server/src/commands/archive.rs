@@ -20,7 +20,10 @@ use tokio::runtime::Runtime;
                   trains from): Parquet files partitioned by the UTC day of each event, under \
                   <store>/events/, each event exactly once across restarts. Deletes are speed-layer \
                   operations and are not archived. The log is only read; releasing its segments stays \
-                  with the server that writes it.",
+                  with the server that writes it.\n\n\
+                  One archiver per archive: `lambdarec serve` archives its own log by default, so run \
+                  this command for a log whose server runs with --archive-interval 0 (or for a log no \
+                  server writes any more). Two archivers on one store are not detected.",
     after_help = "Examples (archive what the log holds now; then keep following it):\n  \
     lambdarec archive --log file://./lambdarec-data/log --store ./lambdarec-store --once\n  \
     lambdarec archive --log nats://127.0.0.1:4222/LAMBDAREC --store s3://bucket/lambdarec\n\
@@ -29,7 +32,7 @@ use tokio::runtime::Runtime;
 )]
 pub struct ArchiveArgs {
     /// The event log to read: file:///path/to/log or nats://host:port/STREAM.
-    #[arg(long, env = "LAMBDAREC_LOG")]
+    #[arg(long, env = "LAMBDAREC_EVENT_LOG")]
     pub log: String,
     /// Object store to archive into (a local directory, file://, memory://, s3://, gs:// or az://);
     /// the archive is its events/ directory.
