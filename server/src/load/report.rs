@@ -269,6 +269,16 @@ impl LoadReport {
         if let Workload::Score { candidates } = self.workload {
             v["candidates"] = candidates.into();
         }
+        // Per second of the run: calls and their p50/p99 (stability over a long run, e.g. a soak).
+        v["timeline"] = self
+            .timeline
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "second": t.second, "requests": t.requests, "p50_ms": t.p50_ms, "p99_ms": t.p99_ms,
+                })
+            })
+            .collect();
         v
     }
 
