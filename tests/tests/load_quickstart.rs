@@ -41,7 +41,7 @@ async fn quickstart_runs_end_to_end_and_exits() {
         .iter()
         .map(|(n, _)| n.as_str())
         .collect();
-    assert_eq!(names, ["pop", "item-knn"]);
+    assert_eq!(names, ["pop", "item-knn", "sknn", "sknn-live"]);
     let (on, off) = (&done.online.accuracy, &done.offline.model);
     assert!(done.online.errors.is_empty(), "{:?}", done.online.errors);
     assert_eq!(on.events, off.events);

@@ -182,6 +182,11 @@ pub fn evaluate_recommender(
             rec.observe(items[pos]);
             acc.add(&rec.recommend(k), items[pos + 1]);
         }
+        // The server sees every event, the last one too: a recommender that learns from the stream
+        // (live session-kNN) learns it here as well.
+        if let Some(&last) = items.last() {
+            rec.observe(last);
+        }
     }
     acc.finish()
 }

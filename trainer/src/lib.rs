@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 mod gru_op;
+pub mod knn;
 pub mod model;
 pub mod pipeline;
 mod simd;

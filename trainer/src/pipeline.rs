@@ -14,8 +14,9 @@ use lambdarec_proto::bundle::{Bundle, Store};
 use crate::TrainError;
 use crate::baselines::{ItemKnn, Pop};
 use crate::data::{self, ArchiveSource, Dataset, ItemVocab, PrepareOptions, ReadOptions, Sessions};
-use crate::eval::{Metrics, evaluate_model, evaluate_recommender};
+use crate::eval::{Metrics, SessionRecommender, evaluate_model, evaluate_recommender};
 use crate::export;
+use crate::knn::{KnnIndex, KnnParams, SessionKnn};
 use crate::train::{EpochStats, TrainConfig, train};
 
 /// Evaluation settings shared by `train` and `eval`.
@@ -210,6 +211,12 @@ pub fn evaluate(
             "item-knn".to_string(),
             evaluate_recommender(&mut knn, test, n, opts.k),
         ));
+        for live in [false, true] {
+            let index = KnnIndex::fit(train_sessions, n, KnnParams::default());
+            let mut sknn = SessionKnn::new(index, live);
+            let metrics = evaluate_recommender(&mut sknn, test, n, opts.k);
+            baselines.push((sknn.name().to_string(), metrics));
+        }
     }
     Ok(Evaluation {
         model,

@@ -1,0 +1,496 @@
+//! Session-kNN, the V-SKNN variant of Ludewig & Jannach ("Evaluation of session-based recommendation
+//! algorithms", 2018; session-rec's `VMContextKNN`), over an index that can learn from a live stream.
+//!
+//! For a session `s = (i_1 … i_n)` (repeats kept):
+//! 1. **Candidates**: the `sample_size` most recently indexed sessions that share an item with `s`.
+//! 2. **Similarity** of a candidate `c`: `Σ_{i ∈ set(s) ∩ c} w(i) / |set(s)|`, where `w(i) = (p/n)²` and
+//!    `p` is the 1-based position of `i`'s last occurrence in `s` (quadratic position weighting: what
+//!    the user did last counts most).
+//! 3. **Neighbours**: the `k` most similar candidates (ties: the more recent first).
+//! 4. **Item scores**: every item `j` of every neighbour `c` gains `sim(c) · (1 + idf_weight · idf(j)) /
+//!    d(c)`, where `d(c)` is the distance from the end of `s` to the latest item of `s` found in `c`
+//!    (1 = the current item; "div" score weighting) and `idf(j) = ln(training sessions / training
+//!    events on j)`.
+//!
+//! The index keeps each session's distinct items and an ordering by recency: every insert or update
+//! gets the next sequence number, so "most recent" is "highest sequence number" and each item's posting
+//! list is already sorted. A session that is updated (a live session's next event) gets a new number;
+//! its old postings go stale and are skipped, then dropped when eviction reaches them. At most
+//! `capacity` sessions are kept: the least recently updated one is evicted first.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use crate::data::Sessions;
+
+/// V-SKNN's parameters. The defaults are the configuration session-rec's authors found best on RSC15
+/// (k = 500 neighbours from the 5,000 most recent candidate sessions, idf weighting 5).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KnnParams {
+    /// Neighbours whose items are scored.
+    pub k: usize,
+    /// Most recent candidate sessions whose similarity is computed.
+    pub sample_size: usize,
+    /// Weight of the idf term in an item's score (0 turns it off).
+    pub idf_weight: f64,
+    /// Sessions the index keeps (the least recently updated one is evicted first).
+    pub capacity: usize,
+}
+
+impl Default for KnnParams {
+    fn default() -> Self {
+        KnnParams {
+            k: 500,
+            sample_size: 5000,
+            idf_weight: 5.0,
+            capacity: usize::MAX,
+        }
+    }
+}
+
+/// Who a session in the index belongs to: a live session can be updated; a training one cannot.
+pub type Owner = u64;
+
+struct Entry {
+    /// Distinct items, sorted.
+    items: Box<[u32]>,
+    owner: Option<Owner>,
+}
+
+/// Sessions by recency and, per item, the sessions holding it.
+pub struct KnnIndex {
+    params: KnnParams,
+    /// `entries[seq - base]`; `None` once the session was updated under a newer sequence number.
+    entries: VecDeque<Option<Entry>>,
+    base: u64,
+    live: usize,
+    /// Per item, ascending sequence numbers (stale ones included until eviction passes them).
+    postings: Vec<VecDeque<u64>>,
+    owners: HashMap<Owner, u64>,
+    idf: Vec<f64>,
+    idf_unseen: f64,
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f64>,
+    touched: Vec<u32>,
+}
+
+impl KnnIndex {
+    /// An index of the training sessions, oldest first by their last event's time (ties keep their
+    /// order), with idf from the training events. `n_items` is the catalogue size (items are indices).
+    pub fn fit(train: &Sessions, n_items: usize, params: KnnParams) -> Self {
+        let mut counts = vec![0u64; n_items];
+        for &i in &train.items {
+            if let Some(c) = counts.get_mut(i as usize) {
+                *c += 1;
+            }
+        }
+        let n_sessions = train.len().max(1) as f64;
+        let idf = counts
+            .iter()
+            .map(|&c| (n_sessions / c.max(1) as f64).ln())
+            .collect();
+        let mut index = KnnIndex {
+            params,
+            entries: VecDeque::new(),
+            base: 0,
+            live: 0,
+            postings: vec![VecDeque::new(); n_items],
+            owners: HashMap::new(),
+            idf,
+            idf_unseen: n_sessions.ln(),
+            scratch: Scratch::default(),
+        };
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        let end = |s: usize| train.session_times(s).last().copied().unwrap_or(f64::MIN);
+        order.sort_by(|&a, &b| end(a).total_cmp(&end(b)));
+        for s in order {
+            index.insert(train.session(s), None);
+        }
+        index
+    }
+
+    pub fn params(&self) -> &KnnParams {
+        &self.params
+    }
+
+    /// Sessions held (training and live).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Makes `owner`'s session hold `items` (its whole history so far) and the most recent one.
+    pub fn upsert(&mut self, owner: Owner, items: &[u32]) {
+        if let Some(seq) = self.owners.remove(&owner) {
+            self.retire(seq);
+        }
+        if let Some(seq) = self.insert(items, Some(owner)) {
+            self.owners.insert(owner, seq);
+        }
+    }
+
+    /// Forgets `owner`'s session (a deleted session).
+    pub fn remove(&mut self, owner: Owner) {
+        if let Some(seq) = self.owners.remove(&owner) {
+            self.retire(seq);
+        }
+    }
+
+    fn retire(&mut self, seq: u64) {
+        if let Some(slot) = self.entries.get_mut((seq - self.base) as usize)
+            && slot.take().is_some()
+        {
+            self.live -= 1;
+        }
+    }
+
+    fn insert(&mut self, items: &[u32], owner: Option<Owner>) -> Option<u64> {
+        let mut set: Vec<u32> = items.to_vec();
+        set.sort_unstable();
+        set.dedup();
+        if set.is_empty() || self.params.capacity == 0 {
+            return None;
+        }
+        let seq = self.base + self.entries.len() as u64;
+        for &i in &set {
+            if i as usize >= self.postings.len() {
+                self.postings.resize(i as usize + 1, VecDeque::new());
+            }
+            self.postings[i as usize].push_back(seq);
+        }
+        self.entries.push_back(Some(Entry {
+            items: set.into_boxed_slice(),
+            owner,
+        }));
+        self.live += 1;
+        while self.live > self.params.capacity {
+            self.evict_oldest();
+        }
+        Some(seq)
+    }
+
+    fn evict_oldest(&mut self) {
+        let Some(front) = self.entries.pop_front() else {
+            return;
+        };
+        let seq = self.base;
+        self.base += 1;
+        if let Some(entry) = front {
+            self.live -= 1;
+            if let Some(owner) = entry.owner {
+                self.owners.remove(&owner);
+            }
+            // Postings are ascending, so everything up to `seq` in them is evicted or stale.
+            for &i in entry.items.iter() {
+                let list = &mut self.postings[i as usize];
+                while list.front().is_some_and(|&s| s <= seq) {
+                    list.pop_front();
+                }
+            }
+        }
+    }
+
+    fn entry(&self, seq: u64) -> Option<&Entry> {
+        let at = seq.checked_sub(self.base)? as usize;
+        self.entries.get(at)?.as_ref()
+    }
+
+    /// The up to `sample_size` most recent sessions sharing an item with `set` (descending sequence
+    /// numbers), leaving out `own` (the querying session's entry).
+    fn candidates(&self, set: &[u32], own: Option<u64>) -> Vec<u64> {
+        // A k-way merge from the back of each posting list: the newest sequence number first.
+        let mut heap: BinaryHeap<(u64, usize, usize)> = BinaryHeap::new();
+        for (n, &i) in set.iter().enumerate() {
+            if let Some(list) = self.postings.get(i as usize)
+                && let Some(&last) = list.back()
+            {
+                heap.push((last, n, list.len() - 1));
+            }
+        }
+        let mut out = Vec::new();
+        while let Some((seq, n, at)) = heap.pop() {
+            if at > 0 {
+                heap.push((self.postings[set[n] as usize][at - 1], n, at - 1));
+            }
+            if out.last() == Some(&seq) || Some(seq) == own || self.entry(seq).is_none() {
+                continue;
+            }
+            out.push(seq);
+            if out.len() == self.params.sample_size {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Scores for the session `items` (oldest first, repeats kept); `own` is its live owner, left out
+    /// of its own neighbours. Returns `(item, score)` for every item any neighbour holds.
+    pub fn score(&mut self, items: &[u32], own: Option<Owner>) -> Vec<(u32, f32)> {
+        let n = items.len();
+        // Distinct items with the weight of their last occurrence.
+        let mut weighted: Vec<(u32, f64)> = items
+            .iter()
+            .enumerate()
+            .map(|(p, &i)| (i, ((p + 1) as f64 / n as f64).powi(2)))
+            .collect();
+        weighted.reverse();
+        weighted.sort_by_key(|&(i, _)| i); // stable: the last occurrence stays first per item
+        weighted.dedup_by_key(|&mut (i, _)| i);
+        let set: Vec<u32> = weighted.iter().map(|&(i, _)| i).collect();
+        let own_seq = own.and_then(|o| self.owners.get(&o).copied());
+
+        let mut neighbours: Vec<(u64, f64)> = self
+            .candidates(&set, own_seq)
+            .into_iter()
+            .filter_map(|seq| {
+                let other = &self.entry(seq)?.items;
+                let sim = intersect_weight(&weighted, other) / weighted.len() as f64;
+                (sim > 0.0).then_some((seq, sim))
+            })
+            .collect();
+        let by_sim = |a: &(u64, f64), b: &(u64, f64)| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0));
+        if neighbours.len() > self.params.k {
+            neighbours.select_nth_unstable_by(self.params.k, by_sim);
+            neighbours.truncate(self.params.k);
+        }
+
+        let Scratch { scores, touched } = &mut self.scratch;
+        for &(seq, sim) in &neighbours {
+            let Some(entry) = self.entries[(seq - self.base) as usize].as_ref() else {
+                continue;
+            };
+            let other = &entry.items;
+            let step = items
+                .iter()
+                .rev()
+                .position(|i| other.binary_search(i).is_ok())
+                .map_or(1, |p| p + 1);
+            let decay = 1.0 / step as f64;
+            for &j in other.iter() {
+                let idf = self.idf.get(j as usize).copied().unwrap_or(self.idf_unseen);
+                let j = j as usize;
+                if j >= scores.len() {
+                    scores.resize(j + 1, 0.0);
+                }
+                if scores[j] == 0.0 {
+                    touched.push(j as u32);
+                }
+                scores[j] += sim * (1.0 + self.params.idf_weight * idf) * decay;
+            }
+        }
+        let out = touched
+            .iter()
+            .map(|&j| (j, scores[j as usize] as f32))
+            .collect();
+        for &j in touched.iter() {
+            scores[j as usize] = 0.0;
+        }
+        touched.clear();
+        out
+    }
+
+    /// The `k` best items for the session (score descending, ties to the lower, i.e. more popular,
+    /// index), filled with the most popular items when the neighbours hold fewer than `k`.
+    pub fn recommend(&mut self, items: &[u32], own: Option<Owner>, k: usize) -> Vec<u32> {
+        let mut scored = self.score(items, own);
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if scored.len() > k {
+            scored.select_nth_unstable_by(k, order);
+            scored.truncate(k);
+        }
+        scored.sort_by(order);
+        let mut out: Vec<u32> = scored.into_iter().map(|(i, _)| i).collect();
+        let mut next = 0u32;
+        while out.len() < k && (next as usize) < self.postings.len() {
+            if !out.contains(&next) {
+                out.push(next);
+            }
+            next += 1;
+        }
+        out
+    }
+}
+
+/// `Σ w(i)` over the items of `weighted` (sorted by item) that are in `other` (sorted).
+fn intersect_weight(weighted: &[(u32, f64)], other: &[u32]) -> f64 {
+    let (mut a, mut b, mut sum) = (0, 0, 0.0);
+    while a < weighted.len() && b < other.len() {
+        match weighted[a].0.cmp(&other[b]) {
+            Ordering::Less => a += 1,
+            Ordering::Greater => b += 1,
+            Ordering::Equal => {
+                sum += weighted[a].1;
+                a += 1;
+                b += 1;
+            }
+        }
+    }
+    sum
+}
+
+/// V-SKNN as an evaluation recommender. Frozen, it answers from the training sessions only; live, every
+/// observed event also updates the session's own entry in the index (as the server's speed layer
+/// does), so later sessions find the earlier test sessions as neighbours.
+pub struct SessionKnn {
+    index: KnnIndex,
+    live: bool,
+    owner: Owner,
+    session: Vec<u32>,
+}
+
+impl SessionKnn {
+    pub fn new(index: KnnIndex, live: bool) -> Self {
+        SessionKnn {
+            index,
+            live,
+            owner: 0,
+            session: Vec::new(),
+        }
+    }
+}
+
+impl crate::eval::SessionRecommender for SessionKnn {
+    fn name(&self) -> &str {
+        if self.live { "sknn-live" } else { "sknn" }
+    }
+    fn reset(&mut self) {
+        self.session.clear();
+        self.owner += 1;
+    }
+    fn observe(&mut self, item: u32) {
+        self.session.push(item);
+        if self.live {
+            self.index.upsert(self.owner, &self.session);
+        }
+    }
+    fn recommend(&mut self, k: usize) -> Vec<u32> {
+        let own = self.live.then_some(self.owner);
+        self.index.recommend(&self.session, own, k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions ending at times 10, 20, 30 (given out of order, to check the recency order).
+    fn train() -> Sessions {
+        let list: [(&[u32], f64); 3] = [(&[2, 3], 20.0), (&[4, 5], 30.0), (&[1, 2], 10.0)];
+        let mut s = Sessions::default();
+        for (items, end) in list {
+            s.items.extend_from_slice(items);
+            s.times.extend(items.iter().map(|_| end));
+            s.offsets.push(s.items.len());
+            s.keys.push(format!("{end}"));
+        }
+        s
+    }
+
+    fn params(k: usize, sample_size: usize, idf_weight: f64) -> KnnParams {
+        KnnParams {
+            k,
+            sample_size,
+            idf_weight,
+            capacity: usize::MAX,
+        }
+    }
+
+    fn scores(index: &mut KnnIndex, items: &[u32], own: Option<Owner>) -> Vec<(u32, f32)> {
+        let mut s = index.score(items, own);
+        s.sort_by_key(|&(i, _)| i);
+        s
+    }
+
+    #[test]
+    fn scores_by_co_occurrence_and_idf() {
+        // [2] → both sessions holding 2, similarity 1 each, decay 1.
+        let mut index = KnnIndex::fit(&train(), 6, params(500, 5000, 0.0));
+        assert_eq!(
+            scores(&mut index, &[2], None),
+            [(1, 1.0), (2, 2.0), (3, 1.0)]
+        );
+        assert_eq!(index.recommend(&[2], None, 3), [2, 1, 3]);
+        // idf = ln(3 sessions / events): items 1 and 3 are rarer than 2 and overtake it.
+        let mut index = KnnIndex::fit(&train(), 6, params(500, 5000, 5.0));
+        let (rare, common) = (1.0 + 5.0 * 3f64.ln(), 2.0 * (1.0 + 5.0 * 1.5f64.ln()));
+        let got = scores(&mut index, &[2], None);
+        assert!((got[0].1 as f64 - rare).abs() < 1e-5 && (got[1].1 as f64 - common).abs() < 1e-5);
+        assert_eq!(index.recommend(&[2], None, 3), [1, 3, 2]);
+    }
+
+    #[test]
+    fn weights_positions_quadratically_and_decays_by_distance() {
+        // [1, 3]: w(1) = (1/2)² = 0.25, w(3) = 1, over 2 distinct items. {1,2} has sim 0.125 and is
+        // reached through item 1, two steps from the end (decay 1/2); {2,3} has sim 0.5, decay 1.
+        let mut index = KnnIndex::fit(&train(), 6, params(2, 5000, 0.0));
+        assert_eq!(
+            scores(&mut index, &[1, 3], None),
+            [(1, 0.0625), (2, 0.5625), (3, 0.5)]
+        );
+        // k = 1 keeps only the most similar neighbour.
+        let mut index = KnnIndex::fit(&train(), 6, params(1, 5000, 0.0));
+        assert_eq!(scores(&mut index, &[1, 3], None), [(2, 0.5), (3, 0.5)]);
+        // A repeated item counts at its last position: [3, 1, 3] weighs 3 fully, 1 by (2/3)².
+        let mut index = KnnIndex::fit(&train(), 6, params(2, 5000, 0.0));
+        let got = scores(&mut index, &[3, 1, 3], None);
+        let w1 = (2.0f64 / 3.0).powi(2) / 2.0;
+        assert!((got[0].1 as f64 - w1 / 2.0).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
+    fn samples_the_most_recent_candidates_and_fills_with_popular_items() {
+        // sample_size 1: only {2,3} (ended at 20) of the two sessions holding 2.
+        let mut index = KnnIndex::fit(&train(), 6, params(500, 1, 0.0));
+        assert_eq!(scores(&mut index, &[2], None), [(2, 1.0), (3, 1.0)]);
+        assert_eq!(index.recommend(&[2], None, 4), [2, 3, 0, 1]);
+        // An item nobody holds: popular items only.
+        assert_eq!(index.recommend(&[0], None, 2), [0, 1]);
+    }
+
+    #[test]
+    fn live_sessions_join_update_and_never_neighbour_themselves() {
+        let mut index = KnnIndex::fit(&train(), 6, params(500, 5000, 0.0));
+        index.upsert(7, &[4]);
+        index.upsert(7, &[4, 9]); // an item newer than the catalogue
+        assert_eq!(index.len(), 4);
+        // Another session on item 9 finds session 7 (once, despite its stale first entry).
+        assert_eq!(scores(&mut index, &[9], None), [(4, 1.0), (9, 1.0)]);
+        // Session 7 itself only finds {4,5}: sim (1/2)²/2 through item 4, two steps back (decay 1/2).
+        assert_eq!(scores(&mut index, &[4, 9], Some(7)), [(4, 0.0625), (5, 0.0625)]);
+        index.remove(7);
+        assert_eq!(index.len(), 3);
+        assert!(scores(&mut index, &[9], None).is_empty());
+    }
+
+    #[test]
+    fn evicts_the_least_recently_updated_session_at_capacity() {
+        let p = KnnParams {
+            capacity: 2,
+            ..params(500, 5000, 0.0)
+        };
+        // {1,2} ended first and is evicted while fitting.
+        let mut index = KnnIndex::fit(&train(), 6, p);
+        assert_eq!(index.len(), 2);
+        assert!(scores(&mut index, &[1], None).is_empty());
+        index.upsert(1, &[5]); // {2,3} goes
+        index.upsert(1, &[5, 3]); // the update retires its own older entry, evicting nothing
+        assert_eq!(index.len(), 2);
+        assert_eq!(scores(&mut index, &[3], None), [(3, 1.0), (5, 1.0)]);
+        assert_eq!(scores(&mut index, &[4], None), [(4, 1.0), (5, 1.0)]);
+        index.upsert(2, &[0]); // now {4,5} goes
+        assert_eq!(index.len(), 2);
+        assert!(scores(&mut index, &[4], None).is_empty());
+        assert_eq!(scores(&mut index, &[3], None), [(3, 1.0), (5, 1.0)]);
+        assert!(
+            index.postings.iter().all(|p| p.len() <= 2),
+            "stale postings are dropped"
+        );
+    }
+}
