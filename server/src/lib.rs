@@ -10,11 +10,14 @@ pub mod engine;
 pub mod http;
 pub mod load;
 pub mod metrics;
+mod net;
 pub mod readiness;
 pub mod recovery;
 pub mod registry;
+pub mod security;
 mod server;
 mod service;
+mod stream;
 pub mod status;
 
 pub use config::{DeviceChoice, Limits, LogConfig, ServeConfig};
