@@ -188,8 +188,14 @@ impl ServeConfig {
             ("--max-batch", self.max_batch),
             ("--queue-capacity", self.queue_capacity),
             ("--max-unacked-events", l.max_unacked_events),
-            ("--max-concurrent-streams", l.max_concurrent_streams.map_or(1, |n| n as usize)),
-            ("--max-sessions-per-token", l.max_sessions_per_token.unwrap_or(1)),
+            (
+                "--max-concurrent-streams",
+                l.max_concurrent_streams.map_or(1, |n| n as usize),
+            ),
+            (
+                "--max-sessions-per-token",
+                l.max_sessions_per_token.unwrap_or(1),
+            ),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -204,7 +210,9 @@ impl ServeConfig {
             return Err("--session-ttl must be positive".to_string());
         }
         if l.stream_idle_timeout.is_some_and(|d| d.is_zero()) {
-            return Err("--stream-idle-timeout must be positive (0 on the command line: none)".into());
+            return Err(
+                "--stream-idle-timeout must be positive (0 on the command line: none)".into(),
+            );
         }
         if self.limits.default_k == 0 || self.limits.default_k > self.limits.max_k {
             return Err("the warm-up k must be within 1..=max k".to_string());

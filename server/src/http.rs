@@ -53,11 +53,7 @@ impl Admin {
 
 /// The routes: `/metrics`, `/healthz` (the same readiness `grpc.health.v1` reports), and a 404 that
 /// names them.
-pub fn router(
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
-    security: Arc<Security>,
-) -> Router {
+pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>, security: Arc<Security>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
@@ -152,7 +148,10 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let security = Security::load(Default::default(), metrics.clone()).unwrap();
-        let task = spawn(listener, router(metrics, readiness.clone(), Arc::new(security)));
+        let task = spawn(
+            listener,
+            router(metrics, readiness.clone(), Arc::new(security)),
+        );
 
         let text = get(addr, "/metrics").await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");

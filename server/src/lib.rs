@@ -17,8 +17,8 @@ pub mod registry;
 pub mod security;
 mod server;
 mod service;
-mod stream;
 pub mod status;
+mod stream;
 
 pub use config::{DeviceChoice, Limits, LogConfig, ServeConfig};
 pub use server::{RunningServer, ServeError, start, start_with_backend};

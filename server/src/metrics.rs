@@ -400,8 +400,8 @@ impl Metrics {
             "Open client connections, by listener (grpc: --listen; http: --metrics-listen)",
             connection_family.clone(),
         );
-        let connections =
-            LISTENERS.map(|listener| connection_family.get_or_create_owned(&ListenerLabels { listener }));
+        let connections = LISTENERS
+            .map(|listener| connection_family.get_or_create_owned(&ListenerLabels { listener }));
         let handshake_family = Family::<ListenerLabels, Counter>::default();
         r.register(
             "tls_handshake_failures",
@@ -409,8 +409,8 @@ impl Metrics {
              timeout), by listener",
             handshake_family.clone(),
         );
-        let tls_handshake_failures =
-            LISTENERS.map(|listener| handshake_family.get_or_create_owned(&ListenerLabels { listener }));
+        let tls_handshake_failures = LISTENERS
+            .map(|listener| handshake_family.get_or_create_owned(&ListenerLabels { listener }));
         let open_calls = Gauge::<u64, AtomicU64>::default();
         r.register(
             "open_calls",
@@ -423,7 +423,8 @@ impl Metrics {
             "Times a resource limit held a client back, by the flag that sets it",
             limit_family.clone(),
         );
-        let limit_hits = LIMITS.map(|limit| limit_family.get_or_create_owned(&LimitLabels { limit }));
+        let limit_hits =
+            LIMITS.map(|limit| limit_family.get_or_create_owned(&LimitLabels { limit }));
         let auth_family = Family::<ReasonLabels, Counter>::default();
         r.register(
             "auth_failures",
@@ -440,7 +441,7 @@ impl Metrics {
         );
         for part in ["tls", "tokens"] {
             for outcome in ["ok", "error"] {
-                security_reloads.get_or_create(&ReloadLabels { part, outcome });
+                let _ = security_reloads.get_or_create(&ReloadLabels { part, outcome });
             }
         }
         Metrics {

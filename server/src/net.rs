@@ -31,7 +31,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
-    pub tls: bool,
     /// gRPC calls open on this connection.
     calls: Arc<AtomicUsize>,
 }
@@ -72,12 +71,10 @@ impl Drop for OpenConn {
 
 impl Conn {
     fn new(io: Io, remote: SocketAddr, metrics: &Arc<Metrics>, listener: Listener) -> Self {
-        let tls = matches!(io, Io::Tls(_));
         Conn {
             io,
             info: ConnInfo {
                 remote,
-                tls,
                 calls: Arc::default(),
             },
             _open: OpenConn::new(metrics, listener),
@@ -176,7 +173,11 @@ pub fn accept(
             };
             let _ = tcp.set_nodelay(true);
             let Some(configs) = security.tls() else {
-                if tx.send(Conn::new(Io::Plain(tcp), remote, &metrics, side)).await.is_err() {
+                if tx
+                    .send(Conn::new(Io::Plain(tcp), remote, &metrics, side))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
@@ -215,7 +216,11 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    pub fn new(listener: TcpListener, security: Arc<Security>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn new(
+        listener: TcpListener,
+        security: Arc<Security>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         Ok(HttpListener {
             rx: accept(listener, security, metrics, Listener::Http),
@@ -319,7 +324,12 @@ where
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = future.await?;
-            Ok(response.map(|body| tonic::body::Body::new(CountedBody { body, _guard: guard })))
+            Ok(response.map(|body| {
+                tonic::body::Body::new(CountedBody {
+                    body,
+                    _guard: guard,
+                })
+            }))
         })
     }
 }

@@ -159,12 +159,16 @@ pub async fn start_with_backend(
     let addr = listener.local_addr().map_err(|e| bind(config.listen, e))?;
 
     let mut background = Vec::new();
-    let scheme = if config.security.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let metrics_addr = match config.metrics_listen {
         Some(at) => {
             let l = http::bind(at).await.map_err(|e| bind(at, e))?;
-            let l = HttpListener::new(l, security.clone(), metrics.clone())
-                .map_err(|e| bind(at, e))?;
+            let l =
+                HttpListener::new(l, security.clone(), metrics.clone()).map_err(|e| bind(at, e))?;
             let bound = axum::serve::Listener::local_addr(&l).map_err(|e| bind(at, e))?;
             let routes = http::router(metrics.clone(), readiness.clone(), security.clone());
             background.push(http::spawn(l, routes));
@@ -197,8 +201,7 @@ pub async fn start_with_backend(
     }
 
     let (stop, stop_rx) = watch::channel(false);
-    let service =
-        RecommenderService::new(
+    let service = RecommenderService::new(
         engine.clone(),
         registry.clone(),
         metrics.clone(),

@@ -120,11 +120,15 @@ impl Recommender for RecommenderService {
             let owner = owner(&request);
             let mut req = convert::recommend_request(request.into_inner(), self.engine.limits())?;
             req.owner = owner;
-            let answer = self.engine.recommend(req, deadline).await.inspect_err(|e| {
-                if matches!(e, EngineError::SessionLimit { .. }) {
-                    self.metrics.limit_hit(Limit::MaxSessionsPerToken);
-                }
-            })?;
+            let answer = self
+                .engine
+                .recommend(req, deadline)
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, EngineError::SessionLimit { .. }) {
+                        self.metrics.limit_hit(Limit::MaxSessionsPerToken);
+                    }
+                })?;
             Ok(convert::recommend_response(answer))
         })
         .await

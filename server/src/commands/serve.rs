@@ -128,7 +128,11 @@ pub struct SecurityArgs {
     pub auth_metrics: bool,
     /// Seconds between checks of the TLS and token files for changes (reloaded when changed); 0:
     /// only on SIGHUP.
-    #[arg(long, env = "LAMBDAREC_SECURITY_WATCH_INTERVAL", default_value_t = 10.0)]
+    #[arg(
+        long,
+        env = "LAMBDAREC_SECURITY_WATCH_INTERVAL",
+        default_value_t = 10.0
+    )]
     pub security_watch_interval: f64,
 }
 

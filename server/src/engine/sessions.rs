@@ -455,7 +455,10 @@ mod tests {
         s.insert("a", Some(&x), t0);
         s.insert("b", Some(&x), t0 + Duration::from_secs(5));
         s.insert("c", Some(&y), t0 + Duration::from_secs(5));
-        assert_eq!((s.owned_by("x"), s.owned_by("y"), s.owned_by("z")), (2, 1, 0));
+        assert_eq!(
+            (s.owned_by("x"), s.owned_by("y"), s.owned_by("z")),
+            (2, 1, 0)
+        );
         assert!(s.owner_at_limit("x", 2, t0) && !s.owner_at_limit("x", 3, t0));
         // Capacity eviction of x's oldest session frees one of x's places.
         s.insert("d", None, t0 + Duration::from_secs(6));

@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 use futures::future::{Either, Ready, ready};
 use tonic::codegen::http;
 
-use super::tokens::{Principal, Role, TokenTable};
 use super::Security;
+use super::tokens::{Principal, Role, TokenTable};
 use crate::metrics::Method;
 
 /// What a call needs.
@@ -276,7 +276,10 @@ mod tests {
             reflection: true,
             metrics: true,
         };
-        assert_eq!(grpc_access("/grpc.health.v1.Health/Watch", strict), Access::AnyToken);
+        assert_eq!(
+            grpc_access("/grpc.health.v1.Health/Watch", strict),
+            Access::AnyToken
+        );
         assert_eq!(grpc_access(reflection, strict), Access::AnyToken);
         assert_eq!(grpc_access("/other.Svc/X", p), Access::AnyToken);
         assert_eq!(grpc_access("garbage", p), Access::AnyToken);
@@ -310,7 +313,13 @@ mod tests {
         );
         let admin = Access::Roles(ADMIN);
         let e = check(Some(&t), admin, Some(&bearer("Bearer c")), "x").unwrap_err();
-        assert!(matches!(e, AuthError::Forbidden { role: Role::Client, .. }));
+        assert!(matches!(
+            e,
+            AuthError::Forbidden {
+                role: Role::Client,
+                ..
+            }
+        ));
         assert!(check(Some(&t), admin, Some(&bearer("Bearer a")), "x").is_ok());
         let long = "é".repeat(200);
         let AuthError::Missing { call } = check(Some(&t), data, None, &long).unwrap_err() else {

@@ -167,7 +167,11 @@ impl Security {
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// [`Security::reload`], logged: what a signal or a file change triggers.

@@ -100,12 +100,10 @@ pub fn load(files: &TlsFiles) -> Result<TlsConfigs, SecurityError> {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for cert in certificates("client CA certificate", ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|source| SecurityError::Rustls {
-                        context: format!("the client CA certificate in {}", ca.display()),
-                        source,
-                    })?;
+                roots.add(cert).map_err(|source| SecurityError::Rustls {
+                    context: format!("the client CA certificate in {}", ca.display()),
+                    source,
+                })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()

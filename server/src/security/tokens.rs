@@ -113,7 +113,9 @@ impl fmt::Debug for TokenTable {
             .iter()
             .map(|e| format!("{}:{}", e.principal.name, e.principal.role))
             .collect();
-        f.debug_struct("TokenTable").field("tokens", &names).finish()
+        f.debug_struct("TokenTable")
+            .field("tokens", &names)
+            .finish()
     }
 }
 
@@ -178,7 +180,10 @@ impl TokenTable {
                 None => format!("sha256:{}", &hex(&hash)[..12]),
             };
             if let Some(j) = entries.iter().position(|e| e.hash == hash) {
-                return Err((n, format!("the same token is listed on line {}", first_line[j])));
+                return Err((
+                    n,
+                    format!("the same token is listed on line {}", first_line[j]),
+                ));
             }
             first_line.push(n);
             entries.push(Entry {
@@ -190,7 +195,10 @@ impl TokenTable {
             });
         }
         if entries.is_empty() {
-            return Err((0, "no tokens are listed (nobody could call the server)".into()));
+            return Err((
+                0,
+                "no tokens are listed (nobody could call the server)".into(),
+            ));
         }
         Ok(TokenTable { entries })
     }
@@ -227,7 +235,9 @@ mod tests {
         let text = format!(
             "# tokens\n\n{}\n  {}  # the operator\n{}\n",
             file_line(Role::Client, "t-client", Some("shop")),
-            file_line(Role::Admin, "t-admin", None).to_uppercase().replace("ADMIN", "admin"),
+            file_line(Role::Admin, "t-admin", None)
+                .to_uppercase()
+                .replace("ADMIN", "admin"),
             file_line(Role::Monitor, "t-mon", Some("prometheus")),
         );
         let t = TokenTable::parse(&text).unwrap();
