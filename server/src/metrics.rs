@@ -516,7 +516,12 @@ impl Metrics {
 
     /// Records one event acknowledgement by its code (lambdarec.v1.ErrorCode value).
     pub fn event(&self, code: i32) {
-        let c = (code.max(0) as usize).min(EVENT_CODES.len() - 1);
+        // A code this build does not know (a newer peer's) counts as INTERNAL.
+        let internal = lambdarec_proto::v1::ErrorCode::Internal as usize;
+        let c = usize::try_from(code)
+            .ok()
+            .filter(|&c| c < EVENT_CODES.len())
+            .unwrap_or(internal);
         self.events[c].inc();
     }
 
@@ -696,14 +701,12 @@ mod tests {
         let m = Metrics::default();
         m.event(-3);
         m.event(99);
+        m.event(lambdarec_proto::v1::ErrorCode::SessionLimit as i32);
         let text = m.render();
-        assert!(
-            text.contains("lambdarec_events_total{code=\"OK\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lambdarec_events_total{code=\"INTERNAL\"} 1"),
-            "{text}"
-        );
+        // Unknown codes (negative, or a newer peer's) are INTERNAL, never a neighbouring code.
+        for (code, n) in [("OK", 0), ("INTERNAL", 2), ("SESSION_LIMIT", 1)] {
+            let line = format!("lambdarec_events_total{{code=\"{code}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}: {text}");
+        }
     }
 }
