@@ -7,7 +7,7 @@ use std::io::Read;
 use anyhow::Context;
 use clap::Args;
 use lambdarec_server::security::Role;
-use lambdarec_server::security::tokens::file_line;
+use lambdarec_server::security::tokens::{file_line, valid_name};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -22,7 +22,7 @@ pub struct TokenArgs {
     pub role: Role,
     /// The token's name in logs, metrics and `--max-sessions-per-token` (1 to 64 letters, digits or
     /// ._-:@); default: `sha256:` and the start of its hash.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_name)]
     pub name: Option<String>,
     /// Hash a token read from stdin (one trailing newline ignored) instead of making one; only its
     /// line is printed.
@@ -32,6 +32,14 @@ pub struct TokenArgs {
 
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("a name is 1 to 64 letters, digits or ._-:@ characters".to_string())
+    }
 }
 
 /// 32 random bytes from the TLS provider's CSPRNG, as 64 hex digits.

@@ -61,7 +61,7 @@ pub fn certificates(
         return Err(SecurityError::NoPemItem {
             what,
             path: path.to_path_buf(),
-            expected: "a CERTIFICATE block",
+            expected: "CERTIFICATE block",
         });
     }
     Ok(certs)
@@ -74,7 +74,7 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, SecurityError> {
         rustls::pki_types::pem::Error::NoItemsFound => SecurityError::NoPemItem {
             what,
             path: path.to_path_buf(),
-            expected: "a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block",
+            expected: "PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block",
         },
         source => SecurityError::Pem {
             what,
@@ -138,4 +138,64 @@ pub fn load(files: &TlsFiles) -> Result<TlsConfigs, SecurityError> {
         grpc: with_alpn(b"h2"),
         http: with_alpn(b"http/1.1"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn every_bad_file_is_named_in_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = write(d, "a.crt", &a.cert.pem());
+        let key = write(d, "a.key", &a.signing_key.serialize_pem());
+        let other_key = write(d, "b.key", &b.signing_key.serialize_pem());
+        let garbage = write(d, "garbage.pem", "hello\n");
+        let missing = d.join("missing.pem");
+        let files = |cert: &Path, key: &Path, ca: Option<&Path>| TlsFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: ca.map(Path::to_path_buf),
+        };
+        let ok = load(&files(&cert, &key, Some(&cert))).unwrap();
+        assert_eq!(ok.grpc.alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(ok.http.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let cases = [
+            (
+                files(&missing, &key, None),
+                vec!["TLS certificate", "missing.pem"],
+            ),
+            (
+                files(&garbage, &key, None),
+                vec!["garbage.pem", "CERTIFICATE"],
+            ),
+            (
+                files(&cert, &garbage, None),
+                vec!["garbage.pem", "PRIVATE KEY"],
+            ),
+            (
+                files(&cert, &other_key, None),
+                vec!["b.key", "does not belong", "a.crt"],
+            ),
+            (
+                files(&cert, &key, Some(&missing)),
+                vec!["client CA", "missing.pem"],
+            ),
+        ];
+        for (f, wants) in cases {
+            let e = load(&f).err().expect("refused").to_string();
+            for want in wants {
+                assert!(e.contains(want), "{f:?}: {e}");
+            }
+        }
+    }
 }

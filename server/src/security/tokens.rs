@@ -88,7 +88,7 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 }
 
 /// A name is a label in logs and metrics: short, printable, no spaces.
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
