@@ -27,12 +27,13 @@ struct Admin {
 }
 
 impl Admin {
-    /// Checks the request's `Authorization` header for `access`; the refusal is the response.
-    fn authorize(&self, access: Access, headers: &HeaderMap, what: &str) -> Result<(), Response> {
+    /// Checks the request's `Authorization` header for `access`: None when allowed, else the
+    /// refusal to answer with.
+    fn refusal(&self, access: Access, headers: &HeaderMap, what: &str) -> Option<Response> {
         let tokens = self.security.tokens();
         let header = headers.get(header::AUTHORIZATION);
         match auth::check(tokens.as_deref(), access, header, what) {
-            Ok(_) => Ok(()),
+            Ok(_) => None,
             Err(e) => {
                 self.metrics.auth_failure(e.reason());
                 let status = StatusCode::from_u16(crate::status::auth_http_status(&e))
@@ -45,7 +46,7 @@ impl Admin {
                         .headers_mut()
                         .insert(header::WWW_AUTHENTICATE, challenge);
                 }
-                Err(response)
+                Some(response)
             }
         }
     }
@@ -86,7 +87,7 @@ where
 
 async fn metrics_text(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     let access = auth::metrics_access(admin.security.policy());
-    if let Err(refused) = admin.authorize(access, &headers, "GET /metrics") {
+    if let Some(refused) = admin.refusal(access, &headers, "GET /metrics") {
         return refused;
     }
     (
@@ -98,7 +99,7 @@ async fn metrics_text(State(admin): State<Admin>, headers: HeaderMap) -> Respons
 
 async fn healthz(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     let access = auth::healthz_access(admin.security.policy());
-    if let Err(refused) = admin.authorize(access, &headers, "GET /healthz") {
+    if let Some(refused) = admin.refusal(access, &headers, "GET /healthz") {
         return refused;
     }
     match admin.readiness.not_serving_reason() {
