@@ -203,6 +203,11 @@ impl ServeArgs {
         let archive_every = seconds("--archive-interval", self.archive_interval)?;
         let a = &self.abuse;
         let idle = seconds("--stream-idle-timeout", a.stream_idle_timeout)?;
+        if a.max_sessions_per_token > 0 && self.security.auth_tokens.is_none() {
+            anyhow::bail!(
+                "--max-sessions-per-token counts sessions per bearer token: it needs --auth-tokens"
+            );
+        }
         let log = match self.event_log.as_str() {
             "none" => LogConfig::None,
             url => LogConfig::Url(url.to_string()),
@@ -283,5 +288,61 @@ mod tests {
             PathBuf::from("./lambdarec-data/snapshots")
         );
         assert_eq!(d("log"), PathBuf::from("./lambdarec-data/snapshots"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.serve)
+    }
+
+    #[test]
+    fn security_and_limit_flags_reach_the_config() {
+        let a = parse(&[
+            "--auth-tokens",
+            "tokens",
+            "--auth-metrics",
+            "--max-sessions-per-token",
+            "5",
+            "--stream-idle-timeout",
+            "0",
+            "--max-concurrent-streams",
+            "0",
+            "--max-unacked-events",
+            "7",
+        ])
+        .unwrap();
+        let c = a.config().unwrap();
+        assert_eq!(c.security.auth_tokens, Some(PathBuf::from("tokens")));
+        assert!(c.security.policy.metrics && !c.security.policy.health);
+        let l = &c.limits;
+        assert_eq!(l.max_sessions_per_token, Some(5));
+        assert_eq!(
+            (l.stream_idle_timeout, l.max_concurrent_streams),
+            (None, None)
+        );
+        assert_eq!(l.max_unacked_events, 7);
+        let defaults = parse(&[]).unwrap().config().unwrap();
+        assert!(defaults.security.tls.is_none() && defaults.security.auth_tokens.is_none());
+        assert_eq!(defaults.limits.max_concurrent_streams, Some(1024));
+
+        let e = parse(&["--max-sessions-per-token", "5"])
+            .unwrap()
+            .config()
+            .unwrap_err();
+        assert!(e.to_string().contains("needs --auth-tokens"), "{e}");
+        for bad in [
+            &["--auth-metrics"][..],
+            &["--tls-cert", "c.pem"],
+            &["--tls-client-ca", "ca.pem"],
+            &["--max-unacked-events", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
