@@ -35,7 +35,7 @@ impl Admin {
         match auth::check(tokens.as_deref(), access, header, what) {
             Ok(_) => None,
             Err(e) => {
-                self.metrics.auth_failure(e.reason());
+                self.metrics.security.auth_failure(e.reason());
                 let status = StatusCode::from_u16(crate::status::auth_http_status(&e))
                     .unwrap_or(StatusCode::FORBIDDEN);
                 let mut response =

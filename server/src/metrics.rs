@@ -20,6 +20,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+mod security;
+pub use security::{Limit, Listener, SecurityMetrics};
+
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
@@ -99,40 +102,6 @@ const EVENT_CODES: [&str; 6] = [
     "SESSION_LIMIT",
 ];
 
-/// The two listeners, for per-listener series (`listener` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Listener {
-    /// The gRPC port (`--listen`).
-    Grpc = 0,
-    /// The HTTP admin endpoint (`--metrics-listen`).
-    Http = 1,
-}
-
-const LISTENERS: [&str; 2] = ["grpc", "http"];
-
-/// The resource limits, for `lambdarec_limit_hits_total` (the label is the flag's name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Limit {
-    /// A call brought its connection's open calls to `--max-concurrent-streams`.
-    MaxConcurrentStreams = 0,
-    /// An event stream reached `--max-unacked-events` and stopped reading until acks went out.
-    MaxUnackedEvents = 1,
-    /// An event stream was ended by `--stream-idle-timeout`.
-    StreamIdleTimeout = 2,
-    /// A session was refused by `--max-sessions-per-token`.
-    MaxSessionsPerToken = 3,
-}
-
-const LIMITS: [&str; 4] = [
-    "max_concurrent_streams",
-    "max_unacked_events",
-    "stream_idle_timeout",
-    "max_sessions_per_token",
-];
-
-/// `reason` values of `lambdarec_auth_failures_total` (security::AuthError::reason).
-const AUTH_REASONS: [&str; 4] = ["missing", "malformed", "unknown", "forbidden"];
-
 /// Eviction causes, indexed by `engine::Eviction`.
 const EVICTION_CAUSES: [&str; 2] = ["capacity", "ttl"];
 
@@ -163,27 +132,6 @@ struct CodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LimitLabels {
-    limit: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReloadLabels {
-    part: &'static str,
-    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,17 +185,8 @@ pub struct Metrics {
     pub archive_bytes: Counter,
     /// Archive batches that failed (and were retried).
     pub archive_errors: Counter,
-    /// Open connections, indexed by `Listener`.
-    connections: [Gauge<u64, AtomicU64>; 2],
-    /// TLS handshakes that failed or timed out, indexed by `Listener`.
-    tls_handshake_failures: [Counter; 2],
-    /// gRPC calls open (a call is open until its response is done; event streams included).
-    pub open_calls: Gauge<u64, AtomicU64>,
-    /// Indexed by `Limit`.
-    limit_hits: [Counter; 4],
-    /// Indexed like `AUTH_REASONS`.
-    auth_failures: [Counter; 4],
-    security_reloads: Family<ReloadLabels, Counter>,
+    /// Connections, TLS, tokens and resource limits.
+    pub security: SecurityMetrics,
 }
 
 impl Default for Metrics {
@@ -394,56 +333,7 @@ impl Metrics {
             "Archive batches that failed (each is retried)",
             archive_errors.clone(),
         );
-        let connection_family = Family::<ListenerLabels, Gauge<u64, AtomicU64>>::default();
-        r.register(
-            "connections",
-            "Open client connections, by listener (grpc: --listen; http: --metrics-listen)",
-            connection_family.clone(),
-        );
-        let connections = LISTENERS
-            .map(|listener| connection_family.get_or_create_owned(&ListenerLabels { listener }));
-        let handshake_family = Family::<ListenerLabels, Counter>::default();
-        r.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed (bad or missing client certificate, plaintext client, \
-             timeout), by listener",
-            handshake_family.clone(),
-        );
-        let tls_handshake_failures = LISTENERS
-            .map(|listener| handshake_family.get_or_create_owned(&ListenerLabels { listener }));
-        let open_calls = Gauge::<u64, AtomicU64>::default();
-        r.register(
-            "open_calls",
-            "gRPC calls in progress (event streams included)",
-            open_calls.clone(),
-        );
-        let limit_family = Family::<LimitLabels, Counter>::default();
-        r.register(
-            "limit_hits",
-            "Times a resource limit held a client back, by the flag that sets it",
-            limit_family.clone(),
-        );
-        let limit_hits =
-            LIMITS.map(|limit| limit_family.get_or_create_owned(&LimitLabels { limit }));
-        let auth_family = Family::<ReasonLabels, Counter>::default();
-        r.register(
-            "auth_failures",
-            "Calls refused for their token (missing, malformed, unknown; forbidden: wrong role)",
-            auth_family.clone(),
-        );
-        let auth_failures =
-            AUTH_REASONS.map(|reason| auth_family.get_or_create_owned(&ReasonLabels { reason }));
-        let security_reloads = Family::<ReloadLabels, Counter>::default();
-        r.register(
-            "security_reloads",
-            "Reloads of the TLS and token files, by part (tls, tokens) and outcome (ok, error)",
-            security_reloads.clone(),
-        );
-        for part in ["tls", "tokens"] {
-            for outcome in ["ok", "error"] {
-                let _ = security_reloads.get_or_create(&ReloadLabels { part, outcome });
-            }
-        }
+        let security = SecurityMetrics::register(&mut r);
         Metrics {
             registry: r,
             requests,
@@ -468,40 +358,8 @@ impl Metrics {
             archive_events,
             archive_bytes,
             archive_errors,
-            connections,
-            tls_handshake_failures,
-            open_calls,
-            limit_hits,
-            auth_failures,
-            security_reloads,
+            security,
         }
-    }
-
-    /// The open-connections gauge of a listener.
-    pub fn connections(&self, listener: Listener) -> &Gauge<u64, AtomicU64> {
-        &self.connections[listener as usize]
-    }
-
-    pub fn tls_handshake_failure(&self, listener: Listener) {
-        self.tls_handshake_failures[listener as usize].inc();
-    }
-
-    pub fn limit_hit(&self, limit: Limit) {
-        self.limit_hits[limit as usize].inc();
-    }
-
-    /// A call refused for its token; `reason` is one of `AUTH_REASONS`.
-    pub fn auth_failure(&self, reason: &'static str) {
-        let i = AUTH_REASONS.iter().position(|&r| r == reason).unwrap_or(0);
-        self.auth_failures[i].inc();
-    }
-
-    /// One reload of the TLS or token files.
-    pub fn security_reload(&self, part: &'static str, ok: bool) {
-        let outcome = if ok { "ok" } else { "error" };
-        self.security_reloads
-            .get_or_create(&ReloadLabels { part, outcome })
-            .inc();
     }
 
     /// Records one finished RPC.

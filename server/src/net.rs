@@ -55,7 +55,7 @@ struct OpenConn {
 
 impl OpenConn {
     fn new(metrics: &Arc<Metrics>, listener: Listener) -> Self {
-        metrics.connections(listener).inc();
+        metrics.security.connections(listener).inc();
         OpenConn {
             metrics: metrics.clone(),
             listener,
@@ -65,7 +65,7 @@ impl OpenConn {
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.metrics.connections(self.listener).dec();
+        self.metrics.security.connections(self.listener).dec();
     }
 }
 
@@ -195,11 +195,11 @@ pub fn accept(
                         let _ = tx.send(Conn::new(io, remote, &metrics, side)).await;
                     }
                     Ok(Err(e)) => {
-                        metrics.tls_handshake_failure(side);
+                        metrics.security.tls_handshake_failure(side);
                         debug!(%remote, error = %e, listener = ?side, "TLS handshake failed");
                     }
                     Err(_) => {
-                        metrics.tls_handshake_failure(side);
+                        metrics.security.tls_handshake_failure(side);
                         debug!(%remote, listener = ?side, "TLS handshake timed out");
                     }
                 }
@@ -291,7 +291,7 @@ impl Drop for OpenCall {
         if let Some(c) = &self.calls {
             c.fetch_sub(1, Ordering::Relaxed);
         }
-        self.metrics.open_calls.dec();
+        self.metrics.security.open_calls.dec();
     }
 }
 
@@ -313,11 +313,11 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let calls = req.extensions().get::<ConnInfo>().map(|i| i.calls.clone());
         let metrics = self.layer.metrics.clone();
-        metrics.open_calls.inc();
+        metrics.security.open_calls.inc();
         if let Some(c) = &calls {
             let open = c.fetch_add(1, Ordering::Relaxed) + 1;
             if self.layer.limit.is_some_and(|l| open >= l as usize) {
-                metrics.limit_hit(Limit::MaxConcurrentStreams);
+                metrics.security.limit_hit(Limit::MaxConcurrentStreams);
             }
         }
         let guard = OpenCall { calls, metrics };

@@ -126,7 +126,7 @@ impl Recommender for RecommenderService {
                 .await
                 .inspect_err(|e| {
                     if matches!(e, EngineError::SessionLimit { .. }) {
-                        self.metrics.limit_hit(Limit::MaxSessionsPerToken);
+                        self.metrics.security.limit_hit(Limit::MaxSessionsPerToken);
                     }
                 })?;
             Ok(convert::recommend_response(answer))

@@ -87,7 +87,7 @@ impl EventStream {
                     let ack: v1::EventAck = ack;
                     self.metrics.event(ack.code);
                     if ack.code == v1::ErrorCode::SessionLimit as i32 {
-                        self.metrics.limit_hit(Limit::MaxSessionsPerToken);
+                        self.metrics.security.limit_hit(Limit::MaxSessionsPerToken);
                     }
                     let sent = match idle {
                         Some(d) => tokio::time::timeout(d, tx.send(Ok(ack))).await,
@@ -100,7 +100,7 @@ impl EventStream {
                             break;
                         }
                         Err(_) => {
-                            self.metrics.limit_hit(Limit::StreamIdleTimeout);
+                            self.metrics.security.limit_hit(Limit::StreamIdleTimeout);
                             failure = Some(stalled_status(idle.unwrap_or(far)));
                             break;
                         }
@@ -119,7 +119,7 @@ impl EventStream {
                 },
                 _ = self.shutdown.changed(), if reading => reading = false,
                 () = tokio::time::sleep_until(idle_at), if waiting_on_client => {
-                    self.metrics.limit_hit(Limit::StreamIdleTimeout);
+                    self.metrics.security.limit_hit(Limit::StreamIdleTimeout);
                     failure = Some(idle_status(idle.unwrap_or(far)));
                     reading = false;
                 }
@@ -127,7 +127,7 @@ impl EventStream {
             }
             let at_limit = reading && pending.len() >= max_unacked;
             if at_limit && !full {
-                self.metrics.limit_hit(Limit::MaxUnackedEvents);
+                self.metrics.security.limit_hit(Limit::MaxUnackedEvents);
             }
             full = at_limit;
         }

@@ -232,7 +232,7 @@ where
                 Either::Left(self.inner.call(req))
             }
             Err(e) => {
-                self.security.metrics().auth_failure(e.reason());
+                self.security.metrics().security.auth_failure(e.reason());
                 tracing::debug!(error = %e, "call refused");
                 let status = tonic::Status::from(e);
                 Either::Right(ready(Ok(status.into_http())))

@@ -146,10 +146,10 @@ impl Security {
             match tls::load(files) {
                 Ok(configs) => {
                     *self.tls.write().unwrap_or_else(PoisonError::into_inner) = Some(configs);
-                    self.metrics.security_reload("tls", true);
+                    self.metrics.security.reload("tls", true);
                 }
                 Err(e) => {
-                    self.metrics.security_reload("tls", false);
+                    self.metrics.security.reload("tls", false);
                     errors.push(e);
                 }
             }
@@ -159,10 +159,10 @@ impl Security {
                 Ok(table) => {
                     *self.tokens.write().unwrap_or_else(PoisonError::into_inner) =
                         Some(Arc::new(table));
-                    self.metrics.security_reload("tokens", true);
+                    self.metrics.security.reload("tokens", true);
                 }
                 Err(e) => {
-                    self.metrics.security_reload("tokens", false);
+                    self.metrics.security.reload("tokens", false);
                     errors.push(e);
                 }
             }
