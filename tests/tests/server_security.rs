@@ -646,3 +646,70 @@ async fn resource_limits() {
     assert!(sample(&metrics, "lambdarec_events_total{code=\"SESSION_LIMIT\"}") >= 1.0);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_can_require_a_token() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_response};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = fresh_store("sec-health").await;
+    let mut cfg = config(&store);
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.security = SecurityConfig {
+        auth_tokens: Some(standard_tokens(dir.path())),
+        policy: Policy {
+            health: true,
+            reflection: true,
+            metrics: false,
+        },
+        ..SecurityConfig::default()
+    };
+    let server = lambdarec_server::start(cfg).await.unwrap();
+    assert!(server.wait_ready(Duration::from_secs(30)).await);
+    let channel = plain_channel(server.local_addr()).await;
+    let check = || tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let e = health.check(check()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let mut authed = tonic_health::pb::health_client::HealthClient::with_interceptor(
+        channel.clone(),
+        Bearer::new(Some(MONITOR)).unwrap(),
+    );
+    authed.check(check()).await.unwrap();
+
+    let list = || {
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        tokio_stream::iter([req])
+    };
+    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let e = reflection.server_reflection_info(list()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let mut reflection =
+        ServerReflectionClient::with_interceptor(channel, Bearer::new(Some(CLIENT)).unwrap());
+    let mut answers = reflection
+        .server_reflection_info(list())
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    assert!(matches!(
+        answer.message_response,
+        Some(server_reflection_response::MessageResponse::ListServicesResponse(_))
+    ));
+
+    let maddr = server.metrics_addr().unwrap();
+    let healthz = http_get(maddr, "/healthz").await;
+    assert!(healthz.starts_with("HTTP/1.1 401 "), "{healthz}");
+    let metrics = http_get(maddr, "/metrics").await;
+    assert!(
+        metrics.starts_with("HTTP/1.1 200 "),
+        "metrics stay open: {metrics}"
+    );
+    server.shutdown().await.unwrap();
+}
