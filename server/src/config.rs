@@ -8,6 +8,8 @@ use std::time::Duration;
 use lambdarec_eventlog::memory::MemoryStorage;
 use lambdarec_kernels::Dtype;
 
+use crate::security::SecurityConfig;
+
 /// Request limits. The defaults are the numbers `lambdarec/v1/recommender.proto` promises clients.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -32,6 +34,19 @@ pub struct Limits {
     pub failures_kept: usize,
     /// Largest request message tonic decodes (larger ones are refused before a handler runs).
     pub max_message_bytes: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls one connection may have open at once (further
+    /// ones wait in the client, or are refused with REFUSED_STREAM if it ignores the setting).
+    /// None: no limit.
+    pub max_concurrent_streams: Option<u32>,
+    /// Events one StreamEvents call may have submitted and not yet acknowledged; beyond it the
+    /// stream stops reading (back-pressure through HTTP/2 flow control) until acks go out.
+    pub max_unacked_events: usize,
+    /// A StreamEvents call that receives no message (with nothing left to acknowledge), or whose
+    /// client reads no acknowledgement, for this long is ended with DEADLINE_EXCEEDED. None: never.
+    pub stream_idle_timeout: Option<Duration>,
+    /// Most live sessions one token may have created (sessions created without a token, and those
+    /// recovered at start-up, count against nobody). None: no limit.
+    pub max_sessions_per_token: Option<usize>,
 }
 
 impl Default for Limits {
@@ -46,6 +61,10 @@ impl Default for Limits {
             dedup_window: 64,
             failures_kept: 10,
             max_message_bytes: 4 << 20,
+            max_concurrent_streams: Some(1024),
+            max_unacked_events: 1024,
+            stream_idle_timeout: Some(Duration::from_secs(300)),
+            max_sessions_per_token: None,
         }
     }
 }
@@ -129,6 +148,8 @@ pub struct ServeConfig {
     /// Copy the log's events into `<store>/events` (the master dataset the trainer reads); None:
     /// no archive (the log is then released after snapshots alone).
     pub archive: Option<crate::archive::ArchiveOptions>,
+    /// TLS and tokens (default: plaintext, no tokens).
+    pub security: SecurityConfig,
 }
 
 impl Default for ServeConfig {
@@ -153,6 +174,7 @@ impl Default for ServeConfig {
             snapshot_dir: None,
             snapshot_interval: Some(Duration::from_secs(60)),
             archive: None,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -160,10 +182,20 @@ impl Default for ServeConfig {
 impl ServeConfig {
     /// Rejects settings the engine cannot run with, with a message naming the flag.
     pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
         let positive = [
             ("--max-sessions", self.max_sessions),
             ("--max-batch", self.max_batch),
             ("--queue-capacity", self.queue_capacity),
+            ("--max-unacked-events", l.max_unacked_events),
+            (
+                "--max-concurrent-streams",
+                l.max_concurrent_streams.map_or(1, |n| n as usize),
+            ),
+            (
+                "--max-sessions-per-token",
+                l.max_sessions_per_token.unwrap_or(1),
+            ),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -176,6 +208,11 @@ impl ServeConfig {
         }
         if self.session_ttl.is_zero() {
             return Err("--session-ttl must be positive".to_string());
+        }
+        if l.stream_idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(
+                "--stream-idle-timeout must be positive (0 on the command line: none)".into(),
+            );
         }
         if self.limits.default_k == 0 || self.limits.default_k > self.limits.max_k {
             return Err("the warm-up k must be within 1..=max k".to_string());

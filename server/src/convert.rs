@@ -35,6 +35,7 @@ pub fn recommend_request(
         exclude_items: r.exclude_items,
         exclude_seen: r.exclude_seen.unwrap_or(true),
         inline_events: r.inline_events,
+        owner: None,
     })
 }
 
@@ -51,6 +52,7 @@ pub fn event_request(e: v1::SessionEvent) -> EventRequest {
         item_id: e.item_id,
         timestamp_ms: e.timestamp_ms,
         client_seq: e.client_seq,
+        owner: None,
     }
 }
 

@@ -1,13 +1,13 @@
 //! The HTTP admin endpoint, on axum: `GET /metrics` (Prometheus text format) and `GET /healthz` (200
-//! `SERVING`, or 503 with the reason). A plain `Router`, so TLS or auth can later wrap it as tower
-//! layers, the same way as on the gRPC side.
+//! `SERVING`, or 503 with the reason). TLS comes with the listener (`net::HttpListener`); the token
+//! checks (`--auth-metrics`, `--auth-health`) are the same as the gRPC side's, answered 401/403.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::{CONTENT_TYPE, Metrics};
 use crate::readiness::Readiness;
+use crate::security::{Access, Security, auth};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -22,16 +23,47 @@ const TEXT: &str = "text/plain; charset=utf-8";
 struct Admin {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    security: Arc<Security>,
+}
+
+impl Admin {
+    /// Checks the request's `Authorization` header for `access`: None when allowed, else the
+    /// refusal to answer with.
+    fn refusal(&self, access: Access, headers: &HeaderMap, what: &str) -> Option<Response> {
+        let tokens = self.security.tokens();
+        let header = headers.get(header::AUTHORIZATION);
+        match auth::check(tokens.as_deref(), access, header, what) {
+            Ok(_) => None,
+            Err(e) => {
+                self.metrics.security.auth_failure(e.reason());
+                let status = StatusCode::from_u16(crate::status::auth_http_status(&e))
+                    .unwrap_or(StatusCode::FORBIDDEN);
+                let mut response =
+                    (status, [(header::CONTENT_TYPE, TEXT)], format!("{e}\n")).into_response();
+                if status == StatusCode::UNAUTHORIZED {
+                    let challenge = header::HeaderValue::from_static("Bearer");
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge);
+                }
+                Some(response)
+            }
+        }
+    }
 }
 
 /// The routes: `/metrics`, `/healthz` (the same readiness `grpc.health.v1` reports), and a 404 that
 /// names them.
-pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>, security: Arc<Security>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .fallback(not_found)
-        .with_state(Admin { metrics, readiness })
+        .with_state(Admin {
+            metrics,
+            readiness,
+            security,
+        })
 }
 
 /// Binds the endpoint's address (port 0 picks a free one).
@@ -40,7 +72,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `router` on `listener` until the task is aborted.
-pub fn spawn(listener: TcpListener, router: Router) -> JoinHandle<()> {
+pub fn spawn<L>(listener: L, router: Router) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(async move {
         // axum retries failed accepts itself; an error here means the listener is unusable.
         if let Err(e) = axum::serve(listener, router).await {
@@ -49,7 +85,11 @@ pub fn spawn(listener: TcpListener, router: Router) -> JoinHandle<()> {
     })
 }
 
-async fn metrics_text(State(admin): State<Admin>) -> Response {
+async fn metrics_text(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    let access = auth::metrics_access(admin.security.policy());
+    if let Some(refused) = admin.refusal(access, &headers, "GET /metrics") {
+        return refused;
+    }
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         admin.metrics.render(),
@@ -57,7 +97,11 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
         .into_response()
 }
 
-async fn healthz(State(admin): State<Admin>) -> Response {
+async fn healthz(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    let access = auth::healthz_access(admin.security.policy());
+    if let Some(refused) = admin.refusal(access, &headers, "GET /healthz") {
+        return refused;
+    }
     match admin.readiness.not_serving_reason() {
         None => (StatusCode::OK, [(header::CONTENT_TYPE, TEXT)], "SERVING\n").into_response(),
         Some(reason) => (
@@ -104,7 +148,11 @@ mod tests {
         let readiness = Arc::new(Readiness::new(reporter, false).await);
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = spawn(listener, router(metrics, readiness.clone()));
+        let security = Security::load(Default::default(), metrics.clone()).unwrap();
+        let task = spawn(
+            listener,
+            router(metrics, readiness.clone(), Arc::new(security)),
+        );
 
         let text = get(addr, "/metrics").await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");

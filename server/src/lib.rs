@@ -10,12 +10,15 @@ pub mod engine;
 pub mod http;
 pub mod load;
 pub mod metrics;
+mod net;
 pub mod readiness;
 pub mod recovery;
 pub mod registry;
+pub mod security;
 mod server;
 mod service;
 pub mod status;
+mod stream;
 
 pub use config::{DeviceChoice, Limits, LogConfig, ServeConfig};
 pub use server::{RunningServer, ServeError, start, start_with_backend};

@@ -20,6 +20,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+mod security;
+pub use security::{Limit, Listener, SecurityMetrics};
+
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
@@ -37,6 +40,25 @@ pub enum Method {
 }
 
 impl Method {
+    /// The RPC of a method name (the last part of a gRPC path).
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The RPC's name in recommender.proto.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::StreamEvents => "StreamEvents",
+            Method::Recommend => "Recommend",
+            Method::Score => "Score",
+            Method::GetSession => "GetSession",
+            Method::DeleteSession => "DeleteSession",
+            Method::ModelInfo => "ModelInfo",
+            Method::Reload => "Reload",
+            Method::Ping => "Ping",
+        }
+    }
+
     const ALL: [Method; 8] = [
         Method::StreamEvents,
         Method::Recommend,
@@ -71,12 +93,13 @@ const CODES: [&str; 17] = [
 ];
 
 /// Event ack codes (lambdarec.v1.ErrorCode), indexed by value.
-const EVENT_CODES: [&str; 5] = [
+const EVENT_CODES: [&str; 6] = [
     "OK",
     "UNKNOWN_ITEM",
     "BAD_SESSION_ID",
     "OVERLOADED",
     "INTERNAL",
+    "SESSION_LIMIT",
 ];
 
 /// Eviction causes, indexed by `engine::Eviction`.
@@ -162,6 +185,8 @@ pub struct Metrics {
     pub archive_bytes: Counter,
     /// Archive batches that failed (and were retried).
     pub archive_errors: Counter,
+    /// Connections, TLS, tokens and resource limits.
+    pub security: SecurityMetrics,
 }
 
 impl Default for Metrics {
@@ -308,6 +333,7 @@ impl Metrics {
             "Archive batches that failed (each is retried)",
             archive_errors.clone(),
         );
+        let security = SecurityMetrics::register(&mut r);
         Metrics {
             registry: r,
             requests,
@@ -332,6 +358,7 @@ impl Metrics {
             archive_events,
             archive_bytes,
             archive_errors,
+            security,
         }
     }
 
@@ -347,7 +374,12 @@ impl Metrics {
 
     /// Records one event acknowledgement by its code (lambdarec.v1.ErrorCode value).
     pub fn event(&self, code: i32) {
-        let c = (code.max(0) as usize).min(EVENT_CODES.len() - 1);
+        // A code this build does not know (a newer peer's) counts as INTERNAL.
+        let internal = lambdarec_proto::v1::ErrorCode::Internal as usize;
+        let c = usize::try_from(code)
+            .ok()
+            .filter(|&c| c < EVENT_CODES.len())
+            .unwrap_or(internal);
         self.events[c].inc();
     }
 
@@ -527,14 +559,12 @@ mod tests {
         let m = Metrics::default();
         m.event(-3);
         m.event(99);
+        m.event(lambdarec_proto::v1::ErrorCode::SessionLimit as i32);
         let text = m.render();
-        assert!(
-            text.contains("lambdarec_events_total{code=\"OK\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lambdarec_events_total{code=\"INTERNAL\"} 1"),
-            "{text}"
-        );
+        // Unknown codes (negative, or a newer peer's) are INTERNAL, never a neighbouring code.
+        for (code, n) in [("OK", 0), ("INTERNAL", 2), ("SESSION_LIMIT", 1)] {
+            let line = format!("lambdarec_events_total{{code=\"{code}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}: {text}");
+        }
     }
 }

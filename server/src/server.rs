@@ -1,6 +1,7 @@
 //! Assembles and runs the server: engine, registry (initial load, LATEST poller), the Recommender
-//! service with grpc.health.v1 and reflection, the HTTP admin endpoint (/metrics, /healthz), and a
-//! graceful shutdown that answers in-flight work before the batcher stops.
+//! service with grpc.health.v1 and reflection behind TLS and token checks, the HTTP admin endpoint
+//! (/metrics, /healthz), and a graceful shutdown that answers in-flight work before the batcher
+//! stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use tracing::{error, info, warn};
 
@@ -23,10 +25,13 @@ use crate::config::ServeConfig;
 use crate::device::{DeviceError, open_backend};
 use crate::engine::{Engine, LogSetup};
 use crate::http;
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
+use crate::net::{self, CallsLayer, HttpListener};
 use crate::readiness::Readiness;
 use crate::recovery::{self, RecoveryError};
 use crate::registry::{Registry, error_chain};
+use crate::security::auth::GrpcAuthLayer;
+use crate::security::{Security, SecurityError};
 use crate::service::RecommenderService;
 use crate::status;
 
@@ -53,6 +58,8 @@ pub enum ServeError {
     Recovery(#[from] RecoveryError),
     #[error("cannot start the archiver")]
     Archive(#[from] ArchiverError),
+    #[error("cannot load the TLS or token files")]
+    Security(#[from] SecurityError),
 }
 
 /// How long a graceful stop waits for the archive to catch up with the log.
@@ -72,6 +79,7 @@ pub struct RunningServer {
     engine: Engine,
     registry: Arc<Registry>,
     readiness: Arc<Readiness>,
+    security: Arc<Security>,
 }
 
 /// Starts everything on the backend `config.device` selects and returns once the gRPC port is bound.
@@ -90,6 +98,8 @@ pub async fn start_with_backend(
 ) -> Result<RunningServer, ServeError> {
     config.validate().map_err(ServeError::Config)?;
     let metrics = Arc::new(Metrics::default());
+    // Before anything else starts: a bad certificate or tokens file stops the server here.
+    let security = Arc::new(Security::load(config.security.clone(), metrics.clone())?);
     // Opening the log recovers its torn tail and refuses corrupt data: blocking I/O.
     let opening = config.clone();
     let prepared = tokio::task::spawn_blocking(move || recovery::prepare(&opening))
@@ -149,17 +159,26 @@ pub async fn start_with_backend(
     let addr = listener.local_addr().map_err(|e| bind(config.listen, e))?;
 
     let mut background = Vec::new();
+    let scheme = if config.security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let metrics_addr = match config.metrics_listen {
         Some(at) => {
             let l = http::bind(at).await.map_err(|e| bind(at, e))?;
-            let bound = l.local_addr().map_err(|e| bind(at, e))?;
-            let routes = http::router(metrics.clone(), readiness.clone());
+            let l =
+                HttpListener::new(l, security.clone(), metrics.clone()).map_err(|e| bind(at, e))?;
+            let bound = axum::serve::Listener::local_addr(&l).map_err(|e| bind(at, e))?;
+            let routes = http::router(metrics.clone(), readiness.clone(), security.clone());
             background.push(http::spawn(l, routes));
-            info!(addr = %bound, "metrics at http://{bound}/metrics, health at http://{bound}/healthz");
+            info!(addr = %bound, "metrics at {scheme}://{bound}/metrics, health at {scheme}://{bound}/healthz");
             Some(bound)
         }
         None => None,
     };
+    warn_if_open(&config, &security);
+    background.extend(security.spawn_watcher());
     if let Some(every) = config.poll_interval {
         background.push(registry.spawn_poller(every));
     }
@@ -182,14 +201,23 @@ pub async fn start_with_backend(
     }
 
     let (stop, stop_rx) = watch::channel(false);
-    let service =
-        RecommenderService::new(engine.clone(), registry.clone(), metrics, stop_rx.clone());
+    let service = RecommenderService::new(
+        engine.clone(),
+        registry.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    );
     let recommender =
         RecommenderServer::new(service).max_decoding_message_size(config.limits.max_message_bytes);
     let mut shutdown_signal = stop_rx;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let accepted = net::accept(listener, security.clone(), metrics.clone(), Listener::Grpc);
+    let incoming = ReceiverStream::new(accepted).map(Ok::<_, std::convert::Infallible>);
+    let streams = config.limits.max_concurrent_streams;
     let server = tokio::spawn(
         Server::builder()
+            .max_concurrent_streams(streams)
+            .layer(CallsLayer::new(streams, metrics.clone()))
+            .layer(GrpcAuthLayer::new(security.clone()))
             .layer(tower::util::MapResponseLayer::new(
                 status::oversize_response::<tonic::body::Body>,
             ))
@@ -201,7 +229,13 @@ pub async fn start_with_backend(
                 let _ = shutdown_signal.wait_for(|stopping| *stopping).await;
             }),
     );
-    info!(%addr, "listening: lambdarec.v1.Recommender, grpc.health.v1.Health, server reflection");
+    info!(
+        %addr,
+        tls = config.security.tls.is_some(),
+        mutual_tls = config.security.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        tokens = security.tokens().map_or(0, |t| t.len()),
+        "listening: lambdarec.v1.Recommender, grpc.health.v1.Health, server reflection"
+    );
     Ok(RunningServer {
         addr,
         metrics_addr,
@@ -213,7 +247,28 @@ pub async fn start_with_backend(
         engine,
         registry,
         readiness,
+        security,
     })
+}
+
+/// Without tokens anyone who reaches the port may call Reload or read any session: say so when
+/// the port is reachable from elsewhere.
+fn warn_if_open(config: &ServeConfig, security: &Security) {
+    if security.tokens().is_some() {
+        return;
+    }
+    let exposed: Vec<String> = std::iter::once(config.listen)
+        .chain(config.metrics_listen)
+        .filter(|a| !a.ip().is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+    if !exposed.is_empty() {
+        warn!(
+            addresses = %exposed.join(", "),
+            "listening beyond loopback without --auth-tokens: anyone who can reach these ports may \
+             call every RPC, Reload and DeleteSession included"
+        );
+    }
 }
 
 /// Opens the store's archive, connects it to the log after the last batch it holds, and makes its
@@ -299,6 +354,13 @@ impl RunningServer {
         &self.registry
     }
 
+    /// Reads the TLS and token files again, as SIGHUP does: new connections and calls use what
+    /// loads, established connections keep theirs; a part that fails keeps its previous
+    /// configuration and its error is returned.
+    pub fn reload_security(&self) -> Result<(), Vec<SecurityError>> {
+        self.security.reload()
+    }
+
     /// Waits until the server serves (model loaded, recovery done), at most `timeout`; false if it
     /// did not in time (or recovery failed).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
@@ -357,6 +419,7 @@ impl RunningServer {
     /// Serves until ctrl-c or SIGTERM (or until the server fails), then shuts down gracefully.
     pub async fn run_until_signal(mut self) -> Result<(), ServeError> {
         let recovery = self.recovery.take();
+        let hangups = reload_on_hangup(self.security.clone());
         let recovered = async {
             match recovery {
                 Some(task) => task
@@ -366,6 +429,7 @@ impl RunningServer {
                 None => Ok(()),
             }
         };
+        let _hangups = AbortOnDrop(hangups);
         tokio::select! {
             () = termination() => {
                 info!("shutdown signal received; draining in-flight requests");
@@ -381,6 +445,44 @@ impl RunningServer {
                 ended.map_err(|e| ServeError::Task(e.to_string()))?.map_err(ServeError::from)
             }
         }
+    }
+}
+
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Reloads the TLS and token files on every SIGHUP (None where there are no signals, or nothing
+/// to reload).
+fn reload_on_hangup(security: Arc<Security>) -> Option<JoinHandle<()>> {
+    let c = security.config();
+    if c.tls.is_none() && c.auth_tokens.is_none() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => Some(tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    security.reload_logged("SIGHUP");
+                }
+            })),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; the files are reloaded only when they change");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }
 

@@ -5,22 +5,34 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use lambdarec_proto::v1;
 use lambdarec_proto::v1::recommender_server::Recommender;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert;
-use crate::engine::Engine;
-use crate::metrics::{Method, Metrics};
+use crate::engine::{Engine, EngineError};
+use crate::metrics::{Limit, Method, Metrics};
 use crate::registry::Registry;
+use crate::security::{Principal, Role};
+use crate::stream::{AckStream, EventStream};
 
-/// Events of one stream submitted and not yet acknowledged; beyond this the stream stops reading
-/// (back-pressure to the client through HTTP/2 flow control).
-const MAX_IN_FLIGHT_EVENTS: usize = 1024;
+/// The name of the caller's token (None when the server has no tokens): the owner of the sessions
+/// its events create.
+fn owner<T>(request: &Request<T>) -> Option<Arc<str>> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.name.clone())
+}
+
+/// Whether the caller may see admin-only details: an admin token, or no tokens configured.
+fn is_admin<T>(request: &Request<T>) -> bool {
+    request
+        .extensions()
+        .get::<Principal>()
+        .is_none_or(|p| p.role == Role::Admin)
+}
 
 pub struct RecommenderService {
     engine: Engine,
@@ -83,69 +95,20 @@ impl Drop for Observation<'_> {
 
 #[tonic::async_trait]
 impl Recommender for RecommenderService {
-    type StreamEventsStream = ReceiverStream<Result<v1::EventAck, Status>>;
+    type StreamEventsStream = AckStream;
 
     async fn stream_events(
         &self,
         request: Request<Streaming<v1::SessionEvent>>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(256);
-        let (engine, metrics, mut shutdown) = (
-            self.engine.clone(),
-            self.metrics.clone(),
-            self.shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut pending = FuturesOrdered::new();
-            let mut reading = !*shutdown.borrow();
-            let mut code = Code::Ok;
-            // A broken inbound stream ends the call with its status once the accepted events are
-            // acknowledged (e.g. RESOURCE_EXHAUSTED for an oversize message).
-            let mut failure: Option<Status> = None;
-            loop {
-                tokio::select! {
-                    // Acks first: they free room for more events.
-                    biased;
-                    Some(ack) = pending.next(), if !pending.is_empty() => {
-                        let ack: v1::EventAck = ack;
-                        metrics.event(ack.code);
-                        if tx.send(Ok(ack)).await.is_err() {
-                            code = Code::Cancelled;
-                            break;
-                        }
-                    }
-                    msg = inbound.message(), if reading && pending.len() < MAX_IN_FLIGHT_EVENTS => match msg {
-                        Ok(Some(event)) => {
-                            let req = convert::event_request(event);
-                            let (session_id, seq) = (req.session_id.clone(), req.client_seq);
-                            // Submitted now, in stream order; answered in the same order.
-                            let outcome = engine.event(req, None);
-                            let engine = engine.clone();
-                            pending.push_back(async move {
-                                let outcome = outcome.await;
-                                convert::event_ack(session_id, seq, outcome, engine.model().as_deref())
-                            });
-                        }
-                        Ok(None) => reading = false,
-                        Err(status) => {
-                            let status = crate::status::oversize(status);
-                            code = status.code();
-                            failure = Some(status);
-                            reading = false;
-                        }
-                    },
-                    _ = shutdown.changed(), if reading => reading = false,
-                    else => break,
-                }
-            }
-            if let Some(status) = failure {
-                let _ = tx.send(Err(status)).await;
-            }
-            metrics.request(Method::StreamEvents, code, started.elapsed());
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let owner = owner(&request);
+        let call = EventStream {
+            engine: self.engine.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            owner,
+        };
+        Ok(Response::new(call.spawn(request.into_inner())))
     }
 
     async fn recommend(
@@ -154,8 +117,18 @@ impl Recommender for RecommenderService {
     ) -> Result<Response<v1::RecommendResponse>, Status> {
         self.observe(Method::Recommend, async {
             let deadline = convert::deadline(request.metadata());
-            let req = convert::recommend_request(request.into_inner(), self.engine.limits())?;
-            let answer = self.engine.recommend(req, deadline).await?;
+            let owner = owner(&request);
+            let mut req = convert::recommend_request(request.into_inner(), self.engine.limits())?;
+            req.owner = owner;
+            let answer = self
+                .engine
+                .recommend(req, deadline)
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, EngineError::SessionLimit { .. }) {
+                        self.metrics.security.limit_hit(Limit::MaxSessionsPerToken);
+                    }
+                })?;
             Ok(convert::recommend_response(answer))
         })
         .await
@@ -206,8 +179,14 @@ impl Recommender for RecommenderService {
 
     async fn model_info(
         &self,
-        _request: Request<v1::ModelInfoRequest>,
+        request: Request<v1::ModelInfoRequest>,
     ) -> Result<Response<v1::ModelInfoResponse>, Status> {
+        // Load failures carry store paths and error chains: operators' business only.
+        let failures = if is_admin(&request) {
+            self.registry.failures()
+        } else {
+            Vec::new()
+        };
         self.observe(Method::ModelInfo, async {
             let serving = self.registry.serving();
             let serving = serving
@@ -216,7 +195,7 @@ impl Recommender for RecommenderService {
             Ok(convert::model_info(
                 serving,
                 self.registry.store_url(),
-                self.registry.failures(),
+                failures,
             ))
         })
         .await

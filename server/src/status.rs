@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 
 use crate::engine::EngineError;
 use crate::registry::{RegistryError, error_chain};
+use crate::security::AuthError;
 
 /// Metadata key telling a shed client how long to back off.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -70,7 +71,9 @@ fn engine_code(e: &EngineError) -> Code {
         | EngineError::UnknownInlineItems { .. }
         | EngineError::UnknownItem { .. } => Code::InvalidArgument,
         EngineError::SessionNotFound(_) => Code::NotFound,
-        EngineError::Overloaded { .. } => Code::ResourceExhausted,
+        EngineError::Overloaded { .. } | EngineError::SessionLimit { .. } => {
+            Code::ResourceExhausted
+        }
         EngineError::DeadlineExceeded => Code::DeadlineExceeded,
         EngineError::NoModel
         | EngineError::ShuttingDown
@@ -126,6 +129,31 @@ fn bundle_code(e: &BundleError) -> Code {
     }
 }
 
+/// UNAUTHENTICATED when the caller is not known (no, malformed or unknown token), PERMISSION_DENIED
+/// when it is known and its role does not allow the call.
+fn auth_code(e: &AuthError) -> Code {
+    match e {
+        AuthError::Missing { .. } | AuthError::Malformed | AuthError::Unknown => {
+            Code::Unauthenticated
+        }
+        AuthError::Forbidden { .. } => Code::PermissionDenied,
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Status {
+        Status::new(auth_code(&e), e.to_string())
+    }
+}
+
+/// The HTTP status of a refused request to the admin endpoint: 401 or 403, as the gRPC code.
+pub fn auth_http_status(e: &AuthError) -> u16 {
+    match auth_code(e) {
+        Code::Unauthenticated => 401,
+        _ => 403,
+    }
+}
+
 /// The ack code of a rejected event.
 pub fn event_code(e: &EngineError) -> ErrorCode {
     match e {
@@ -135,6 +163,7 @@ pub fn event_code(e: &EngineError) -> ErrorCode {
         EngineError::UnknownItem { .. } | EngineError::UnknownInlineItems { .. } => {
             ErrorCode::UnknownItem
         }
+        EngineError::SessionLimit { .. } => ErrorCode::SessionLimit,
         // Retryable: the event was not applied and may be sent again later.
         EngineError::Overloaded { .. }
         | EngineError::DeadlineExceeded

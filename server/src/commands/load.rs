@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use lambdarec_server::load::{self, LoadOptions, LoadReport, MAX_CANDIDATES, Mode, Workload};
+use lambdarec_server::load::{
+    self, ClientTls, LoadOptions, LoadReport, MAX_CANDIDATES, Mode, Workload,
+};
 
 use super::{ReadArgs, existing_file};
 
@@ -24,9 +26,26 @@ use super::{ReadArgs, existing_file};
     random place. The top k by score (ties in candidate order) is scored like a Recommend list, so\n\
     Recall/MRR are over the candidates; with N at least the catalogue size they equal Recommend's.")]
 pub struct LoadArgs {
-    /// Server address (host:port), loopback by default.
+    /// Server address: host:port (plaintext, or TLS with --tls-ca), http://host:port or
+    /// https://host:port; loopback by default.
     #[arg(long, env = "LAMBDAREC_TARGET", default_value = "127.0.0.1:50051")]
     pub target: String,
+    /// PEM CA certificate the server's certificate must chain to (turns TLS on; an https:// target
+    /// without it trusts the system's roots).
+    #[arg(long, env = "LAMBDAREC_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server with mutual TLS (`serve --tls-client-ca`); with --tls-key.
+    #[arg(long, env = "LAMBDAREC_TLS_CLIENT_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LAMBDAREC_TLS_CLIENT_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the server's certificate must hold (default: the target's host).
+    #[arg(long, env = "LAMBDAREC_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// Bearer token sent with every call (`serve --auth-tokens`; a client or admin token).
+    #[arg(long, env = "LAMBDAREC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Log whose sessions are replayed (same formats and flags as `train`/`eval`).
     #[arg(long, env = "LAMBDAREC_DATA", value_parser = existing_file)]
     pub data: PathBuf,
@@ -118,8 +137,16 @@ impl LoadArgs {
                 Workload::Events
             }
         };
+        let any_tls = self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_domain.is_some();
+        let tls = any_tls.then(|| ClientTls {
+            ca: self.tls_ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            domain: self.tls_domain.clone(),
+        });
         Ok(LoadOptions {
             target: self.target.clone(),
+            tls,
+            token: self.token.clone(),
             data: self.data.clone(),
             read: self.read.options(),
             mode,

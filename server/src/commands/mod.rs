@@ -6,6 +6,7 @@ pub mod load;
 pub mod quickstart;
 pub mod serve;
 pub mod synthetic;
+pub mod token;
 pub mod train;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use lambdarec_kernels::Dtype;
 use lambdarec_server::archive::ArchiveOptions;
+use lambdarec_server::security::{Policy, SecurityConfig, TlsFiles};
 use lambdarec_server::{DeviceChoice, Limits, LogConfig, ServeConfig};
 
 use super::StoreArgs;
@@ -92,6 +93,92 @@ pub struct ServeArgs {
     /// is acknowledged again (duplicate = true) and not applied twice.
     #[arg(long, env = "LAMBDAREC_DEDUP_WINDOW", default_value_t = 64)]
     pub dedup_window: usize,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
+    pub abuse: AbuseArgs,
+}
+
+/// TLS and tokens (README, "Security").
+#[derive(Args, Debug)]
+pub struct SecurityArgs {
+    /// PEM certificate chain (leaf first) for TLS on the gRPC port and the metrics endpoint;
+    /// with --tls-key. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "LAMBDAREC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LAMBDAREC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate issued by one (mutual TLS, on both
+    /// listeners).
+    #[arg(long, env = "LAMBDAREC_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens file: one `<role> <sha256-hex of the token> [name]` line per token, roles
+    /// client, admin, monitor (`lambdarec token` makes lines). Without it every call is allowed.
+    #[arg(long, env = "LAMBDAREC_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+    /// grpc.health.v1 and GET /healthz need a token (any role) too.
+    #[arg(long, env = "LAMBDAREC_AUTH_HEALTH", requires = "auth_tokens")]
+    pub auth_health: bool,
+    /// Server reflection needs a token (any role) too.
+    #[arg(long, env = "LAMBDAREC_AUTH_REFLECTION", requires = "auth_tokens")]
+    pub auth_reflection: bool,
+    /// GET /metrics needs a monitor or admin token.
+    #[arg(long, env = "LAMBDAREC_AUTH_METRICS", requires = "auth_tokens")]
+    pub auth_metrics: bool,
+    /// Seconds between checks of the TLS and token files for changes (reloaded when changed); 0:
+    /// only on SIGHUP.
+    #[arg(
+        long,
+        env = "LAMBDAREC_SECURITY_WATCH_INTERVAL",
+        default_value_t = 10.0
+    )]
+    pub security_watch_interval: f64,
+}
+
+/// Resource limits that hold against a misbehaving or hostile client (README, "Security").
+#[derive(Args, Debug)]
+pub struct AbuseArgs {
+    /// Calls one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// further calls wait in the client. 0: no limit.
+    #[arg(long, env = "LAMBDAREC_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+    /// Events one StreamEvents call may have unacknowledged; beyond it the server stops reading the
+    /// stream until acks go out (back-pressure).
+    #[arg(long, env = "LAMBDAREC_MAX_UNACKED_EVENTS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unacked_events: u64,
+    /// Seconds a StreamEvents call may go without a message (or without reading its acks) before it
+    /// is ended with DEADLINE_EXCEEDED. 0: never.
+    #[arg(long, env = "LAMBDAREC_STREAM_IDLE_TIMEOUT", default_value_t = 300.0)]
+    pub stream_idle_timeout: f64,
+    /// Live sessions one token may have created; an event that would create one more is refused
+    /// (ack SESSION_LIMIT; Recommend with inline events: RESOURCE_EXHAUSTED). 0: no limit.
+    #[arg(long, env = "LAMBDAREC_MAX_SESSIONS_PER_TOKEN", default_value_t = 0)]
+    pub max_sessions_per_token: usize,
+}
+
+impl SecurityArgs {
+    pub fn config(&self) -> anyhow::Result<SecurityConfig> {
+        let watch = seconds("--security-watch-interval", self.security_watch_interval)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        Ok(SecurityConfig {
+            tls,
+            auth_tokens: self.auth_tokens.clone(),
+            policy: Policy {
+                health: self.auth_health,
+                reflection: self.auth_reflection,
+                metrics: self.auth_metrics,
+            },
+            watch_interval: (!watch.is_zero()).then_some(watch),
+        })
+    }
 }
 
 /// Where snapshots go when `--snapshot-dir` is not given: beside a file log, else the data directory.
@@ -114,6 +201,13 @@ impl ServeArgs {
         let poll = seconds("--poll-interval", self.poll_interval)?;
         let snapshot_every = seconds("--snapshot-interval", self.snapshot_interval)?;
         let archive_every = seconds("--archive-interval", self.archive_interval)?;
+        let a = &self.abuse;
+        let idle = seconds("--stream-idle-timeout", a.stream_idle_timeout)?;
+        if a.max_sessions_per_token > 0 && self.security.auth_tokens.is_none() {
+            anyhow::bail!(
+                "--max-sessions-per-token counts sessions per bearer token: it needs --auth-tokens"
+            );
+        }
         let log = match self.event_log.as_str() {
             "none" => LogConfig::None,
             url => LogConfig::Url(url.to_string()),
@@ -143,6 +237,12 @@ impl ServeArgs {
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 dedup_window: self.dedup_window,
+                max_concurrent_streams: (a.max_concurrent_streams > 0)
+                    .then_some(a.max_concurrent_streams),
+                max_unacked_events: a.max_unacked_events as usize,
+                stream_idle_timeout: (!idle.is_zero()).then_some(idle),
+                max_sessions_per_token: (a.max_sessions_per_token > 0)
+                    .then_some(a.max_sessions_per_token),
                 ..Limits::default()
             },
             log,
@@ -153,6 +253,7 @@ impl ServeArgs {
                 max_records: self.archive_max_records as usize,
                 interval: archive_every,
             }),
+            security: self.security.config()?,
         })
     }
 }
@@ -187,5 +288,61 @@ mod tests {
             PathBuf::from("./lambdarec-data/snapshots")
         );
         assert_eq!(d("log"), PathBuf::from("./lambdarec-data/snapshots"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.serve)
+    }
+
+    #[test]
+    fn security_and_limit_flags_reach_the_config() {
+        let a = parse(&[
+            "--auth-tokens",
+            "tokens",
+            "--auth-metrics",
+            "--max-sessions-per-token",
+            "5",
+            "--stream-idle-timeout",
+            "0",
+            "--max-concurrent-streams",
+            "0",
+            "--max-unacked-events",
+            "7",
+        ])
+        .unwrap();
+        let c = a.config().unwrap();
+        assert_eq!(c.security.auth_tokens, Some(PathBuf::from("tokens")));
+        assert!(c.security.policy.metrics && !c.security.policy.health);
+        let l = &c.limits;
+        assert_eq!(l.max_sessions_per_token, Some(5));
+        assert_eq!(
+            (l.stream_idle_timeout, l.max_concurrent_streams),
+            (None, None)
+        );
+        assert_eq!(l.max_unacked_events, 7);
+        let defaults = parse(&[]).unwrap().config().unwrap();
+        assert!(defaults.security.tls.is_none() && defaults.security.auth_tokens.is_none());
+        assert_eq!(defaults.limits.max_concurrent_streams, Some(1024));
+
+        let e = parse(&["--max-sessions-per-token", "5"])
+            .unwrap()
+            .config()
+            .unwrap_err();
+        assert!(e.to_string().contains("needs --auth-tokens"), "{e}");
+        for bad in [
+            &["--auth-metrics"][..],
+            &["--tls-cert", "c.pem"],
+            &["--tls-client-ca", "ca.pem"],
+            &["--max-unacked-events", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -5,6 +5,10 @@
 //! It is owned by the batcher thread, like the backend, so the hot path takes no lock. The slot of a
 //! session is its index in `entries`: the store is a slab with an intrusive doubly linked LRU list, so
 //! every operation is O(1) and the state table on the device needs no separate allocator.
+//!
+//! A session remembers the token that created it (its owner), and the store counts live sessions
+//! per owner, kept exact by the one place a session leaves (`unlink_and_free`): that count is what
+//! `--max-sessions-per-token` is checked against, at O(1) per session created or removed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -31,6 +35,9 @@ pub struct Entry {
     pub seqs: VecDeque<u64>,
     /// Server time of the last use (event or query): LRU order and TTL.
     touched: Instant,
+    /// The token that created the session (None: no token, or recovered from the log or a snapshot,
+    /// which do not record it).
+    owner: Option<Arc<str>>,
 }
 
 /// Why a session left the store without being deleted.
@@ -53,6 +60,8 @@ pub struct SessionStore {
     dedup_window: usize,
     evicted_capacity: u64,
     evicted_ttl: u64,
+    /// Live sessions per owner (owners with none are removed).
+    owned: HashMap<Arc<str>, usize>,
 }
 
 impl SessionStore {
@@ -74,6 +83,7 @@ impl SessionStore {
                 state_version: None,
                 seqs: VecDeque::new(),
                 touched: now,
+                owner: None,
             })
             .collect();
         SessionStore {
@@ -88,7 +98,23 @@ impl SessionStore {
             dedup_window,
             evicted_capacity: 0,
             evicted_ttl: 0,
+            owned: HashMap::new(),
         }
+    }
+
+    /// Live sessions created by `owner`.
+    pub fn owned_by(&self, owner: &str) -> usize {
+        self.owned.get(owner).copied().unwrap_or(0)
+    }
+
+    /// Whether `owner` has `limit` live sessions already, counting none that has expired (expired
+    /// ones are swept first when the count is at the limit).
+    pub fn owner_at_limit(&mut self, owner: &str, limit: usize, now: Instant) -> bool {
+        if self.owned_by(owner) < limit {
+            return false;
+        }
+        self.sweep(now);
+        self.owned_by(owner) >= limit
     }
 
     pub fn len(&self) -> usize {
@@ -126,7 +152,12 @@ impl SessionStore {
 
     /// Creates a session (the caller has checked it does not exist) and returns its slot, evicting
     /// the least recently used session when the store is full. The slot's state must be reset.
-    pub fn insert(&mut self, key: &str, now: Instant) -> (u32, Option<Eviction>) {
+    pub fn insert(
+        &mut self,
+        key: &str,
+        owner: Option<&Arc<str>>,
+        now: Instant,
+    ) -> (u32, Option<Eviction>) {
         let mut evicted = None;
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -154,6 +185,10 @@ impl SessionStore {
         e.state_version = None;
         e.seqs.clear();
         e.touched = now;
+        e.owner = owner.cloned();
+        if let Some(owner) = owner {
+            *self.owned.entry(owner.clone()).or_insert(0) += 1;
+        }
         self.index.insert(key, slot);
         self.push_front(slot);
         (slot, evicted)
@@ -282,6 +317,14 @@ impl SessionStore {
         e.recent = VecDeque::new();
         e.seqs = VecDeque::new();
         e.state_version = None;
+        if let Some(owner) = e.owner.take()
+            && let Some(n) = self.owned.get_mut(&owner)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.owned.remove(&owner);
+            }
+        }
         self.free.push(slot);
     }
 
@@ -336,13 +379,13 @@ mod tests {
     #[test]
     fn capacity_evicts_the_least_recently_used() {
         let (mut s, t0) = store(2);
-        let (a, ev) = s.insert("a", t0);
+        let (a, ev) = s.insert("a", None, t0);
         assert_eq!((a, ev), (0, None));
-        let (b, _) = s.insert("b", t0);
+        let (b, _) = s.insert("b", None, t0);
         assert_eq!(b, 1);
         // Using "a" makes "b" the least recently used.
         assert_eq!(s.get("a", t0), Some(a));
-        let (c, ev) = s.insert("c", t0);
+        let (c, ev) = s.insert("c", None, t0);
         assert_eq!((c, ev), (b, Some(Eviction::Capacity)));
         assert_eq!(s.get("b", t0), None);
         assert_eq!(s.get("a", t0), Some(a));
@@ -353,8 +396,8 @@ mod tests {
     #[test]
     fn ttl_expires_on_access_and_on_sweep() {
         let (mut s, t0) = store(4);
-        s.insert("a", t0);
-        s.insert("b", t0 + Duration::from_secs(5));
+        s.insert("a", None, t0);
+        s.insert("b", None, t0 + Duration::from_secs(5));
         let later = t0 + Duration::from_secs(11);
         assert_eq!(s.sweep(later), 1);
         assert_eq!(s.peek("a", later), None);
@@ -367,7 +410,7 @@ mod tests {
     #[test]
     fn history_is_a_ring_and_remove_frees_the_slot() {
         let (mut s, t0) = store(1);
-        let (slot, _) = s.insert("a", t0);
+        let (slot, _) = s.insert("a", None, t0);
         let v: Arc<str> = Arc::from("v1");
         for item in 1..=5 {
             s.record_event(
@@ -385,7 +428,7 @@ mod tests {
         assert_eq!((e.events, e.last_seen_ms), (5, 105));
         assert!(s.remove("a"));
         assert!(!s.remove("a"));
-        let (again, ev) = s.insert("b", t0);
+        let (again, ev) = s.insert("b", None, t0);
         assert_eq!((again, ev), (slot, None));
         assert_eq!(s.entry(again).events, 0);
         assert!(
@@ -397,11 +440,36 @@ mod tests {
     #[test]
     fn lru_order_runs_from_least_to_most_recently_used() {
         let (mut s, t0) = store(3);
-        let (a, _) = s.insert("a", t0);
-        let (b, _) = s.insert("b", t0);
-        let (c, _) = s.insert("c", t0);
+        let (a, _) = s.insert("a", None, t0);
+        let (b, _) = s.insert("b", None, t0);
+        let (c, _) = s.insert("c", None, t0);
         s.get("a", t0);
         assert_eq!(s.lru_order(), vec![b, c, a]);
         assert_eq!(s.key(a).map(|k| &**k), Some("a"));
+    }
+
+    #[test]
+    fn sessions_are_counted_per_owner_until_they_leave() {
+        let (mut s, t0) = store(3);
+        let (x, y): (Arc<str>, Arc<str>) = (Arc::from("x"), Arc::from("y"));
+        s.insert("a", Some(&x), t0);
+        s.insert("b", Some(&x), t0 + Duration::from_secs(5));
+        s.insert("c", Some(&y), t0 + Duration::from_secs(5));
+        assert_eq!(
+            (s.owned_by("x"), s.owned_by("y"), s.owned_by("z")),
+            (2, 1, 0)
+        );
+        assert!(s.owner_at_limit("x", 2, t0) && !s.owner_at_limit("x", 3, t0));
+        // Capacity eviction of x's oldest session frees one of x's places.
+        s.insert("d", None, t0 + Duration::from_secs(6));
+        assert_eq!(s.owned_by("x"), 1);
+        assert!(s.remove("b"));
+        assert_eq!(s.owned_by("x"), 0);
+        // An expired session stops counting when the limit is checked (swept then).
+        let late = t0 + Duration::from_secs(16);
+        assert_eq!(s.owned_by("y"), 1);
+        assert!(!s.owner_at_limit("y", 1, late));
+        assert_eq!(s.owned_by("y"), 0);
+        assert!(s.owned.is_empty(), "owners with no session are forgotten");
     }
 }

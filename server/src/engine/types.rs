@@ -88,6 +88,11 @@ pub enum EngineError {
     #[error("session {0:?} not found (never seen, expired or deleted)")]
     SessionNotFound(String),
     #[error(
+        "token {owner:?} already has {limit} live sessions, the server's --max-sessions-per-token; \
+         delete sessions it no longer needs (DeleteSession) or wait for them to expire"
+    )]
+    SessionLimit { owner: Arc<str>, limit: usize },
+    #[error(
         "overloaded: {queued} requests are queued (capacity {capacity}); retry in {retry_after_ms} ms"
     )]
     Overloaded {
@@ -130,6 +135,9 @@ pub struct EventRequest {
     /// The client's sequence number: (session_id, client_seq) identifies the event for exactly-once
     /// application.
     pub client_seq: Option<u64>,
+    /// The name of the token that sent it: a session it creates counts against that token's
+    /// `--max-sessions-per-token`. None: no token (counted against nobody).
+    pub owner: Option<Arc<str>>,
 }
 
 /// The outcome of one event: `applied` is `Err` for a rejected event (the session is unchanged).
@@ -152,6 +160,8 @@ pub struct RecommendRequest {
     pub exclude_items: Vec<String>,
     pub exclude_seen: bool,
     pub inline_events: Vec<String>,
+    /// As [`EventRequest::owner`], for a session the inline events create.
+    pub owner: Option<Arc<str>>,
 }
 
 #[derive(Debug)]

@@ -27,6 +27,7 @@
 //! latency is measured from the intended send time and coordinated omission is not hidden).
 
 mod candidates;
+mod connect;
 mod plot;
 pub mod quickstart;
 mod replay;
@@ -39,15 +40,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lambdarec_proto::v1::ModelInfoRequest;
-use lambdarec_proto::v1::recommender_client::RecommenderClient;
 use lambdarec_trainer::data::{self, ReadOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
 
 pub use candidates::CatalogueError;
+pub use connect::{Bearer, Client, ClientTls};
 pub use plot::{PlotError, latency_svg};
 pub use replay::{Replay, ReplaySession};
 pub use report::{LoadReport, TimelinePoint};
@@ -93,8 +93,13 @@ pub const MAX_CANDIDATES: usize = 10_000;
 /// Everything one load run needs.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Server address, `host:port` or `http://host:port`.
+    /// Server address, `host:port`, `http://host:port` or `https://host:port`.
     pub target: String,
+    /// TLS settings (a bare `host:port` target is then reached over `https://`); None: plaintext
+    /// unless the target is `https://`.
+    pub tls: Option<ClientTls>,
+    /// Bearer token sent with every call (`--token`).
+    pub token: Option<String>,
     /// The log to replay.
     pub data: PathBuf,
     pub read: ReadOptions,
@@ -125,6 +130,8 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             target: "127.0.0.1:50051".to_string(),
+            tls: None,
+            token: None,
             data: PathBuf::new(),
             read: ReadOptions::default(),
             mode: Mode::Closed { concurrency: 16 },
@@ -176,24 +183,13 @@ pub async fn run(opts: &LoadOptions) -> Result<LoadReport, LoadError> {
 /// Replays already-read sessions.
 pub async fn run_replay(opts: &LoadOptions, replay: Arc<Replay>) -> Result<LoadReport, LoadError> {
     validate(opts)?;
-    let target = if opts.target.contains("://") {
-        opts.target.clone()
-    } else {
-        format!("http://{}", opts.target)
-    };
-    let connect_err = |source| LoadError::Connect {
-        target: target.clone(),
-        source,
-    };
-    let endpoint = Endpoint::from_shared(target.clone())
-        .map_err(connect_err)?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    let mut clients = Vec::with_capacity(opts.connections);
-    for _ in 0..opts.connections {
-        let channel: Channel = endpoint.connect().await.map_err(connect_err)?;
-        clients.push(RecommenderClient::new(channel).max_decoding_message_size(64 << 20));
-    }
+    let (target, clients) = connect::connect(
+        &opts.target,
+        opts.tls.as_ref(),
+        opts.token.as_deref(),
+        opts.connections,
+    )
+    .await?;
     let info = clients[0]
         .clone()
         .model_info(ModelInfoRequest {})

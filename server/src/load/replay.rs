@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use lambdarec_proto::v1::recommender_client::RecommenderClient;
 use lambdarec_proto::v1::{
     ErrorCode, EventAck, RecommendRequest, ScoreRequest, ScoredItem, SessionEvent,
 };
@@ -17,9 +16,9 @@ use rand::rngs::SmallRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::candidates::{self, Catalogue};
+use super::connect::Client;
 use super::report::Collector;
 
 /// One session of the log: its key and its items (indices into [`Replay::item_ids`]) in time order.
@@ -83,7 +82,7 @@ pub(crate) struct EventStream {
 
 impl EventStream {
     /// Opens the stream; if that fails every send reports the failure's code.
-    pub(crate) async fn open(mut client: RecommenderClient<Channel>) -> Self {
+    pub(crate) async fn open(mut client: Client) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let waiters: Waiters = Arc::default();
         // client_seq starts at the time in µs, so a later replay of the same session ids is not
@@ -198,7 +197,7 @@ fn score_request<'a>(
 
 /// What every session task shares.
 pub(crate) struct Ctx {
-    pub(crate) clients: Vec<RecommenderClient<Channel>>,
+    pub(crate) clients: Vec<Client>,
     pub(crate) streams: Vec<EventStream>,
     pub(crate) collector: Arc<Collector>,
     pub(crate) k: usize,
@@ -290,11 +289,7 @@ impl Ctx {
     }
 
     /// The top k of the whole catalogue.
-    async fn recommend(
-        &self,
-        client: &mut RecommenderClient<Channel>,
-        session_id: &str,
-    ) -> Result<Answer, Code> {
+    async fn recommend(&self, client: &mut Client, session_id: &str) -> Result<Answer, Code> {
         let request = RecommendRequest {
             session_id: session_id.to_string(),
             k: self.k as u32,
@@ -317,11 +312,7 @@ impl Ctx {
 
     /// The candidates' scores. A candidate the server does not know means the catalogue read is not
     /// the one served (a model swap mid-run): it is reported.
-    async fn score(
-        &self,
-        client: &mut RecommenderClient<Channel>,
-        request: ScoreRequest,
-    ) -> Result<Answer, Code> {
+    async fn score(&self, client: &mut Client, request: ScoreRequest) -> Result<Answer, Code> {
         match tokio::time::timeout(self.timeout, client.score(request)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();

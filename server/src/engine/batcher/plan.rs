@@ -126,6 +126,8 @@ pub(super) struct Planner {
     pub(super) scratch: u32,
     /// Whether changes are recorded for an event log.
     logging: bool,
+    /// `--max-sessions-per-token`: most live sessions one token may have created.
+    per_owner: Option<usize>,
     plan: Plan,
     /// Incremented at each flush; a slot whose mark equals it has work in the current plan.
     epoch: u64,
@@ -148,6 +150,7 @@ impl Planner {
             ),
             scratch: capacity as u32,
             logging,
+            per_owner: l.max_sessions_per_token,
             plan: Plan::default(),
             epoch: 1,
             planned: vec![0; capacity + 1],
@@ -234,7 +237,18 @@ impl Planner {
             }));
             return;
         };
-        let slot = self.session_for_events(x, &req.session_id, now);
+        let slot = match self.session_for_events(x, &req.session_id, req.owner.as_ref(), now) {
+            Ok(slot) => slot,
+            Err(e) => {
+                let _ = reply.send(Ok(EventOutcome {
+                    applied: Err(e),
+                    duplicate: false,
+                    session_events: 0,
+                    model_version: view.version.clone(),
+                }));
+                return;
+            }
+        };
         let at_ms = req.timestamp_ms.unwrap_or(now_ms);
         self.push_event(slot, item, at_ms, view, req.client_seq);
         if self.logging {
@@ -277,7 +291,13 @@ impl Planner {
         }
         let held = !inline_items.is_empty();
         let (slot, session_events) = if held {
-            let slot = self.session_for_events(x, &req.session_id, now);
+            let slot = match self.session_for_events(x, &req.session_id, req.owner.as_ref(), now) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
             for (item, id) in inline_items.into_iter().flatten().zip(&req.inline_events) {
                 self.push_event(slot, item, now_ms, view, None);
                 if self.logging {
@@ -374,7 +394,11 @@ impl Planner {
                 }
                 RecordKind::Event => match view.vocab.index(&r.item_id) {
                     Some(item) => {
-                        let slot = self.session_for_events(x, &r.session_id, at);
+                        // Recovered sessions have no owner (the log does not record tokens), so
+                        // this cannot be refused.
+                        let Ok(slot) = self.session_for_events(x, &r.session_id, None, at) else {
+                            continue;
+                        };
                         self.push_event(slot, item, r.timestamp_ms, view, r.client_seq);
                         stats.events += 1;
                     }
@@ -386,15 +410,30 @@ impl Planner {
         stats
     }
 
-    /// The slot of a session about to receive events, created (and its state reset) if missing.
-    fn session_for_events(&mut self, x: &mut Exec<'_>, key: &str, now: Instant) -> u32 {
+    /// The slot of a session about to receive events, created (and its state reset) if missing —
+    /// unless creating it would give `owner` more live sessions than `--max-sessions-per-token`.
+    fn session_for_events(
+        &mut self,
+        x: &mut Exec<'_>,
+        key: &str,
+        owner: Option<&Arc<str>>,
+        now: Instant,
+    ) -> Result<u32, EngineError> {
         if let Some(slot) = self.sessions.get(key, now) {
             if self.queried[slot as usize] == self.epoch {
                 self.flush(x);
             }
-            return slot;
+            return Ok(slot);
         }
-        let (slot, evicted) = self.sessions.insert(key, now);
+        if let (Some(owner), Some(limit)) = (owner, self.per_owner)
+            && self.sessions.owner_at_limit(owner, limit, now)
+        {
+            return Err(EngineError::SessionLimit {
+                owner: owner.clone(),
+                limit,
+            });
+        }
+        let (slot, evicted) = self.sessions.insert(key, owner, now);
         if let Some(cause) = evicted {
             debug!(?cause, slot, "evicted a session");
         }
@@ -404,7 +443,7 @@ impl Planner {
         }
         self.plan.resets.push(slot);
         self.planned[slot as usize] = self.epoch;
-        slot
+        Ok(slot)
     }
 
     fn existing_or_scratch(&mut self, key: &str, now: Instant) -> (u32, u64) {

@@ -87,7 +87,7 @@ impl Batcher {
             let at = now
                 .checked_sub(Duration::from_millis(s.idle_ms))
                 .unwrap_or(now);
-            let (slot, _) = self.planner.sessions.insert(&s.id, at);
+            let (slot, _) = self.planner.sessions.insert(&s.id, None, at);
             let recent: Vec<u32> = s.recent.iter().filter_map(|&i| map[i as usize]).collect();
             stats.dropped_items += (s.recent.len() - recent.len()) as u64;
             if reuse {

@@ -204,6 +204,7 @@ impl Rig {
             item_id: item.into(),
             timestamp_ms: Some(1_000),
             client_seq: seq,
+            owner: None,
         };
         let item = self.view.resolve(std::slice::from_ref(&req.item_id));
         let job = Job::Event { req, item, reply };
@@ -224,6 +225,7 @@ impl Rig {
             exclude_items: Vec::new(),
             exclude_seen: false,
             inline_events: Vec::new(),
+            owner: None,
         };
         let job = Job::Recommend {
             exclude: self.view.resolve(&[]),
