@@ -83,6 +83,7 @@ pub fn bundle_of(
         training,
         metrics,
         files: BTreeMap::new(),
+        blend: None,
     };
     let items = ItemTable {
         ids: vocab.ids.clone(),

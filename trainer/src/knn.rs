@@ -463,7 +463,10 @@ mod tests {
         // Another session on item 9 finds session 7 (once, despite its stale first entry).
         assert_eq!(scores(&mut index, &[9], None), [(4, 1.0), (9, 1.0)]);
         // Session 7 itself only finds {4,5}: sim (1/2)²/2 through item 4, two steps back (decay 1/2).
-        assert_eq!(scores(&mut index, &[4, 9], Some(7)), [(4, 0.0625), (5, 0.0625)]);
+        assert_eq!(
+            scores(&mut index, &[4, 9], Some(7)),
+            [(4, 0.0625), (5, 0.0625)]
+        );
         index.remove(7);
         assert_eq!(index.len(), 3);
         assert!(scores(&mut index, &[9], None).is_empty());

@@ -3,6 +3,7 @@
 //! versioned model bundles.
 
 pub mod baselines;
+pub mod blend;
 pub mod data;
 pub mod eval;
 pub mod export;

@@ -9,10 +9,11 @@ use tracing::info;
 
 use lambdarec_kernels::{Backend, Dtype, ModelWeights, cpu::CpuBackend};
 use lambdarec_proto::archive::{Date, DateRange};
-use lambdarec_proto::bundle::{Bundle, Store};
+use lambdarec_proto::bundle::{Blend, Bundle, Store};
 
 use crate::TrainError;
 use crate::baselines::{ItemKnn, Pop};
+use crate::blend;
 use crate::data::{self, ArchiveSource, Dataset, ItemVocab, PrepareOptions, ReadOptions, Sessions};
 use crate::eval::{Metrics, SessionRecommender, evaluate_model, evaluate_recommender};
 use crate::export;
@@ -101,6 +102,9 @@ pub struct TrainJob {
     pub eval: EvalOptions,
     pub store: String,
     pub model_name: String,
+    /// Seconds at the end of the training data held out to fit the blend weight (a GRU is trained
+    /// on the rest first); 0 skips the fit and the bundle serves the GRU alone.
+    pub blend_validation: f64,
 }
 
 impl TrainJob {
@@ -122,6 +126,7 @@ impl TrainJob {
             eval: EvalOptions::default(),
             store: store.into(),
             model_name: model_name.into(),
+            blend_validation: 86_400.0,
         }
     }
 }
@@ -151,7 +156,7 @@ impl Evaluation {
     pub fn table(&self) -> String {
         let k = self.model.k;
         let mut out = format!(
-            "{:<10} {:>10} {:>10} {:>12} {:>13}   ({} test events)\n",
+            "{:<12} {:>10} {:>10} {:>12} {:>13}   ({} test events)\n",
             "",
             format!("Recall@{k}"),
             format!("MRR@{k}"),
@@ -163,7 +168,7 @@ impl Evaluation {
             .chain(self.baselines.iter().map(|(n, m)| (n.as_str(), m)));
         for (name, m) in rows {
             out += &format!(
-                "{name:<10} {:>10.4} {:>10.4} {:>12.4} {:>13.4}\n",
+                "{name:<12} {:>10.4} {:>10.4} {:>12.4} {:>13.4}\n",
                 m.recall, m.mrr, m.coverage, m.pop_share
             );
         }
@@ -182,11 +187,14 @@ pub struct TrainOutcome {
 }
 
 /// Evaluates weights on test sessions with the CPU backend, and the baselines trained on `train`.
+/// With `blend` (the GRU weight of the manifest's blend) and training sessions, the served blend with
+/// a live kNN index is evaluated too.
 pub fn evaluate(
     weights: &ModelWeights,
     train_sessions: Option<&Sessions>,
     test: &Sessions,
     opts: &EvalOptions,
+    blend: Option<f32>,
 ) -> Result<Evaluation, TrainError> {
     let started = Instant::now();
     let mut backend = CpuBackend::new(opts.threads)?;
@@ -216,6 +224,22 @@ pub fn evaluate(
             let mut sknn = SessionKnn::new(index, live);
             let metrics = evaluate_recommender(&mut sknn, test, n, opts.k);
             baselines.push((sknn.name().to_string(), metrics));
+        }
+        if let Some(w) = blend {
+            let mut index = KnnIndex::fit(train_sessions, n, KnnParams::default());
+            let metrics = blend::evaluate_blend(
+                &mut backend,
+                id,
+                weights.hidden,
+                &mut index,
+                true,
+                test,
+                n,
+                opts.k,
+                blend::POOL,
+                &[w],
+            )?;
+            baselines.push((format!("blend({w:.2})"), metrics[0].clone()));
         }
     }
     Ok(Evaluation {
@@ -267,6 +291,7 @@ pub async fn run_train(
     );
     drop((raw_train, raw_test));
 
+    let blend = fit_blend(&dataset, job)?;
     let (model, epochs) = train(
         &dataset.train,
         &dataset.vocab.popularity,
@@ -275,7 +300,13 @@ pub async fn run_train(
         on_epoch,
     )?;
     let weights = model.to_weights();
-    let evaluation = evaluate(&weights, Some(&dataset.train), &dataset.test, &job.eval)?;
+    let evaluation = evaluate(
+        &weights,
+        Some(&dataset.train),
+        &dataset.test,
+        &job.eval,
+        blend.as_ref().map(|b| b.gru_weight),
+    )?;
     info!(
         recall = evaluation.model.recall,
         mrr = evaluation.model.mrr,
@@ -292,6 +323,7 @@ pub async fn run_train(
         &epochs,
         &evaluation,
     );
+    bundle.manifest.blend = blend;
     let version = store.write_bundle(&job.model_name, &mut bundle).await?;
     info!(store = store.url(), model = %job.model_name, %version, "wrote model bundle");
     Ok(TrainOutcome {
@@ -301,6 +333,79 @@ pub async fn run_train(
         weights,
         version,
     })
+}
+
+/// Fits the blend weight: a GRU trained on the training sessions that end before the last
+/// `blend_validation` seconds, then the blend at every weight of the grid on the sessions after
+/// (kNN indexing the earlier sessions and learning live from the later ones, as served). None when
+/// the fit is off or either part is empty.
+fn fit_blend(dataset: &Dataset, job: &TrainJob) -> Result<Option<Blend>, TrainError> {
+    if job.blend_validation <= 0.0 {
+        return Ok(None);
+    }
+    let (early, late) = blend::split_by_end_time(&dataset.train, job.blend_validation);
+    if early.is_empty() || late.n_predictions() == 0 {
+        info!(
+            window_s = job.blend_validation,
+            "no blend fit: the validation window leaves no sessions on one side; the bundle serves the GRU alone"
+        );
+        return Ok(None);
+    }
+    info!(
+        train_sessions = early.len(),
+        validation_sessions = late.len(),
+        validation_predictions = late.n_predictions(),
+        "fitting the blend weight: training a GRU without the last {} s of the training data",
+        job.blend_validation
+    );
+    let (model, _) = train(
+        &early,
+        &dataset.vocab.popularity,
+        &job.config,
+        |_, _, _| {},
+        |_| {},
+    )?;
+    let weights = model.to_weights();
+    let n = weights.n_items;
+    let mut backend = CpuBackend::new(job.eval.threads)?;
+    let id = backend.upload_model(&weights, Dtype::F32)?;
+    let mut index = KnnIndex::fit(&early, n, KnnParams::default());
+    let grid = blend::weight_grid();
+    let curve = blend::evaluate_blend(
+        &mut backend,
+        id,
+        weights.hidden,
+        &mut index,
+        true,
+        &late,
+        n,
+        job.eval.k,
+        blend::POOL,
+        &grid,
+    )?;
+    let (w, best) = blend::best_weight(&grid, &curve);
+    info!(
+        gru_weight = w,
+        recall = best.recall,
+        mrr = best.mrr,
+        gru_alone_recall = curve[curve.len() - 1].recall,
+        knn_alone_recall = curve[0].recall,
+        "blend weight fit on the validation sessions"
+    );
+    let k = job.eval.k;
+    Ok(Some(Blend {
+        gru_weight: w,
+        fit: serde_json::json!({
+            "validation_window_s": job.blend_validation,
+            "train_sessions": early.len(),
+            "validation_sessions": late.len(),
+            "validation_predictions": late.n_predictions(),
+            "objective": format!("recall@{k} + mrr@{k}"),
+            "curve": grid.iter().zip(&curve).map(|(w, m)| serde_json::json!({
+                "gru_weight": w, format!("recall@{k}"): m.recall, format!("mrr@{k}"): m.mrr,
+            })).collect::<Vec<_>>(),
+        }),
+    }))
 }
 
 fn report_bad_lines(log: &data::RawLog) {
@@ -368,7 +473,14 @@ pub async fn run_eval(
         }
         None => None,
     };
-    let evaluation = evaluate(&loaded.weights, train_sessions.as_ref(), &test, &job.eval)?;
+    let blend = loaded.bundle.manifest.blend.as_ref().map(|b| b.gru_weight);
+    let evaluation = evaluate(
+        &loaded.weights,
+        train_sessions.as_ref(),
+        &test,
+        &job.eval,
+        blend,
+    )?;
     Ok((loaded, evaluation, report))
 }
 

@@ -65,6 +65,20 @@ pub struct Manifest {
     pub metrics: serde_json::Value,
     /// Every other file of the version, by file name (filled by `Store::write_bundle`).
     pub files: BTreeMap<String, FileEntry>,
+    /// The blend of the GRU with session-kNN the trainer fit for this model; absent in bundles
+    /// written before it existed or trained without a validation split (then: the GRU alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blend: Option<Blend>,
+}
+
+/// How the GRU and session-kNN scores are combined: per request, over the pooled candidates, the
+/// GRU's `exp(s - s_max)` times `gru_weight` plus kNN's score over its maximum times `1 - gru_weight`
+/// (`lambdarec_trainer::blend`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Blend {
+    pub gru_weight: f32,
+    /// How the weight was fit (validation split, metrics at each weight tried); free form.
+    pub fit: serde_json::Value,
 }
 
 /// Sizes the server allocates for.

@@ -68,6 +68,7 @@ fn sample_bundle(n: usize, seed: u64) -> Bundle {
             training: serde_json::json!({"epochs": 3, "loss": "bpr-max"}),
             metrics: serde_json::json!({"recall@20": 0.5, "mrr@20": 0.2}),
             files: BTreeMap::new(),
+            blend: None,
         },
         tensors,
         items: ItemTable {
@@ -79,6 +80,10 @@ fn sample_bundle(n: usize, seed: u64) -> Bundle {
 
 async fn round_trip(store: &Store) {
     let mut bundle = sample_bundle(11, 1);
+    bundle.manifest.blend = Some(super::Blend {
+        gru_weight: 0.35,
+        fit: serde_json::json!({"validation_sessions": 3}),
+    });
     let version = store.write_bundle("gru", &mut bundle).await.unwrap();
     assert_eq!(bundle.manifest.version, version);
     assert_eq!(bundle.manifest.name, "gru");
@@ -310,7 +315,18 @@ async fn inconsistent_bundles_are_not_written() {
     missing.tensors.remove("gru.w_hh");
     let mut tied_with_input = sample_bundle(4, 0);
     tied_with_input.manifest.dims.tied_embedding = true;
-    for mut bundle in [wrong_shape, wrong_count, missing, tied_with_input] {
+    let mut blend_out_of_range = sample_bundle(4, 0);
+    blend_out_of_range.manifest.blend = Some(super::Blend {
+        gru_weight: 1.5,
+        fit: serde_json::Value::Null,
+    });
+    for mut bundle in [
+        wrong_shape,
+        wrong_count,
+        missing,
+        tied_with_input,
+        blend_out_of_range,
+    ] {
         let err = store.write_bundle("m", &mut bundle).await.unwrap_err();
         assert!(matches!(err, BundleError::Format { .. }), "{err}");
     }

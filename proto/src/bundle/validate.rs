@@ -30,6 +30,17 @@ pub(crate) fn check_bundle(bundle: &Bundle, path: &str) -> Result<(), BundleErro
             ),
         ));
     }
+    if let Some(blend) = &m.blend
+        && !(0.0..=1.0).contains(&blend.gru_weight)
+    {
+        return Err(BundleError::format(
+            path,
+            format!(
+                "manifest.blend.gru_weight is {}, not a weight in [0, 1]",
+                blend.gru_weight
+            ),
+        ));
+    }
     if m.model_kind == GRU4REC {
         check_gru4rec(bundle, &m.dims, path)?;
     }

@@ -52,6 +52,12 @@ pub struct TrainArgs {
     /// Seconds at the end of the log whose sessions form the test set (without --test).
     #[arg(long, default_value_t = 86_400.0)]
     pub test_window: f64,
+    /// Seconds at the end of the training data held out to fit the weight of the GRU/session-kNN
+    /// blend the server uses (a second GRU is trained without them first, so training takes about
+    /// twice as long). Default: --test-window's value, so validation mirrors the test split. 0 skips
+    /// the fit, and the bundle serves the GRU alone.
+    #[arg(long, value_name = "SECONDS")]
+    pub blend_validation: Option<f64>,
     /// GRU hidden units.
     #[arg(long, default_value_t = 100)]
     pub hidden: usize,
@@ -123,6 +129,11 @@ fn train_data(a: &TrainArgs) -> anyhow::Result<TrainData> {
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let data = train_data(&a)?;
+    if let Some(w) = a.blend_validation
+        && !(w.is_finite() && w >= 0.0)
+    {
+        anyhow::bail!("--blend-validation {w}: give a number of seconds, 0 or more");
+    }
     let config = TrainConfig {
         hidden: a.hidden,
         embed_dim: a.embed_dim,
@@ -157,6 +168,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         eval: a.eval.options(),
         store: a.store.store.clone(),
         model_name: a.store.model.clone(),
+        blend_validation: a.blend_validation.unwrap_or(a.test_window),
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
