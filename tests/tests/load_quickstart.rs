@@ -41,7 +41,12 @@ async fn quickstart_runs_end_to_end_and_exits() {
         .iter()
         .map(|(n, _)| n.as_str())
         .collect();
-    assert_eq!(names, ["pop", "item-knn", "sknn", "sknn-live"]);
+    // The blend row names the GRU weight `train` fit on the sample's held-out last day.
+    assert_eq!(names[..4], ["pop", "item-knn", "sknn", "sknn-live"]);
+    assert!(
+        names.len() == 5 && names[4].starts_with("blend("),
+        "{names:?}"
+    );
     let (on, off) = (&done.online.accuracy, &done.offline.model);
     assert!(done.online.errors.is_empty(), "{:?}", done.online.errors);
     assert_eq!(on.events, off.events);
