@@ -9,6 +9,7 @@ use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Float64Type, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
+use lambdarec_proto::archive::check_chunk_ranges;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -59,7 +60,12 @@ pub(crate) fn read_parquet(
         path: path.to_string(),
         source,
     };
+    let size = file.metadata().map_err(|source| DataError::Io {
+        path: path.to_string(),
+        source,
+    })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err)?;
+    check_chunk_ranges(builder.metadata(), size.len()).map_err(pq_err)?;
     let schema = builder.schema().clone();
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let cols = resolve_columns(path, &names, opts)?;

@@ -354,6 +354,62 @@ fn parquet_rejects_unusable_types() {
     assert!(err.to_string().contains("Boolean"), "{err}");
 }
 
+/// The Parquet file at `path` with its footer rewritten so that the first column chunk starts at
+/// `offset` (a fuzzed footer did this: `fuzz/` target `log_parquet`).
+fn move_first_chunk(path: &Path, offset: i64) {
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+    let bytes = bytes::Bytes::from(std::fs::read(path).unwrap());
+    let n = bytes.len();
+    let footer_len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let meta = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes)
+        .unwrap();
+    let mut builder = meta.into_builder();
+    let mut groups = builder.take_row_groups();
+    let mut chunks = groups[0].columns().to_vec();
+    chunks[0] = chunks[0]
+        .clone()
+        .into_builder()
+        .set_dictionary_page_offset(None)
+        .set_data_page_offset(offset)
+        .build()
+        .unwrap();
+    groups[0] = groups[0]
+        .clone()
+        .into_builder()
+        .set_column_metadata(chunks)
+        .build()
+        .unwrap();
+    let meta = builder.set_row_groups(groups).build();
+    let mut out = bytes[..n - 8 - footer_len].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &meta)
+        .finish()
+        .unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+/// The parquet crate panics on a column chunk at a negative offset (found by fuzzing); the reader
+/// checks every chunk's place against the file first.
+#[test]
+fn parquet_chunks_outside_the_file_are_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.parquet");
+    for offset in [-1, i64::MAX - 3, 1 << 40] {
+        write_parquet(
+            &path,
+            vec![
+                ("SessionId", Arc::new(Int64Array::from(vec![1, 1]))),
+                ("ItemId", Arc::new(StringArray::from(vec!["a", "b"]))),
+                ("Time", Arc::new(Int64Array::from(vec![1, 2]))),
+            ],
+        );
+        move_first_chunk(&path, offset);
+        let err = read_log(&path, &ReadOptions::default()).unwrap_err();
+        assert!(matches!(err, DataError::Parquet { .. }), "{err}");
+        assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+}
+
 #[test]
 fn reads_100k_lines_quickly() {
     let dir = tempfile::tempdir().unwrap();
