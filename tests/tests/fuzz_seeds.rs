@@ -416,7 +416,7 @@ async fn seeds_reach_the_decoders() {
             first += reader.next_batch(1000).unwrap().len() as u64;
         }
         let log = FileLog::open(&log_dir, &OpenOptions::default()).unwrap();
-        assert!(log.bounds().unwrap().len() >= 1, "{name}");
+        assert!(!log.bounds().unwrap().is_empty(), "{name}");
     }
     let snapshot = &seeds["snapshot"][0].1;
     let path = dir.path().join("snapshot.bin");

@@ -171,7 +171,7 @@ fn check_layout(b: &[u8]) -> Result<(), String> {
             let end = size(at)
                 .zip(size(len))
                 .and_then(|(at, len)| at.checked_add(len));
-            if !end.is_some_and(|end| end <= body) {
+            if end.is_none_or(|end| end > body) {
                 return Err(format!(
                     "a buffer at {at} of {len} bytes does not fit in its block's {body}-byte body"
                 ));
