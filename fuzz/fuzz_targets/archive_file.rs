@@ -13,6 +13,7 @@ use libfuzzer_sys::fuzz_target;
 const URL: &str = "memory://fuzz-archive";
 
 fuzz_target!(|data: &[u8]| {
+    lambdarec_fuzz::let_parquet_panics_unwind();
     let Some((&flags, parquet)) = data.split_first() else {
         return;
     };

@@ -6,6 +6,7 @@ use lambdarec_trainer::data::{PrepareOptions, prepare, read_log};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    lambdarec_fuzz::let_parquet_panics_unwind();
     let Some((&flags, parquet)) = data.split_first() else {
         return;
     };

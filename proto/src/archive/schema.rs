@@ -148,6 +148,22 @@ pub fn check_chunk_ranges(metadata: &ParquetMetaData, size: u64) -> Result<(), P
     Ok(())
 }
 
+/// Runs one step of the parquet crate's reader, turning a panic into an error. Its page decoders
+/// `expect` what only a well-formed file guarantees (a dictionary-encoded page without a dictionary
+/// page panics in `column/reader/decoder.rs`; found by fuzzing, `fuzz/` targets `archive_file` and
+/// `log_parquet`), and such a file must be refused, not bring the process down. The panic message
+/// still goes to the panic hook (stderr) before the error is returned.
+pub fn guard_parquet<T>(step: impl FnOnce() -> T) -> Result<T, ParquetError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        ParquetError::General(format!("malformed file (the reader gave up: {message})"))
+    })
+}
+
 /// Decodes the named columns (all of the schema when `columns` is `None`) of one file, each cast
 /// to its schema type, in schema order. A missing column or one of another type is
 /// [`ArchiveError::Schema`].
@@ -197,7 +213,8 @@ pub fn decode(
         source,
     };
     let mut batches = Vec::new();
-    for batch in reader {
+    let mut reader = reader;
+    while let Some(batch) = guard_parquet(|| reader.next()).map_err(pq_err)? {
         let batch = batch.map_err(arrow_err)?;
         // The projection keeps file order; look each wanted column up by name.
         let cols = wanted

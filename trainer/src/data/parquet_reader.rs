@@ -9,7 +9,7 @@ use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Float64Type, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
-use lambdarec_proto::archive::check_chunk_ranges;
+use lambdarec_proto::archive::{check_chunk_ranges, guard_parquet};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -121,7 +121,8 @@ pub(crate) fn read_parquet(
     };
     let mut log = LogBuilder::new(path, opts.skip_bad_lines);
     let mut row = 0usize;
-    for batch in reader {
+    let mut reader = reader;
+    while let Some(batch) = guard_parquet(|| reader.next()).map_err(pq_err)? {
         let batch = batch.map_err(|source| DataError::Arrow {
             path: path.to_string(),
             context: "reading record batches".to_string(),
