@@ -4,8 +4,9 @@
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 10 seconds, every target)
 #
-# Needs a nightly toolchain (libFuzzer instrumentation): without one it says so and exits 0. Installs
-# cargo-fuzz when missing (bounded). Exits 1 when a target crashed, panicked, exceeded the memory limits
+# Needs a nightly toolchain (libFuzzer instrumentation; FUZZ_TOOLCHAIN names another): without one it
+# says so and exits 0. Installs cargo-fuzz when missing (bounded). FUZZ_BUILD_TIMEOUT bounds the build
+# (seconds, default 3600). Exits 1 when a target crashed, panicked, exceeded the memory limits
 # or hung; the input that did it is under fuzz/artifacts/<target>/ and its log under fuzz/logs/.
 # The corpora grow in fuzz/corpus/<target>/ (not committed); the committed seeds are fuzz/seeds/ and,
 # when ../shared/data exists beside the repository, small prefixes of its logs (never committed).
@@ -21,11 +22,13 @@ all=(log_text log_parquet archive_file bundle log_record log_segments snapshot r
 [ "$#" -gt 0 ] && targets=("$@") || targets=("${all[@]}")
 case "$secs" in '' | *[!0-9]*) echo "usage: fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]" >&2; exit 2 ;; esac
 
-if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  echo "fuzz: SKIPPED: no nightly toolchain is installed (cargo-fuzz needs one; see 'rustup toolchain list')"
+# The sanitizer flags need a nightly compiler; FUZZ_TOOLCHAIN may name a pinned one (nightly-YYYY-MM-DD).
+tc=${FUZZ_TOOLCHAIN:-nightly}
+if ! rustup toolchain list 2>/dev/null | grep -q "^$tc"; then
+  echo "fuzz: SKIPPED: no $tc toolchain is installed (cargo-fuzz needs nightly: 'rustup toolchain install nightly --profile minimal')"
   exit 0
 fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+if ! cargo "+$tc" fuzz --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz (at most 10 minutes)"
   if ! timeout 600 cargo install cargo-fuzz --locked --quiet; then
     echo "fuzz: SKIPPED: cargo-fuzz is not installed and could not be installed"
@@ -35,7 +38,7 @@ fi
 
 # One build of every target (the first one compiles the whole stack with sanitizers: minutes).
 echo "fuzz: building the targets"
-if ! timeout "${FUZZ_BUILD_TIMEOUT:-3600}" cargo +nightly fuzz build >logs.build 2>&1; then
+if ! timeout "${FUZZ_BUILD_TIMEOUT:-3600}" cargo "+$tc" fuzz build >logs.build 2>&1; then
   tail -30 logs.build
   echo "fuzz: FAILED: the fuzz targets do not build"
   exit 1
@@ -66,7 +69,7 @@ for t in "${targets[@]}"; do
   dirs=("corpus/$t" "seeds/$t")
   [ "$t" = log_text ] && dirs+=("$data_seeds")
   # The wall-clock bound covers start-up and the final merge of a run that overruns its budget.
-  timeout $((secs + 120)) cargo +nightly fuzz run "$t" "${dirs[@]}" -- "${limits[@]}" >"logs/$t.log" 2>&1
+  timeout $((secs + 120)) cargo "+$tc" fuzz run "$t" "${dirs[@]}" -- "${limits[@]}" >"logs/$t.log" 2>&1
   rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -1)
   stats=$(grep -E '^#[0-9]+.*cov: ' "logs/$t.log" | tail -1)
