@@ -7,6 +7,8 @@ pub mod config;
 mod convert;
 pub mod device;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod load;
 pub mod metrics;

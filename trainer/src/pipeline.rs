@@ -9,7 +9,7 @@ use tracing::info;
 
 use lambdarec_kernels::{Backend, Dtype, ModelWeights, cpu::CpuBackend};
 use lambdarec_proto::archive::{Date, DateRange};
-use lambdarec_proto::bundle::{Blend, Bundle, Store};
+use lambdarec_proto::bundle::{Blend, Bundle, Store, validate_model_name};
 
 use crate::TrainError;
 use crate::baselines::{ItemKnn, Pop};
@@ -255,6 +255,8 @@ pub async fn run_train(
     progress: impl FnMut(usize, u64, f64) + Send,
     on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<TrainOutcome, TrainError> {
+    // Checked before any work: a name the store refuses would otherwise surface only after training.
+    validate_model_name(&job.model_name)?;
     let store = Store::open(&job.store)?;
     let raw_train = match &job.data {
         TrainData::File(p) => data::read_log(p, &job.read)?,

@@ -128,8 +128,14 @@ impl FileReader {
             );
             return Err(corrupt(&self.path, self.offset, reason));
         }
-        self.payload.resize(header.payload_len as usize, 0);
         let at = self.offset + FRAME_HEADER_LEN as u64;
+        // A damaged length must not become a huge allocation (found by fuzzing): the payload has to
+        // fit in what the file holds before any room is made for it.
+        let file_len = self.file.metadata().map_err(io_error(&self.path))?.len();
+        if at.saturating_add(u64::from(header.payload_len)) > file_len {
+            return self.damaged("frame payload cut short");
+        }
+        self.payload.resize(header.payload_len as usize, 0);
         let got = read_up_to(&self.file, &mut self.payload, at).map_err(io_error(&self.path))?;
         if got < self.payload.len() {
             return self.damaged("frame payload cut short");
@@ -276,4 +282,44 @@ fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file::FileLog;
+
+    /// Fuzzing (`fuzz/`, target `log_segments`) found a frame header whose checksum holds but whose
+    /// payload length says 1.8 GB in a 64-byte file: the read-only reader made room for it first.
+    /// Minimised input: the segment magic and that one header, nothing after it.
+    #[test]
+    fn a_payload_length_beyond_the_file_is_a_torn_tail_not_an_allocation() {
+        #[rustfmt::skip]
+        let mut segment = vec![
+            b'L', b'R', b'E', b'C', b'L', b'O', b'G', 1, // segment magic
+            b'L', b'R', b'F', b'B', 0, 0, 0, 0,          // frame magic, header CRC (below)
+            0x15, 0x2e, 0x6c, 0x6f,                      // payload length 1_869_360_661
+            0x67, 0x59, 0x12, 0x5d,                      // payload CRC
+            1, 0, 0, 0, 0, 0, 0, 0,                      // base position 1
+            1, 0, 0, 0,                                  // one record
+        ];
+        let crc = crc32c::crc32c(&segment[16..]);
+        segment[12..16].copy_from_slice(&crc.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format!("{:020}.log", 1)), &segment).unwrap();
+
+        // The only segment: the frame may still be being written, so it reads as the end.
+        let mut reader = FileLog::open_read_only(dir.path(), 1).unwrap();
+        assert!(reader.next_batch(10).unwrap().is_empty());
+        assert_eq!(reader.payload.capacity(), 0, "no room made for the payload");
+
+        // A later segment exists, so this one is sealed and its damage is reported.
+        std::fs::write(dir.path().join(format!("{:020}.log", 2)), SEGMENT_MAGIC).unwrap();
+        let mut reader = FileLog::open_read_only(dir.path(), 1).unwrap();
+        let err = reader.next_batch(10).unwrap_err();
+        assert!(
+            matches!(&err, LogError::Corrupt { .. }) && err.to_string().contains("cut short"),
+            "{err}"
+        );
+    }
 }

@@ -40,7 +40,8 @@ pub use error::ArchiveError;
 pub use names::{ArchiveFile, CHECKPOINT_FILE, META_DIR, parse_partition, partition_name};
 pub use schema::{
     ArchivedEvent, CLIENT_SEQ, FORMAT_KEY, FORMAT_VERSION, ITEM_ID, MODEL_VERSION, POSITION,
-    RECEIVED_MS, SESSION_ID, TIMESTAMP_MS, decode, encode, rows, schema,
+    RECEIVED_MS, SESSION_ID, TIMESTAMP_MS, check_chunk_ranges, decode, encode, guard_parquet, rows,
+    schema,
 };
 
 /// The directory of the archive inside a store.

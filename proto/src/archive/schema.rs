@@ -11,7 +11,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::WriterProperties;
 
 use super::ArchiveError;
@@ -121,6 +122,48 @@ pub fn encode(events: &[ArchivedEvent], path: &str) -> Result<Vec<u8>, ArchiveEr
     writer.into_inner().map_err(pq_err)
 }
 
+/// The Parquet reader trusts each column chunk's declared place in the file: a negative offset or
+/// size panics (`ColumnChunkMetaData::byte_range`; found by fuzzing, `fuzz/` target `log_parquet`).
+/// Checks every chunk against the file's `size` before anything is read. Shared with the trainer's
+/// Parquet log reader.
+pub fn check_chunk_ranges(metadata: &ParquetMetaData, size: u64) -> Result<(), ParquetError> {
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for (c, chunk) in group.columns().iter().enumerate() {
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or(chunk.data_page_offset());
+            let len = chunk.compressed_size();
+            let fits = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(start, len)| start.checked_add(len))
+                .is_some_and(|end| end <= size);
+            if !fits {
+                return Err(ParquetError::General(format!(
+                    "row group {g}, column {c}: a chunk of {len} bytes at offset {start} does not fit in the {size}-byte file"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one step of the parquet crate's reader, turning a panic into an error. Its page decoders
+/// `expect` what only a well-formed file guarantees (a dictionary-encoded page without a dictionary
+/// page panics in `column/reader/decoder.rs`; found by fuzzing, `fuzz/` targets `archive_file` and
+/// `log_parquet`), and such a file must be refused, not bring the process down. The panic message
+/// still goes to the panic hook (stderr) before the error is returned.
+pub fn guard_parquet<T>(step: impl FnOnce() -> T) -> Result<T, ParquetError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        ParquetError::General(format!("malformed file (the reader gave up: {message})"))
+    })
+}
+
 /// Decodes the named columns (all of the schema when `columns` is `None`) of one file, each cast
 /// to its schema type, in schema order. A missing column or one of another type is
 /// [`ArchiveError::Schema`].
@@ -133,7 +176,9 @@ pub fn decode(
         path: path.to_owned(),
         source,
     };
+    let size = bytes.len() as u64;
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(pq_err)?;
+    check_chunk_ranges(builder.metadata(), size).map_err(pq_err)?;
     let file_schema = builder.schema().clone();
     let all = schema();
     let wanted: Vec<&Field> = all
@@ -168,7 +213,8 @@ pub fn decode(
         source,
     };
     let mut batches = Vec::new();
-    for batch in reader {
+    let mut reader = reader;
+    while let Some(batch) = guard_parquet(|| reader.next()).map_err(pq_err)? {
         let batch = batch.map_err(arrow_err)?;
         // The projection keeps file order; look each wanted column up by name.
         let cols = wanted
@@ -279,6 +325,46 @@ mod tests {
         let batches = decode(Bytes::from(bytes), None, "t.parquet").unwrap();
         assert!(batches.len() > 1, "several batches exercise the row loop");
         assert_eq!(rows(&batches, "t.parquet").unwrap(), events);
+    }
+
+    /// A column chunk whose declared size reaches past the file (or whose offset is negative)
+    /// made the parquet crate panic; the check reports it as a Parquet error instead.
+    #[test]
+    fn a_chunk_outside_the_file_is_an_error_not_a_panic() {
+        use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+        let bytes = Bytes::from(encode(&[event(5, None)], "t").unwrap());
+        let n = bytes.len();
+        let footer_len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+        let meta = ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes)
+            .unwrap();
+        check_chunk_ranges(&meta, n as u64).unwrap();
+        let mut builder = meta.into_builder();
+        let mut groups = builder.take_row_groups();
+        let mut chunks = groups[0].columns().to_vec();
+        chunks[0] = chunks[0]
+            .clone()
+            .into_builder()
+            .set_dictionary_page_offset(Some(-8))
+            .build()
+            .unwrap();
+        groups[0] = groups[0]
+            .clone()
+            .into_builder()
+            .set_column_metadata(chunks)
+            .build()
+            .unwrap();
+        let meta = builder.set_row_groups(groups).build();
+        let mut out = bytes[..n - 8 - footer_len].to_vec();
+        ParquetMetaDataWriter::new(&mut out, &meta)
+            .finish()
+            .unwrap();
+        let err = decode(Bytes::from(out), None, "t").unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::Parquet { .. })
+                && err.to_string().contains("does not fit"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub(crate) fn decode(bytes: bytes::Bytes, path: &str) -> Result<ItemTable, Bundl
         path: path.to_owned(),
         source,
     };
+    check_layout(&bytes).map_err(|reason| BundleError::format(path, reason))?;
     let reader = FileReader::try_new(Cursor::new(bytes), None).map_err(arrow_err)?;
     let mut items = ItemTable {
         ids: Vec::new(),
@@ -113,6 +114,73 @@ pub(crate) fn decode(bytes: bytes::Bytes, path: &str) -> Result<ItemTable, Bundl
     Ok(items)
 }
 
+/// The Arrow IPC reader trusts the sizes and offsets a file declares: one past the end panics
+/// (slicing) or allocates what it says (found by fuzzing, `fuzz/` target `bundle`). Checks the
+/// footer length, every block and every buffer of every batch against the bytes there are; what
+/// else is wrong with the file the reader reports itself.
+fn check_layout(b: &[u8]) -> Result<(), String> {
+    let size = |v: i64| usize::try_from(v).ok();
+    let tail = b
+        .len()
+        .checked_sub(10)
+        .ok_or("too short for an Arrow IPC file")?;
+    let footer_len = i32::from_le_bytes(b[tail..tail + 4].try_into().expect("4 bytes"));
+    let footer_at = size(footer_len.into())
+        .and_then(|len| tail.checked_sub(len))
+        .ok_or_else(|| {
+            format!(
+                "footer length {footer_len} does not fit in {} bytes",
+                b.len()
+            )
+        })?;
+    let Ok(footer) = arrow::ipc::root_as_footer(&b[footer_at..tail]) else {
+        return Ok(());
+    };
+    let blocks = footer.recordBatches().into_iter().flatten();
+    for block in blocks.chain(footer.dictionaries().into_iter().flatten()) {
+        let (offset, meta, body) = (block.offset(), block.metaDataLength(), block.bodyLength());
+        let bounds = size(offset)
+            .zip(size(meta.into()).filter(|&m| m >= 8))
+            .zip(size(body));
+        let Some(((start, meta), body)) = bounds.filter(|&((start, meta), body)| {
+            start
+                .checked_add(meta)
+                .and_then(|end| end.checked_add(body))
+                .is_some_and(|end| end <= b.len())
+        }) else {
+            return Err(format!(
+                "a block at {offset} ({meta} + {body} bytes) does not fit in {} bytes",
+                b.len()
+            ));
+        };
+        // Metadata: an optional continuation marker, its length, the flatbuffer.
+        let message = &b[start..start + meta];
+        let skip = if message[..4] == [0xff; 4] { 8 } else { 4 };
+        let Ok(message) = arrow::ipc::root_as_message(&message[skip..]) else {
+            continue;
+        };
+        let batch = message
+            .header_as_record_batch()
+            .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        for buffer in batch
+            .and_then(|batch| batch.buffers())
+            .into_iter()
+            .flatten()
+        {
+            let (at, len) = (buffer.offset(), buffer.length());
+            let end = size(at)
+                .zip(size(len))
+                .and_then(|(at, len)| at.checked_add(len));
+            if end.is_none_or(|end| end > body) {
+                return Err(format!(
+                    "a buffer at {at} of {len} bytes does not fit in its block's {body}-byte body"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +216,43 @@ mod tests {
         ));
         assert!(matches!(
             decode(bytes::Bytes::from_static(b"nope"), "i"),
-            Err(BundleError::Arrow { .. })
+            Err(BundleError::Format { .. })
         ));
+    }
+
+    /// Fuzzing (`fuzz/` target `bundle`) found that raising one buffer's declared length in a
+    /// valid file (two bytes changed) made the Arrow reader panic slicing 256 GiB out of 192 bytes.
+    #[test]
+    fn a_buffer_reaching_past_its_block_is_an_error_not_a_panic() {
+        let items = table(&["i0", "i1", "i2", "i3", "i4", "i5"], &[5, 4, 3, 2, 1, 0]);
+        let mut bytes = encode(&items, "i").unwrap();
+        assert_eq!(
+            (bytes[476], bytes[480]),
+            (0, 64),
+            "the layout the input was found in"
+        );
+        (bytes[476], bytes[480]) = (64, 0);
+        let err = decode(bytes.into(), "i").unwrap_err();
+        assert!(
+            matches!(&err, BundleError::Format { .. }) && err.to_string().contains("buffer at"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_footer_or_block_beyond_the_file_is_an_error() {
+        let items = table(&["a", "b"], &[1, 2]);
+        let good = encode(&items, "i").unwrap();
+        let n = good.len();
+        let mut long_footer = good.clone();
+        long_footer[n - 10..n - 6].copy_from_slice(&i32::MAX.to_le_bytes());
+        let err = decode(long_footer.into(), "i").unwrap_err();
+        assert!(err.to_string().contains("footer length"), "{err}");
+        // Cut the body off: the batch's block now reaches past the end.
+        let footer_len = i32::from_le_bytes(good[n - 10..n - 6].try_into().unwrap()) as usize;
+        let footer = &good[n - 10 - footer_len..];
+        let cut = [&good[..16], footer].concat();
+        let err = decode(cut.into(), "i").unwrap_err();
+        assert!(err.to_string().contains("block at"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{Field, Schema};
 use parquet::arrow::ArrowWriter;
+use parquet::file::metadata::{ColumnChunkMetaData, ColumnChunkMetaDataBuilder};
 
 use super::{DataError, RawLog, ReadOptions, read_log};
 
@@ -352,6 +353,92 @@ fn parquet_rejects_unusable_types() {
     let err = read_log(&path, &ReadOptions::default()).unwrap_err();
     assert!(matches!(err, DataError::UnsupportedType { .. }), "{err}");
     assert!(err.to_string().contains("Boolean"), "{err}");
+}
+
+/// Rewrites the footer of the Parquet file at `path`, changing its first column chunk with `change`
+/// (fuzzed footers did this: `fuzz/` target `log_parquet`).
+fn rewrite_first_chunk(
+    path: &Path,
+    change: impl FnOnce(ColumnChunkMetaDataBuilder, &ColumnChunkMetaData) -> ColumnChunkMetaDataBuilder,
+) {
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+    let bytes = bytes::Bytes::from(std::fs::read(path).unwrap());
+    let n = bytes.len();
+    let footer_len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let meta = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes)
+        .unwrap();
+    let mut builder = meta.into_builder();
+    let mut groups = builder.take_row_groups();
+    let mut chunks = groups[0].columns().to_vec();
+    chunks[0] = change(chunks[0].clone().into_builder(), &chunks[0])
+        .build()
+        .unwrap();
+    groups[0] = groups[0]
+        .clone()
+        .into_builder()
+        .set_column_metadata(chunks)
+        .build()
+        .unwrap();
+    let meta = builder.set_row_groups(groups).build();
+    let mut out = bytes[..n - 8 - footer_len].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &meta)
+        .finish()
+        .unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+fn two_row_log(path: &Path) {
+    write_parquet(
+        path,
+        vec![
+            // Integers: a missing dictionary is caught for strings, not for these.
+            ("SessionId", Arc::new(Int64Array::from(vec![7, 7]))),
+            ("ItemId", Arc::new(StringArray::from(vec!["a", "b"]))),
+            ("Time", Arc::new(Int64Array::from(vec![1, 2]))),
+        ],
+    );
+}
+
+/// The parquet crate panics on a column chunk at a negative offset (found by fuzzing); the reader
+/// checks every chunk's place against the file first.
+#[test]
+fn parquet_chunks_outside_the_file_are_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.parquet");
+    for offset in [-1, i64::MAX - 3, 1 << 40] {
+        two_row_log(&path);
+        rewrite_first_chunk(&path, |chunk, _| {
+            chunk
+                .set_dictionary_page_offset(None)
+                .set_data_page_offset(offset)
+        });
+        let err = read_log(&path, &ReadOptions::default()).unwrap_err();
+        assert!(matches!(err, DataError::Parquet { .. }), "{err}");
+        assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+}
+
+/// A dictionary-encoded page whose chunk has no dictionary page: the parquet crate's decoder
+/// `expect`s one (found by fuzzing, `fuzz/` targets `log_parquet` and `archive_file`). The footer
+/// here skips the chunk's dictionary page; reading gives an error, not a panic.
+#[test]
+fn a_dictionary_page_gone_missing_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.parquet");
+    two_row_log(&path);
+    rewrite_first_chunk(&path, |chunk, old| {
+        let dict = old
+            .dictionary_page_offset()
+            .expect("strings are dictionary-encoded");
+        let skipped = old.data_page_offset() - dict;
+        chunk
+            .set_dictionary_page_offset(None)
+            .set_total_compressed_size(old.compressed_size() - skipped)
+    });
+    let err = read_log(&path, &ReadOptions::default()).unwrap_err();
+    assert!(matches!(err, DataError::Parquet { .. }), "{err}");
+    assert!(err.to_string().contains("malformed file"), "{err}");
 }
 
 #[test]
