@@ -23,6 +23,7 @@
 mod date;
 mod error;
 mod names;
+mod pages;
 mod schema;
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::bundle::Store;
 pub use date::{Date, DateRange};
 pub use error::ArchiveError;
 pub use names::{ArchiveFile, CHECKPOINT_FILE, META_DIR, parse_partition, partition_name};
+pub use pages::{MAX_EXPANSION, MIN_ALLOWANCE, check_pages};
 pub use schema::{
     ArchivedEvent, CLIENT_SEQ, FORMAT_KEY, FORMAT_VERSION, ITEM_ID, MODEL_VERSION, POSITION,
     RECEIVED_MS, SESSION_ID, TIMESTAMP_MS, check_chunk_ranges, decode, encode, guard_parquet, rows,

@@ -176,9 +176,8 @@ pub fn decode(
         path: path.to_owned(),
         source,
     };
-    let size = bytes.len() as u64;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(pq_err)?;
-    check_chunk_ranges(builder.metadata(), size).map_err(pq_err)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(pq_err)?;
+    super::check_pages(builder.metadata(), &bytes).map_err(pq_err)?;
     let file_schema = builder.schema().clone();
     let all = schema();
     let wanted: Vec<&Field> = all

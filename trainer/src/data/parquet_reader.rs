@@ -9,7 +9,7 @@ use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Float64Type, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
-use lambdarec_proto::archive::{check_chunk_ranges, guard_parquet};
+use lambdarec_proto::archive::{check_pages, guard_parquet};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -60,12 +60,12 @@ pub(crate) fn read_parquet(
         path: path.to_string(),
         source,
     };
-    let size = file.metadata().map_err(|source| DataError::Io {
+    let pages = file.try_clone().map_err(|source| DataError::Io {
         path: path.to_string(),
         source,
     })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err)?;
-    check_chunk_ranges(builder.metadata(), size.len()).map_err(pq_err)?;
+    check_pages(builder.metadata(), &pages).map_err(pq_err)?;
     let schema = builder.schema().clone();
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let cols = resolve_columns(path, &names, opts)?;

@@ -419,6 +419,23 @@ fn parquet_chunks_outside_the_file_are_an_error_not_a_panic() {
     }
 }
 
+/// A page header claiming 1.4 GB uncompressed from a 2 KB file: the parquet crate reserves the
+/// declared size before decompressing (apache/arrow-rs#10734; found by fuzzing, `fuzz/` target
+/// `log_parquet`, the input minus its flags byte). The page check refuses the file first.
+#[test]
+fn a_page_claiming_gigabytes_is_refused_before_the_reader_reserves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.parquet");
+    std::fs::write(&path, include_bytes!("testdata/page_claims_1_4_gb.parquet")).unwrap();
+    let err = read_log(&path, &ReadOptions::default()).unwrap_err();
+    assert!(matches!(err, DataError::Parquet { .. }), "{err}");
+    // Its header is also malformed past the size (field 3 is not an i32): refused either way.
+    assert!(
+        err.to_string().contains("the page header at offset 4"),
+        "{err}"
+    );
+}
+
 /// A dictionary-encoded page whose chunk has no dictionary page: the parquet crate's decoder
 /// `expect`s one (found by fuzzing, `fuzz/` targets `log_parquet` and `archive_file`). The footer
 /// here skips the chunk's dictionary page; reading gives an error, not a panic.
