@@ -326,6 +326,16 @@ mod tests {
         assert_eq!(rows(&batches, "t.parquet").unwrap(), events);
     }
 
+    /// A definition-level run past its buffer panics inside arrow-buffer, called by the parquet
+    /// crate's decoder (found by the `archive_file` fuzz target in CI, the input minus its flags
+    /// byte): the guard around the reader turns it into an error.
+    #[test]
+    fn a_definition_level_run_past_its_buffer_is_an_error_not_a_panic() {
+        let bytes = Bytes::from_static(include_bytes!("testdata/def_levels_past_buffer.parquet"));
+        let err = decode(bytes, None, "fuzz.parquet").unwrap_err();
+        assert!(matches!(err, ArchiveError::Parquet { .. }), "{err}");
+    }
+
     /// A column chunk whose declared size reaches past the file (or whose offset is negative)
     /// made the parquet crate panic; the check reports it as a Parquet error instead.
     #[test]
