@@ -2,7 +2,7 @@
 //! (one append call = one group commit), then the read-back rate.
 //!
 //! `cargo run --release -p lambdarec-eventlog --example log_throughput -- <--log URL> [seconds]`
-//! e.g. `file:///work/bench-log` (a fresh directory on the disk to measure) or
+//! e.g. `file:///tmp/bench-log` (a fresh directory on the disk to measure) or
 //! `nats://127.0.0.1:4222/BENCH`.
 
 use std::time::{Duration, Instant};

@@ -268,12 +268,8 @@ mod tests {
 
     /// type = DATA_PAGE, sizes, a nested data_page_header {num_values, encodings list}, stop.
     fn header(uncompressed: i64, compressed: i64) -> Vec<u8> {
-        let mut h = vec![0x15];
-        h.extend(zigzag(0));
-        h.push(0x15);
-        h.extend(zigzag(uncompressed));
-        h.push(0x15);
-        h.extend(zigzag(compressed));
+        let mut h = minimal_header(uncompressed, compressed);
+        h.pop(); // the stop: the nested struct comes first
         h.push(0x2c); // field 5 (delta 2), a struct
         h.push(0x15);
         h.extend(zigzag(3)); // num_values
