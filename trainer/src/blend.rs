@@ -1,147 +1,422 @@
-//! The blend of the GRU and session-kNN: per request, both scorers' candidates are pooled (the GRU's
-//! top [`POOL`] and every item a kNN neighbour holds), each scorer's scores are normalised to its best
-//! candidate in the pool (the GRU's as `exp(s - s_max)`, its probability relative to its top item;
-//! kNN's over its maximum), and the final score is `w · gru + (1 − w) · knn`.
+//! The speed layer and the blend: live session-kNN ([`KnnIndex`]) and trending counts ([`Trending`])
+//! fed by every event, and the blend of both with the GRU, computed by the same code for the server
+//! (`lambdarec serve`) and the offline evaluator, so the two give the same answers.
 //!
-//! Both normalised scores are 1 for their scorer's best item, so one weight means the same for a
+//! Per request, the scorers' candidates are pooled: the GRU's top [`POOL`] items, every item a kNN
+//! neighbour holds, and (when trending has weight) the top [`POOL`] trending items. Each scorer is
+//! normalised to its best item: the GRU as `exp(s - s_max)` (its probability relative to its top
+//! item's), kNN over its maximum, trending relative to the top trending item. The final score is
+//! `w_gru · gru + w_knn · knn + w_trend · trend` with weights summing to 1.
+//!
+//! Every normalised score is 1 for its scorer's best item, so one weight means the same for a
 //! confident and an unsure GRU and for sessions with many or few neighbours. (A softmax over the pool
 //! instead made the GRU's side tiny wherever its distribution is flat, MovieLens for one, and no
 //! single weight then beat the GRU's MRR there.)
+//!
+//! Items new since the bundle (indices at or above the catalogue size) have no GRU score: they take
+//! part through kNN and trending only.
 
 use lambdarec_kernels::{Backend, BackendError, Event, ModelId, ScoreQuery, TopKQuery};
 
 use crate::data::Sessions;
 use crate::eval::{Metrics, MetricsAccumulator};
-use crate::knn::KnnIndex;
+use crate::knn::{KnnIndex, KnnParams, Owner};
+use crate::trending::{Trending, fill_popular};
 
-/// The GRU's candidates pooled per request (its top items) beside every item kNN scores.
+/// The GRU's candidates pooled per request (its top items), and the trending ones.
 pub const POOL: usize = 100;
 
-/// One request's pooled candidates with both normalised scores.
+/// The session length the speed layer sees: the server keeps this many recent items per session
+/// (`--history`), and the evaluator cuts sessions the same way.
+pub const DEFAULT_HISTORY: usize = 50;
+
+/// Sessions the kNN index keeps by default (`--knn-sessions`).
+pub const DEFAULT_KNN_SESSIONS: usize = 1_000_000;
+
+/// Trending's half-life when the bundle names none (`--trend-half-life`).
+pub const DEFAULT_TREND_HALF_LIFE_S: f64 = 3600.0;
+
+/// Which scorer ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Gru,
+    Knn,
+    Trending,
+    Blend,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Gru => "gru",
+            Strategy::Knn => "knn",
+            Strategy::Trending => "trending",
+            Strategy::Blend => "blend",
+        }
+    }
+}
+
+/// The blend's weights; they sum to 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Weights {
+    pub gru: f32,
+    pub knn: f32,
+    pub trend: f32,
+}
+
+impl Weights {
+    /// The GRU alone (a bundle without a blend).
+    pub const GRU: Weights = Weights {
+        gru: 1.0,
+        knn: 0.0,
+        trend: 0.0,
+    };
+
+    /// `gru_weight` of the GRU-vs-kNN mix, scaled by `1 - trend` to leave `trend` for trending.
+    pub fn new(gru_weight: f32, trend: f32) -> Self {
+        Weights {
+            gru: (1.0 - trend) * gru_weight,
+            knn: (1.0 - trend) * (1.0 - gru_weight),
+            trend,
+        }
+    }
+}
+
+/// One request's pooled candidates with the three normalised scores.
 #[derive(Debug, Default, Clone)]
 pub struct Pool {
     pub items: Vec<u32>,
     pub gru: Vec<f32>,
     pub knn: Vec<f32>,
+    pub trend: Vec<f32>,
 }
 
 impl Pool {
-    /// The `k` best items at GRU weight `w`, ties to the lower (more popular) item.
-    pub fn top(&self, w: f32, k: usize) -> Vec<u32> {
+    /// The `k` best items and their blended scores, ties to the lower (more popular) item.
+    pub fn top(&self, w: Weights, k: usize) -> Vec<(u32, f32)> {
         let mut order: Vec<(u32, f32)> = (0..self.items.len())
-            .map(|c| (self.items[c], w * self.gru[c] + (1.0 - w) * self.knn[c]))
+            .map(|c| {
+                let s = w.gru * self.gru[c] + w.knn * self.knn[c] + w.trend * self.trend[c];
+                (self.items[c], s)
+            })
             .collect();
-        let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if order.len() > k {
-            order.select_nth_unstable_by(k, cmp);
-            order.truncate(k);
-        }
-        order.sort_by(cmp);
-        order.into_iter().map(|(i, _)| i).collect()
+        top_k(&mut order, k);
+        order
     }
 }
 
-/// Builds the pool for the session in `slot` whose items so far are `items`.
-fn pool(
+/// Keeps the `k` best of `scored`, sorted best first (ties to the lower item).
+pub fn top_k(scored: &mut Vec<(u32, f32)>, k: usize) {
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if scored.len() > k {
+        scored.select_nth_unstable_by(k, cmp);
+        scored.truncate(k);
+    }
+    scored.sort_by(cmp);
+}
+
+/// A pool whose GRU scores are known for the GRU's own top items only: the other catalogue items
+/// in it (`need`) are scored by the caller, batched with other requests, then [`Draft::complete`].
+#[derive(Debug, Default)]
+pub struct Draft {
+    pool: Pool,
+    /// Catalogue items whose GRU score is still missing, and their places in the pool.
+    pub need: Vec<u32>,
+    need_at: Vec<usize>,
+}
+
+impl Draft {
+    /// Fills in the GRU scores of `need` (same order) and normalises every scorer.
+    pub fn complete(mut self, scores: &[f32]) -> Pool {
+        for (&at, &s) in self.need_at.iter().zip(scores) {
+            self.pool.gru[at] = s;
+        }
+        let p = &mut self.pool;
+        let max = p.gru.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        p.gru.iter_mut().for_each(|s| {
+            *s = if *s == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (*s - max).exp()
+            }
+        });
+        let kmax = p.knn.iter().copied().fold(0.0, f32::max);
+        if kmax > 0.0 {
+            p.knn.iter_mut().for_each(|s| *s /= kmax);
+        }
+        self.pool
+    }
+}
+
+/// The live scorers beside the GRU: what the server's batcher thread holds, and what the evaluator
+/// replays test sessions through.
+#[derive(Clone)]
+pub struct SpeedLayer {
+    pub knn: KnnIndex,
+    pub trend: Trending,
+    pub weights: Weights,
+    /// The catalogue size: items below it have GRU scores and are ordered by popularity.
+    n_items: u32,
+}
+
+impl SpeedLayer {
+    /// A speed layer seeded with `train` (the bundle's training sessions): each session joins the
+    /// kNN index (oldest first, by end time) and each event counts for trending at its time.
+    pub fn new(
+        train: &Sessions,
+        n_items: usize,
+        knn: KnnParams,
+        trend_half_life_s: f64,
+        weights: Weights,
+    ) -> Self {
+        let mut trend = Trending::new(trend_half_life_s);
+        for (&item, &t) in train.items.iter().zip(&train.times) {
+            trend.observe(item, secs_to_ms(t));
+        }
+        SpeedLayer {
+            knn: KnnIndex::fit(train, n_items, knn),
+            trend,
+            weights,
+            n_items: n_items as u32,
+        }
+    }
+
+    pub fn n_items(&self) -> u32 {
+        self.n_items
+    }
+
+    /// Folds in one event: `session` is the session's items with the new one last (its recent items
+    /// as the server keeps them), `owner` identifies the session in the kNN index.
+    pub fn observe(&mut self, owner: Owner, session: &[u32], at_ms: i64) {
+        self.knn.upsert(owner, session);
+        if let Some(&item) = session.last() {
+            self.trend.observe(item, at_ms);
+        }
+    }
+
+    /// Forgets a deleted session's kNN entry (its trending counts stay: the events happened).
+    pub fn forget(&mut self, owner: Owner) {
+        self.knn.remove(owner);
+    }
+
+    /// The pool for a session given the GRU's top items (`gru_top`, raw scores, already without
+    /// `exclude`), its items and kNN owner; `exclude` is sorted. kNN and trending candidates join
+    /// when `w` gives them weight.
+    pub fn draft(
+        &mut self,
+        gru_top: &[(u32, f32)],
+        session: &[u32],
+        own: Option<Owner>,
+        exclude: &[u32],
+        w: Weights,
+    ) -> Draft {
+        let mut d = Draft::default();
+        let mut at: std::collections::HashMap<u32, usize> =
+            std::collections::HashMap::with_capacity(gru_top.len() * 4);
+        let push = |d: &mut Draft, at: &mut std::collections::HashMap<u32, usize>, item: u32| {
+            *at.entry(item).or_insert_with(|| {
+                let p = &mut d.pool;
+                p.items.push(item);
+                p.gru.push(f32::NEG_INFINITY);
+                p.knn.push(0.0);
+                p.trend.push(0.0);
+                p.items.len() - 1
+            })
+        };
+        for &(item, s) in gru_top {
+            let c = push(&mut d, &mut at, item);
+            d.pool.gru[c] = s;
+        }
+        let excluded = |i: &u32| exclude.binary_search(i).is_ok();
+        if w.knn > 0.0 {
+            for (item, s) in self.knn.score(session, own) {
+                if !excluded(&item) {
+                    let c = push(&mut d, &mut at, item);
+                    d.pool.knn[c] = s;
+                }
+            }
+        }
+        if w.trend > 0.0 {
+            for (item, _) in self.trend.top(POOL, exclude) {
+                push(&mut d, &mut at, item);
+            }
+            for c in 0..d.pool.items.len() {
+                d.pool.trend[c] = self.trend.score(d.pool.items[c]);
+            }
+        }
+        for (c, &item) in d.pool.items.iter().enumerate() {
+            if item < self.n_items && d.pool.gru[c] == f32::NEG_INFINITY {
+                d.need.push(item);
+                d.need_at.push(c);
+            }
+        }
+        d
+    }
+
+    /// kNN alone: the best `k` items by normalised kNN score, filled with popular items (score 0).
+    pub fn recommend_knn(
+        &mut self,
+        session: &[u32],
+        own: Option<Owner>,
+        k: usize,
+        exclude: &[u32],
+    ) -> Vec<(u32, f32)> {
+        let mut scored: Vec<(u32, f32)> = self
+            .knn
+            .score(session, own)
+            .into_iter()
+            .filter(|(i, _)| exclude.binary_search(i).is_err())
+            .collect();
+        let kmax = scored.iter().map(|s| s.1).fold(0.0, f32::max);
+        if kmax > 0.0 {
+            scored.iter_mut().for_each(|s| s.1 /= kmax);
+        }
+        top_k(&mut scored, k);
+        with_fill(scored, k, self.n_items, exclude)
+    }
+
+    /// Trending alone: the top `k` trending items, filled with popular items (score 0).
+    pub fn recommend_trending(&self, k: usize, exclude: &[u32]) -> Vec<(u32, f32)> {
+        with_fill(self.trend.top(k, exclude), k, self.n_items, exclude)
+    }
+}
+
+fn with_fill(ranked: Vec<(u32, f32)>, k: usize, n_items: u32, exclude: &[u32]) -> Vec<(u32, f32)> {
+    let scores: std::collections::HashMap<u32, f32> = ranked.iter().copied().collect();
+    fill_popular(ranked.into_iter().map(|p| p.0), k, n_items, exclude)
+        .into_iter()
+        .map(|i| (i, scores.get(&i).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+/// Event times as the server sees them: Unix seconds to ms, as `lambdarec load` sends them.
+pub fn secs_to_ms(t: f64) -> i64 {
+    (t * 1000.0).round() as i64
+}
+
+/// What [`evaluate_speed`] scores: a strategy, or the blend at each of several weights.
+pub enum Scored<'a> {
+    Knn,
+    Trending,
+    Blend(&'a [Weights]),
+}
+
+/// Evaluates the speed layer as served, over `test` one session after the other: each event goes
+/// through the GRU and into the speed layer (sessions cut to their last `history` items, as the
+/// server keeps them), then the next item is predicted. Returns one [`Metrics`] per weight for a
+/// blend, else one.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_speed(
     backend: &mut dyn Backend,
     model: ModelId,
-    index: &mut KnnIndex,
-    items: &[u32],
-    own: Option<u64>,
-    pool_size: usize,
+    hidden: usize,
+    speed: &mut SpeedLayer,
+    test: &Sessions,
+    k: usize,
+    history: usize,
+    what: Scored<'_>,
+) -> Result<Vec<Metrics>, BackendError> {
+    let n_items = speed.n_items() as usize;
+    let n_acc = match &what {
+        Scored::Blend(w) => w.len(),
+        _ => 1,
+    };
+    let mut accs: Vec<MetricsAccumulator> =
+        (0..n_acc).map(|_| MetricsAccumulator::new(k, n_items)).collect();
+    let gru = matches!(what, Scored::Blend(_));
+    if gru {
+        backend.alloc_states(1, hidden)?;
+    }
+    let history = history.max(1);
+    let mut recent: Vec<u32> = Vec::with_capacity(history);
+    for s in 0..test.len() {
+        let items = test.session(s);
+        let times = test.session_times(s);
+        let owner = u64::MAX - s as u64;
+        recent.clear();
+        if gru {
+            backend.reset_states(&[0])?;
+        }
+        for pos in 0..items.len() {
+            if gru {
+                backend.gru_step(
+                    model,
+                    &[Event {
+                        slot: 0,
+                        item: items[pos],
+                    }],
+                )?;
+            }
+            if recent.len() == history {
+                recent.remove(0);
+            }
+            recent.push(items[pos]);
+            speed.observe(owner, &recent, secs_to_ms(times[pos]));
+            if pos + 1 == items.len() {
+                break;
+            }
+            let target = items[pos + 1];
+            match &what {
+                Scored::Knn => {
+                    let list = speed.recommend_knn(&recent, Some(owner), k, &[]);
+                    accs[0].add(&list.iter().map(|p| p.0).collect::<Vec<_>>(), target);
+                }
+                Scored::Trending => {
+                    let list = speed.recommend_trending(k, &[]);
+                    accs[0].add(&list.iter().map(|p| p.0).collect::<Vec<_>>(), target);
+                }
+                Scored::Blend(weights) => {
+                    let parts = Weights {
+                        gru: 1.0,
+                        knn: weights.iter().map(|w| w.knn).fold(0.0, f32::max),
+                        trend: weights.iter().map(|w| w.trend).fold(0.0, f32::max),
+                    };
+                    let pool = blend_pool(backend, model, speed, &recent, owner, k, parts)?;
+                    for (acc, &w) in accs.iter_mut().zip(weights.iter()) {
+                        let list: Vec<u32> = pool.top(w, k).into_iter().map(|p| p.0).collect();
+                        acc.add(&list, target);
+                    }
+                }
+            }
+        }
+    }
+    Ok(accs.iter().map(|a| a.finish()).collect())
+}
+
+/// The pool of the session in slot 0, as the server builds it for one request.
+fn blend_pool(
+    backend: &mut dyn Backend,
+    model: ModelId,
+    speed: &mut SpeedLayer,
+    recent: &[u32],
+    owner: Owner,
+    k: usize,
+    parts: Weights,
 ) -> Result<Pool, BackendError> {
     let top = backend.top_k(
         model,
         &[TopKQuery {
             slot: 0,
-            k: pool_size,
+            k: POOL.max(k),
             exclude: &[],
         }],
     )?;
-    let mut pool = Pool::default();
-    let knn = index.score(items, own);
-    let mut knn_of: std::collections::HashMap<u32, f32> = knn.iter().copied().collect();
-    for s in &top[0] {
-        pool.items.push(s.item);
-        pool.gru.push(s.score);
-        pool.knn.push(knn_of.remove(&s.item).unwrap_or(0.0));
-    }
-    let extra: Vec<u32> = knn
-        .iter()
-        .map(|&(i, _)| i)
-        .filter(|i| knn_of.contains_key(i))
-        .collect();
-    if !extra.is_empty() {
-        let scores = backend.score(
-            model,
-            &[ScoreQuery {
-                slot: 0,
-                candidates: &extra,
-            }],
-        )?;
-        for (&i, &s) in extra.iter().zip(&scores[0]) {
-            pool.items.push(i);
-            pool.gru.push(s);
-            pool.knn.push(knn_of[&i]);
-        }
-    }
-    // Both scorers relative to their best candidate: exp(s - s_max) is the GRU's probability of an
-    // item over that of its top item; kNN's score over its maximum is session-rec's normalisation.
-    let max = pool.gru.iter().copied().fold(f32::MIN, f32::max);
-    pool.gru.iter_mut().for_each(|s| *s = (*s - max).exp());
-    let kmax = pool.knn.iter().copied().fold(0.0, f32::max);
-    if kmax > 0.0 {
-        pool.knn.iter_mut().for_each(|s| *s /= kmax);
-    }
-    Ok(pool)
-}
-
-/// Evaluates the blend at every weight of `weights` in one pass over `test` (sessions one after the
-/// other, each event folded into the GRU state and, when `live`, into the kNN index).
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_blend(
-    backend: &mut dyn Backend,
-    model: ModelId,
-    hidden: usize,
-    index: &mut KnnIndex,
-    live: bool,
-    test: &Sessions,
-    n_items: usize,
-    k: usize,
-    pool_size: usize,
-    weights: &[f32],
-) -> Result<Vec<Metrics>, BackendError> {
-    backend.alloc_states(1, hidden)?;
-    let mut accs: Vec<MetricsAccumulator> = weights
-        .iter()
-        .map(|_| MetricsAccumulator::new(k, n_items))
-        .collect();
-    for s in 0..test.len() {
-        let items = test.session(s);
-        let owner = u64::MAX - s as u64;
-        let own = live.then_some(owner);
-        backend.reset_states(&[0])?;
-        for pos in 0..items.len() {
-            backend.gru_step(
+    let gru_top: Vec<(u32, f32)> = top[0].iter().map(|s| (s.item, s.score)).collect();
+    let draft = speed.draft(&gru_top, recent, Some(owner), &[], parts);
+    let scores = if draft.need.is_empty() {
+        Vec::new()
+    } else {
+        backend
+            .score(
                 model,
-                &[Event {
+                &[ScoreQuery {
                     slot: 0,
-                    item: items[pos],
+                    candidates: &draft.need,
                 }],
-            )?;
-            if live {
-                index.upsert(owner, &items[..=pos]);
-            }
-            if pos + 1 == items.len() {
-                break;
-            }
-            let p = pool(backend, model, index, &items[..=pos], own, pool_size)?;
-            for (acc, &w) in accs.iter_mut().zip(weights) {
-                acc.add(&p.top(w, k), items[pos + 1]);
-            }
-        }
-    }
-    Ok(accs.iter().map(|a| a.finish()).collect())
+            )?
+            .remove(0)
+    };
+    Ok(draft.complete(&scores))
 }
 
 /// Splits `sessions` by time: those ending within the last `window` seconds of the data are the
@@ -177,9 +452,14 @@ pub fn weight_grid() -> Vec<f32> {
     (0..=20).map(|i| i as f32 / 20.0).collect()
 }
 
-/// The weight of `grid` whose blend has the highest Recall@k + MRR@k on `metrics` (one per weight);
-/// ties go to the first, i.e. the lower GRU weight.
-pub fn best_weight(grid: &[f32], metrics: &[Metrics]) -> (f32, Metrics) {
+/// The trending weights a fit tries once the GRU weight is fit.
+pub fn trend_grid() -> Vec<f32> {
+    vec![0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
+}
+
+/// The entry of `grid` whose blend has the highest Recall@k + MRR@k on `metrics` (one per entry);
+/// ties go to the first.
+pub fn best_weight<T: Copy>(grid: &[T], metrics: &[Metrics]) -> (T, Metrics) {
     let mut best = 0;
     for (i, m) in metrics.iter().enumerate() {
         if m.recall + m.mrr > metrics[best].recall + metrics[best].mrr {
@@ -199,11 +479,50 @@ mod tests {
             items: vec![4, 7, 9],
             gru: vec![0.7, 0.2, 0.1],
             knn: vec![0.0, 1.0, 0.5],
+            trend: vec![0.0, 0.0, 1.0],
         };
-        assert_eq!(pool.top(1.0, 3), [4, 7, 9]);
-        assert_eq!(pool.top(0.0, 2), [7, 9]);
+        let items = |w, k| pool.top(w, k).into_iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(items(Weights::new(1.0, 0.0), 3), [4, 7, 9]);
+        assert_eq!(items(Weights::new(0.0, 0.0), 2), [7, 9]);
         // w = 0.5: 4 → 0.35, 7 → 0.6, 9 → 0.3
-        assert_eq!(pool.top(0.5, 3), [7, 4, 9]);
+        assert_eq!(items(Weights::new(0.5, 0.0), 3), [7, 4, 9]);
+        // Half of it trending: 9 → 0.15 + 0.5
+        assert_eq!(items(Weights::new(0.5, 0.5), 1), [9]);
+    }
+
+    #[test]
+    fn draft_pools_knn_and_trending_items_and_normalises_each_scorer() {
+        let mut train = Sessions::default();
+        for (items, t) in [([1u32, 2], 10.0), ([2, 3], 20.0)] {
+            train.items.extend(items);
+            train.times.extend([t, t]);
+            train.offsets.push(train.items.len());
+            train.keys.push(format!("{t}"));
+        }
+        let knn = KnnParams {
+            idf_weight: 0.0,
+            ..KnnParams::default()
+        };
+        let w = Weights::new(0.5, 0.2);
+        let mut speed = SpeedLayer::new(&train, 5, knn, 60.0, w);
+        // A new item (index 5, past the catalogue) trends hard.
+        for n in 0..5 {
+            speed.trend.observe(5, 30_000 + n);
+        }
+        // The GRU only offered item 4; kNN adds 1, 2, 3; trending adds 5 (and 2, 3, 1).
+        let draft = speed.draft(&[(4, 2.0)], &[2], None, &[1], w);
+        assert_eq!(draft.need, [2, 3], "catalogue items without a GRU score; 1 excluded");
+        let pool = draft.complete(&[1.0, 0.0]);
+        assert_eq!(pool.items, [4, 2, 3, 5]);
+        let e = |x: f32| x.exp();
+        assert_eq!(pool.gru, [1.0, e(-1.0), e(-2.0), 0.0]);
+        assert_eq!(pool.knn, [0.0, 1.0, 0.5, 0.0]);
+        assert_eq!(pool.trend[3], 1.0);
+        assert!(pool.trend[1] > 0.3 && pool.trend[1] < 0.35, "{:?}", pool.trend);
+        // kNN alone fills with popular items; trending alone ranks the new item first.
+        let knn_list = speed.recommend_knn(&[2], None, 4, &[]);
+        assert_eq!(knn_list, [(2, 1.0), (1, 0.5), (3, 0.5), (0, 0.0)]);
+        assert_eq!(speed.recommend_trending(2, &[])[0], (5, 1.0));
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub fn bundle_of(
         manifest,
         tensors: weight_tensors(w),
         items,
+        sessions: None,
     }
 }
 
@@ -159,4 +160,23 @@ pub fn from_bundle(b: &Bundle) -> Result<(ModelWeights, ItemVocab), BundleError>
     }
     let vocab = ItemVocab::new(b.items.ids.clone(), b.items.popularity.clone());
     Ok((weights, vocab))
+}
+
+/// Sessions as a bundle's sessions.arrow holds them.
+pub fn session_table(s: &crate::data::Sessions) -> lambdarec_proto::bundle::SessionTable {
+    lambdarec_proto::bundle::SessionTable {
+        offsets: s.offsets.iter().map(|&o| o as u64).collect(),
+        items: s.items.clone(),
+        times: s.times.clone(),
+    }
+}
+
+/// A bundle's sessions.arrow as sessions (keyed by their position).
+pub fn sessions_of(t: &lambdarec_proto::bundle::SessionTable) -> crate::data::Sessions {
+    crate::data::Sessions {
+        offsets: t.offsets.iter().map(|&o| o as usize).collect(),
+        items: t.items.clone(),
+        times: t.times.clone(),
+        keys: (1..t.offsets.len()).map(|s| s.to_string()).collect(),
+    }
 }

@@ -51,6 +51,7 @@ impl Default for KnnParams {
 /// Who a session in the index belongs to: a live session can be updated; a training one cannot.
 pub type Owner = u64;
 
+#[derive(Clone)]
 struct Entry {
     /// Distinct items, sorted.
     items: Box<[u32]>,
@@ -58,6 +59,7 @@ struct Entry {
 }
 
 /// Sessions by recency and, per item, the sessions holding it.
+#[derive(Clone)]
 pub struct KnnIndex {
     params: KnnParams,
     /// `entries[seq - base]`; `None` once the session was updated under a newer sequence number.
@@ -72,7 +74,7 @@ pub struct KnnIndex {
     scratch: Scratch,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Scratch {
     scores: Vec<f64>,
     touched: Vec<u32>,

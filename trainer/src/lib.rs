@@ -13,6 +13,7 @@ pub mod model;
 pub mod pipeline;
 mod simd;
 pub mod train;
+pub mod trending;
 mod xe_op;
 
 /// Errors of the training pipeline.

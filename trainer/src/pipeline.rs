@@ -17,6 +17,7 @@ use crate::blend;
 use crate::data::{self, ArchiveSource, Dataset, ItemVocab, PrepareOptions, ReadOptions, Sessions};
 use crate::eval::{Metrics, SessionRecommender, evaluate_model, evaluate_recommender};
 use crate::export;
+use crate::blend::{Scored, SpeedLayer, Weights};
 use crate::knn::{KnnIndex, KnnParams, SessionKnn};
 use crate::train::{EpochStats, TrainConfig, train};
 
@@ -30,6 +31,8 @@ pub struct EvalOptions {
     /// CPU threads for evaluation (None = all cores).
     #[serde(skip)]
     pub threads: Option<usize>,
+    /// Recent items per session the speed layer sees (the server's `--history`).
+    pub history: usize,
 }
 
 impl Default for EvalOptions {
@@ -38,6 +41,7 @@ impl Default for EvalOptions {
             k: 20,
             batch: 256,
             threads: None,
+            history: blend::DEFAULT_HISTORY,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct TrainJob {
     /// Seconds at the end of the training data held out to fit the blend weight (a GRU is trained
     /// on the rest first); 0 skips the fit and the bundle serves the GRU alone.
     pub blend_validation: f64,
+    /// Trending's half-life in seconds, stored in the bundle for the server.
+    pub trend_half_life_s: f64,
 }
 
 impl TrainJob {
@@ -127,6 +133,7 @@ impl TrainJob {
             store: store.into(),
             model_name: model_name.into(),
             blend_validation: 86_400.0,
+            trend_half_life_s: blend::DEFAULT_TREND_HALF_LIFE_S,
         }
     }
 }
@@ -156,7 +163,7 @@ impl Evaluation {
     pub fn table(&self) -> String {
         let k = self.model.k;
         let mut out = format!(
-            "{:<12} {:>10} {:>10} {:>12} {:>13}   ({} test events)\n",
+            "{:<22} {:>10} {:>10} {:>12} {:>13}   ({} test events)\n",
             "",
             format!("Recall@{k}"),
             format!("MRR@{k}"),
@@ -168,7 +175,7 @@ impl Evaluation {
             .chain(self.baselines.iter().map(|(n, m)| (n.as_str(), m)));
         for (name, m) in rows {
             out += &format!(
-                "{name:<12} {:>10.4} {:>10.4} {:>12.4} {:>13.4}\n",
+                "{name:<22} {:>10.4} {:>10.4} {:>12.4} {:>13.4}\n",
                 m.recall, m.mrr, m.coverage, m.pop_share
             );
         }
@@ -187,14 +194,15 @@ pub struct TrainOutcome {
 }
 
 /// Evaluates weights on test sessions with the CPU backend, and the baselines trained on `train`.
-/// With `blend` (the GRU weight of the manifest's blend) and training sessions, the served blend with
-/// a live kNN index is evaluated too.
+/// With training sessions, the speed layer is evaluated as served too: seeded with them, then
+/// learning from every test event exactly as the server does when the test log is replayed to it
+/// (`knn`, `trending`, and the bundle's `blend`); `sknn` is V-SKNN with the index frozen.
 pub fn evaluate(
     weights: &ModelWeights,
     train_sessions: Option<&Sessions>,
     test: &Sessions,
     opts: &EvalOptions,
-    blend: Option<f32>,
+    blend: Option<&Blend>,
 ) -> Result<Evaluation, TrainError> {
     let started = Instant::now();
     let mut backend = CpuBackend::new(opts.threads)?;
@@ -219,27 +227,33 @@ pub fn evaluate(
             "item-knn".to_string(),
             evaluate_recommender(&mut knn, test, n, opts.k),
         ));
-        for live in [false, true] {
-            let index = KnnIndex::fit(train_sessions, n, KnnParams::default());
-            let mut sknn = SessionKnn::new(index, live);
-            let metrics = evaluate_recommender(&mut sknn, test, n, opts.k);
-            baselines.push((sknn.name().to_string(), metrics));
-        }
-        if let Some(w) = blend {
-            let mut index = KnnIndex::fit(train_sessions, n, KnnParams::default());
-            let metrics = blend::evaluate_blend(
+        let index = KnnIndex::fit(train_sessions, n, KnnParams::default());
+        let mut sknn = SessionKnn::new(index, false);
+        let metrics = evaluate_recommender(&mut sknn, test, n, opts.k);
+        baselines.push((sknn.name().to_string(), metrics));
+
+        let speed = served_speed_layer(train_sessions, n, blend);
+        let w = speed.weights;
+        let mut run = |name: String, what: Scored<'_>| -> Result<(), TrainError> {
+            let mut speed = speed.clone();
+            let m = blend::evaluate_speed(
                 &mut backend,
                 id,
                 weights.hidden,
-                &mut index,
-                true,
+                &mut speed,
                 test,
-                n,
                 opts.k,
-                blend::POOL,
-                &[w],
+                opts.history,
+                what,
             )?;
-            baselines.push((format!("blend({w:.2})"), metrics[0].clone()));
+            baselines.push((name, m[0].clone()));
+            Ok(())
+        };
+        run("knn".to_string(), Scored::Knn)?;
+        run("trending".to_string(), Scored::Trending)?;
+        if blend.is_some() {
+            let name = format!("blend({:.2}/{:.2}/{:.2})", w.gru, w.knn, w.trend);
+            run(name, Scored::Blend(&[w]))?;
         }
     }
     Ok(Evaluation {
@@ -247,6 +261,20 @@ pub fn evaluate(
         baselines,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The speed layer a server starts with for a bundle whose training sessions are `train` and
+/// whose blend is `blend` (default kNN parameters and capacity, the bundle's half-life).
+pub fn served_speed_layer(train: &Sessions, n_items: usize, blend: Option<&Blend>) -> SpeedLayer {
+    let weights = blend.map_or(Weights::GRU, |b| Weights::new(b.gru_weight, b.trend_weight));
+    let half_life = blend
+        .and_then(|b| b.trend_half_life_s)
+        .unwrap_or(blend::DEFAULT_TREND_HALF_LIFE_S);
+    let params = KnnParams {
+        capacity: blend::DEFAULT_KNN_SESSIONS,
+        ..KnnParams::default()
+    };
+    SpeedLayer::new(train, n_items, params, half_life, weights)
 }
 
 /// Runs `lambdarec train`. `progress(epoch, events_done, mean_loss)` drives a progress bar.
@@ -307,7 +335,7 @@ pub async fn run_train(
         Some(&dataset.train),
         &dataset.test,
         &job.eval,
-        blend.as_ref().map(|b| b.gru_weight),
+        blend.as_ref(),
     )?;
     info!(
         recall = evaluation.model.recall,
@@ -326,6 +354,7 @@ pub async fn run_train(
         &evaluation,
     );
     bundle.manifest.blend = blend;
+    bundle.sessions = Some(export::session_table(&dataset.train));
     let version = store.write_bundle(&job.model_name, &mut bundle).await?;
     info!(store = store.url(), model = %job.model_name, %version, "wrote model bundle");
     Ok(TrainOutcome {
@@ -371,41 +400,72 @@ fn fit_blend(dataset: &Dataset, job: &TrainJob) -> Result<Option<Blend>, TrainEr
     let n = weights.n_items;
     let mut backend = CpuBackend::new(job.eval.threads)?;
     let id = backend.upload_model(&weights, Dtype::F32)?;
-    let mut index = KnnIndex::fit(&early, n, KnnParams::default());
-    let grid = blend::weight_grid();
-    let curve = blend::evaluate_blend(
-        &mut backend,
-        id,
-        weights.hidden,
-        &mut index,
-        true,
-        &late,
+    let seeded = SpeedLayer::new(
+        &early,
         n,
-        job.eval.k,
-        blend::POOL,
-        &grid,
-    )?;
-    let (w, best) = blend::best_weight(&grid, &curve);
+        KnnParams {
+            capacity: blend::DEFAULT_KNN_SESSIONS,
+            ..KnnParams::default()
+        },
+        job.trend_half_life_s,
+        Weights::GRU,
+    );
+    let mut fit = |grid: &[Weights]| {
+        blend::evaluate_speed(
+            &mut backend,
+            id,
+            weights.hidden,
+            &mut seeded.clone(),
+            &late,
+            job.eval.k,
+            job.eval.history,
+            Scored::Blend(grid),
+        )
+    };
+    // First the GRU against kNN, then trending's share beside the mix found.
+    let gru_grid = blend::weight_grid();
+    let curve = fit(&gru_grid.iter().map(|&g| Weights::new(g, 0.0)).collect::<Vec<_>>())?;
+    let (w, best) = blend::best_weight(&gru_grid, &curve);
     info!(
         gru_weight = w,
         recall = best.recall,
         mrr = best.mrr,
         gru_alone_recall = curve[curve.len() - 1].recall,
         knn_alone_recall = curve[0].recall,
-        "blend weight fit on the validation sessions"
+        "GRU weight fit on the validation sessions"
+    );
+    let trend_grid = blend::trend_grid();
+    let trend_curve = fit(&trend_grid.iter().map(|&t| Weights::new(w, t)).collect::<Vec<_>>())?;
+    let (t, best) = blend::best_weight(&trend_grid, &trend_curve);
+    info!(
+        trend_weight = t,
+        recall = best.recall,
+        mrr = best.mrr,
+        "trending weight fit on the validation sessions"
     );
     let k = job.eval.k;
+    let points = |grid: &[f32], curve: &[Metrics], key: &str| {
+        grid.iter()
+            .zip(curve)
+            .map(|(w, m)| {
+                serde_json::json!({
+                    key: w, format!("recall@{k}"): m.recall, format!("mrr@{k}"): m.mrr,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
     Ok(Some(Blend {
         gru_weight: w,
+        trend_weight: t,
+        trend_half_life_s: Some(job.trend_half_life_s),
         fit: serde_json::json!({
             "validation_window_s": job.blend_validation,
             "train_sessions": early.len(),
             "validation_sessions": late.len(),
             "validation_predictions": late.n_predictions(),
             "objective": format!("recall@{k} + mrr@{k}"),
-            "curve": grid.iter().zip(&curve).map(|(w, m)| serde_json::json!({
-                "gru_weight": w, format!("recall@{k}"): m.recall, format!("mrr@{k}"): m.mrr,
-            })).collect::<Vec<_>>(),
+            "curve": points(&gru_grid, &curve, "gru_weight"),
+            "trend_curve": points(&trend_grid, &trend_curve, "trend_weight"),
         }),
     }))
 }
@@ -452,7 +512,7 @@ pub struct EvalJob {
     /// None = the version LATEST names.
     pub version: Option<String>,
     pub test_path: PathBuf,
-    /// Training log for the item-kNN baseline; a bundle holds popularity (POP) but not sessions.
+    /// Training log for the baselines and the speed layer; None: the sessions the bundle holds (if any).
     pub train_path: Option<PathBuf>,
     pub read: ReadOptions,
     pub min_session_len: usize,
@@ -467,21 +527,22 @@ pub async fn run_eval(
     let raw_test = data::read_log(&job.test_path, &job.read)?;
     report_bad_lines(&raw_test);
     let (test, report) = data::prepare_eval(&raw_test, &loaded.vocab, job.min_session_len);
+    // The bundle's own training sessions are what a server seeds its speed layer with, so they
+    // make the evaluation the server's; --train replaces them (a bundle written without them).
     let train_sessions = match &job.train_path {
         Some(p) => {
             let raw = data::read_log(p, &job.read)?;
             report_bad_lines(&raw);
             Some(data::prepare_eval(&raw, &loaded.vocab, job.min_session_len).0)
         }
-        None => None,
+        None => loaded.bundle.sessions.as_ref().map(export::sessions_of),
     };
-    let blend = loaded.bundle.manifest.blend.as_ref().map(|b| b.gru_weight);
     let evaluation = evaluate(
         &loaded.weights,
         train_sessions.as_ref(),
         &test,
         &job.eval,
-        blend,
+        loaded.bundle.manifest.blend.as_ref(),
     )?;
     Ok((loaded, evaluation, report))
 }

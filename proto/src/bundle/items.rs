@@ -118,7 +118,7 @@ pub(crate) fn decode(bytes: bytes::Bytes, path: &str) -> Result<ItemTable, Bundl
 /// (slicing) or allocates what it says (found by fuzzing, `fuzz/` target `bundle`). Checks the
 /// footer length, every block and every buffer of every batch against the bytes there are; what
 /// else is wrong with the file the reader reports itself.
-fn check_layout(b: &[u8]) -> Result<(), String> {
+pub(crate) fn check_layout(b: &[u8]) -> Result<(), String> {
     let size = |v: i64| usize::try_from(v).ok();
     let tail = b
         .len()

@@ -4,6 +4,7 @@
 //! <store>/models/<name>/<version>/manifest.json       format version, dims, checksums, training, metrics
 //! <store>/models/<name>/<version>/weights.safetensors named f32 tensors
 //! <store>/models/<name>/<version>/items.arrow         index -> item_id (Utf8), popularity (UInt64)
+//! <store>/models/<name>/<version>/sessions.arrow      optional: training sessions (speed-layer seed)
 //! <store>/models/<name>/LATEST                        the current version's name, written last
 //! ```
 //!
@@ -19,6 +20,7 @@ mod error;
 mod items;
 mod names;
 mod open;
+mod sessions;
 mod store;
 pub(crate) mod time;
 mod validate;
@@ -40,6 +42,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 pub const ITEMS_FILE: &str = "items.arrow";
+pub const SESSIONS_FILE: &str = "sessions.arrow";
 
 /// manifest.json: everything needed to trust and interpret the other files of a version.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -71,12 +74,18 @@ pub struct Manifest {
     pub blend: Option<Blend>,
 }
 
-/// How the GRU and session-kNN scores are combined: per request, over the pooled candidates, the
-/// GRU's `exp(s - s_max)` times `gru_weight` plus kNN's score over its maximum times `1 - gru_weight`
-/// (`lambdarec_trainer::blend`).
+/// How the GRU, session-kNN and trending scores are combined: per request, over the pooled
+/// candidates, `(1 - trend_weight) · (gru_weight · exp(s - s_max) + (1 - gru_weight) · knn / knn_max)
+/// + trend_weight · trending` (`lambdarec_trainer::blend`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Blend {
     pub gru_weight: f32,
+    /// Trending's share (absent in bundles written before it existed: 0).
+    #[serde(default)]
+    pub trend_weight: f32,
+    /// Trending's half-life in seconds (absent: the server's default, one hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trend_half_life_s: Option<f64>,
     /// How the weight was fit (validation split, metrics at each weight tried); free form.
     pub fit: serde_json::Value,
 }
@@ -123,12 +132,24 @@ pub struct ItemTable {
     pub popularity: Vec<u64>,
 }
 
+/// Sessions of item indices with event times: session `s` is `items[offsets[s]..offsets[s + 1]]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SessionTable {
+    pub offsets: Vec<u64>,
+    pub items: Vec<u32>,
+    /// Unix seconds, one per item.
+    pub times: Vec<f64>,
+}
+
 /// A whole model version in memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bundle {
     pub manifest: Manifest,
     pub tensors: BTreeMap<String, Tensor>,
     pub items: ItemTable,
+    /// The training sessions the server seeds its speed layer with (sessions.arrow); None in bundles
+    /// written without them.
+    pub sessions: Option<SessionTable>,
 }
 
 /// Lower-case hex SHA-256.

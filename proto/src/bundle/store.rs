@@ -13,8 +13,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use super::names::{LATEST, candidate_version, validate_file_name};
 use super::{
     Bundle, BundleError, FORMAT_VERSION, FileEntry, ITEMS_FILE, MANIFEST_FILE, Manifest,
-    WEIGHTS_FILE, compare_versions, format_rfc3339_ms, format_version_stamp, items, now_unix_ms,
-    sha256_hex, validate, validate_model_name, validate_version, weights,
+    SESSIONS_FILE, WEIGHTS_FILE, compare_versions, format_rfc3339_ms, format_version_stamp, items, now_unix_ms,
+    sessions, sha256_hex, validate, validate_model_name, validate_version, weights,
 };
 
 /// How many `-N` suffixes `write_bundle` tries within one millisecond before giving up.
@@ -101,6 +101,20 @@ impl Store {
             (WEIGHTS_FILE.to_owned(), file_entry(&weights)),
             (ITEMS_FILE.to_owned(), file_entry(&items)),
         ]);
+        let sessions = match &bundle.sessions {
+            Some(t) => {
+                let bytes = Bytes::from(sessions::encode(
+                    t,
+                    &format!("{model_display}/<new>/{SESSIONS_FILE}"),
+                )?);
+                bundle
+                    .manifest
+                    .files
+                    .insert(SESSIONS_FILE.to_owned(), file_entry(&bytes));
+                Some(bytes)
+            }
+            None => None,
+        };
 
         let version = self
             .claim_version(name, &format_version_stamp(now), weights)
@@ -108,6 +122,10 @@ impl Store {
         bundle.manifest.version = version.clone();
         self.put(&["models", name, &version, ITEMS_FILE], items)
             .await?;
+        if let Some(bytes) = sessions {
+            self.put(&["models", name, &version, SESSIONS_FILE], bytes)
+                .await?;
+        }
         let (_, manifest_display) = self.locate(&["models", name, &version, MANIFEST_FILE]);
         let manifest =
             serde_json::to_vec_pretty(&bundle.manifest).map_err(|source| BundleError::Json {
@@ -320,6 +338,7 @@ impl Store {
             .collect();
         let weights_bytes = contents.remove(WEIGHTS_FILE).unwrap_or_default();
         let items_bytes = contents.remove(ITEMS_FILE).unwrap_or_default();
+        let sessions_bytes = contents.remove(SESSIONS_FILE);
         let extra: Vec<(String, Bytes)> = contents
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -341,10 +360,19 @@ impl Store {
             let tensors =
                 weights::decode(&weights_bytes, &format!("{dir_display}/{WEIGHTS_FILE}"))?;
             let items = items::decode(items_bytes, &format!("{dir_display}/{ITEMS_FILE}"))?;
+            let sessions = match sessions_bytes {
+                Some(bytes) => {
+                    verify(&dir_display, SESSIONS_FILE, &files[SESSIONS_FILE], &bytes)?;
+                    let path = format!("{dir_display}/{SESSIONS_FILE}");
+                    Some(sessions::decode(bytes, &path)?)
+                }
+                None => None,
+            };
             let bundle = Bundle {
                 manifest,
                 tensors,
                 items,
+                sessions,
             };
             validate::check_bundle(&bundle, &dir_display)?;
             Ok(bundle)

@@ -75,6 +75,11 @@ fn sample_bundle(n: usize, seed: u64) -> Bundle {
             ids: (0..n).map(|i| format!("item-{i}")).collect(),
             popularity: (0..n as u64).map(|i| i * 7 % 5).collect(),
         },
+        sessions: Some(SessionTable {
+            offsets: vec![0, 2, 3],
+            items: vec![0, (n - 1) as u32, 1],
+            times: vec![1.5, 2.5, 3.0],
+        }),
     }
 }
 
@@ -82,6 +87,8 @@ async fn round_trip(store: &Store) {
     let mut bundle = sample_bundle(11, 1);
     bundle.manifest.blend = Some(super::Blend {
         gru_weight: 0.35,
+        trend_weight: 0.05,
+        trend_half_life_s: Some(600.0),
         fit: serde_json::json!({"validation_sessions": 3}),
     });
     let version = store.write_bundle("gru", &mut bundle).await.unwrap();
@@ -96,7 +103,7 @@ async fn round_trip(store: &Store) {
         version,
         format_version_stamp(bundle.manifest.created_unix_ms)
     );
-    assert_eq!(bundle.manifest.files.len(), 2);
+    assert_eq!(bundle.manifest.files.len(), 3, "weights, items, sessions");
 
     let read = store.read_bundle("gru", None).await.unwrap();
     assert_eq!(read, bundle);
@@ -318,6 +325,8 @@ async fn inconsistent_bundles_are_not_written() {
     let mut blend_out_of_range = sample_bundle(4, 0);
     blend_out_of_range.manifest.blend = Some(super::Blend {
         gru_weight: 1.5,
+        trend_weight: 0.0,
+        trend_half_life_s: None,
         fit: serde_json::Value::Null,
     });
     for mut bundle in [

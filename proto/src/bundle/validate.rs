@@ -30,16 +30,29 @@ pub(crate) fn check_bundle(bundle: &Bundle, path: &str) -> Result<(), BundleErro
             ),
         ));
     }
-    if let Some(blend) = &m.blend
-        && !(0.0..=1.0).contains(&blend.gru_weight)
-    {
-        return Err(BundleError::format(
-            path,
-            format!(
-                "manifest.blend.gru_weight is {}, not a weight in [0, 1]",
-                blend.gru_weight
-            ),
-        ));
+    if let Some(blend) = &m.blend {
+        for (field, w) in [
+            ("gru_weight", blend.gru_weight),
+            ("trend_weight", blend.trend_weight),
+        ] {
+            if !(0.0..=1.0).contains(&w) {
+                return Err(BundleError::format(
+                    path,
+                    format!("manifest.blend.{field} is {w}, not a weight in [0, 1]"),
+                ));
+            }
+        }
+        if let Some(h) = blend.trend_half_life_s
+            && !(h > 0.0 && h.is_finite())
+        {
+            return Err(BundleError::format(
+                path,
+                format!("manifest.blend.trend_half_life_s is {h}, not a positive number of seconds"),
+            ));
+        }
+    }
+    if let Some(t) = &bundle.sessions {
+        super::sessions::check(t, m.dims.n_items, &format!("{path}/{}", super::SESSIONS_FILE))?;
     }
     if m.model_kind == GRU4REC {
         check_gru4rec(bundle, &m.dims, path)?;
