@@ -15,7 +15,9 @@ use lambdarec_proto::v1;
 use lambdarec_server::engine::{Engine, EngineConfig, ModelView};
 use lambdarec_server::fuzzing as convert;
 use lambdarec_server::metrics::Metrics;
-use lambdarec_server::{DeviceChoice, Limits};
+use lambdarec_server::{DeviceChoice, Limits, SpeedConfig};
+use lambdarec_trainer::blend::{SpeedLayer, Strategy, Weights};
+use lambdarec_trainer::knn::KnnParams;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tonic::Status;
@@ -44,6 +46,11 @@ async fn start() -> Served {
         queue_capacity: 256,
         limits: Limits::default(),
         snapshot_interval: None,
+        // New items are taken (up to a few, so the fuzzer meets the limit too).
+        speed: SpeedConfig {
+            max_new_items: 8,
+            ..SpeedConfig::default()
+        },
     };
     let open = || lambdarec_server::device::open_backend(DeviceChoice::Cpu, Some(1));
     let engine = Engine::start(config, open, Arc::new(Metrics::new()), None).expect("an engine");
@@ -55,6 +62,16 @@ async fn start() -> Served {
         .await
         .expect("write the bundle");
     let (weights, vocab) = lambdarec_trainer::export::from_bundle(&bundle).expect("a valid bundle");
+    // The speed layer seeded with a few sessions, blended with weight on every scorer.
+    let mut seeds = lambdarec_trainer::data::Sessions::default();
+    for (s, items) in [[0u32, 1, 2], [2, 3, 4], [5, 0, 11]].iter().enumerate() {
+        seeds.items.extend(items);
+        seeds.times.extend([1.7e9 + s as f64; 3]);
+        seeds.offsets.push(seeds.items.len());
+        seeds.keys.push(s.to_string());
+    }
+    let blend = Weights::new(0.5, 0.2);
+    let speed = SpeedLayer::new(&seeds, weights.n_items, KnnParams::default(), 60.0, blend);
     let view = ModelView {
         generation: 0,
         name: MODEL.to_string(),
@@ -65,9 +82,13 @@ async fn start() -> Served {
         dtype: Dtype::F32,
         device: String::new(),
         manifest_json: "{}".to_string(),
+        weights: blend,
+        trend_half_life_s: 60.0,
+        default_strategy: Strategy::Blend,
+        knn_capacity: KnnParams::default().capacity,
     };
     engine
-        .install(weights, view)
+        .install(weights, view, speed)
         .await
         .expect("install the model");
     Served { engine, store }
@@ -108,7 +129,11 @@ fuzz_target!(|data: &[u8]| {
                 let Ok(r) = v1::ScoreRequest::decode(msg) else {
                     return;
                 };
-                match engine.score(convert::score_request(r), deadline).await {
+                let answer = match convert::score_request(r) {
+                    Ok(req) => engine.score(req, deadline).await,
+                    Err(e) => Err(e),
+                };
+                match answer {
                     Ok(a) => drop(convert::score_response(a)),
                     Err(e) => drop(Status::from(e)),
                 }

@@ -69,6 +69,60 @@ impl Default for Limits {
     }
 }
 
+/// What an event on an item the serving bundle does not know does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NewItems {
+    /// Taken as a new item (up to `--max-new-items`): kept in the session, learnt by session-kNN and
+    /// trending, and recommendable by them until a bundle that knows it is served.
+    #[default]
+    Accept,
+    /// Rejected with ERROR_CODE_UNKNOWN_ITEM; the session is unchanged.
+    Reject,
+}
+
+impl std::str::FromStr for NewItems {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "accept" => Ok(NewItems::Accept),
+            "reject" => Ok(NewItems::Reject),
+            other => Err(format!(
+                "unknown --new-items {other:?} (expected accept or reject)"
+            )),
+        }
+    }
+}
+
+/// The speed layer beside the GRU: live session-kNN, trending counts and items new since the bundle.
+#[derive(Clone, Debug)]
+pub struct SpeedConfig {
+    /// Sessions the kNN index keeps (the bundle's training sessions first, then live ones); the least
+    /// recently updated is evicted first.
+    pub knn_sessions: usize,
+    /// Trending's half-life; None: the bundle's (one hour in bundles without one).
+    pub trend_half_life: Option<Duration>,
+    pub new_items: NewItems,
+    /// Most new items held; events on further new items are rejected (ERROR_CODE_NEW_ITEM_REJECTED).
+    pub max_new_items: usize,
+    /// Longest new item id, in bytes (longer ones are rejected the same way).
+    pub max_item_id_bytes: usize,
+    /// The strategy of requests that name none; None: the blend when the bundle has one, else the GRU.
+    pub default_strategy: Option<lambdarec_trainer::blend::Strategy>,
+}
+
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        SpeedConfig {
+            knn_sessions: lambdarec_trainer::blend::DEFAULT_KNN_SESSIONS,
+            trend_half_life: None,
+            new_items: NewItems::Accept,
+            max_new_items: 100_000,
+            max_item_id_bytes: 256,
+            default_strategy: None,
+        }
+    }
+}
+
 /// Which compute device serves the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
@@ -150,6 +204,8 @@ pub struct ServeConfig {
     pub archive: Option<crate::archive::ArchiveOptions>,
     /// TLS and tokens (default: plaintext, no tokens).
     pub security: SecurityConfig,
+    /// Session-kNN, trending and new items.
+    pub speed: SpeedConfig,
 }
 
 impl Default for ServeConfig {
@@ -175,6 +231,7 @@ impl Default for ServeConfig {
             snapshot_interval: Some(Duration::from_secs(60)),
             archive: None,
             security: SecurityConfig::default(),
+            speed: SpeedConfig::default(),
         }
     }
 }
@@ -205,6 +262,12 @@ impl ServeConfig {
         // Slot indices are u32 and one extra slot is the zero state of unknown sessions.
         if self.max_sessions >= u32::MAX as usize {
             return Err(format!("--max-sessions must be below {}", u32::MAX));
+        }
+        if self.speed.trend_half_life.is_some_and(|d| d.is_zero()) {
+            return Err("--trend-half-life must be positive".to_string());
+        }
+        if self.speed.max_item_id_bytes == 0 {
+            return Err("the longest item id must be at least 1 byte".to_string());
         }
         if self.session_ttl.is_zero() {
             return Err("--session-ttl must be positive".to_string());

@@ -13,6 +13,7 @@ use crate::engine::{
 };
 use crate::registry::{LoadFailure, error_chain};
 use crate::status::event_code;
+use lambdarec_trainer::blend::Strategy;
 
 // ---- proto → domain ----
 
@@ -36,13 +37,38 @@ pub fn recommend_request(
         exclude_seen: r.exclude_seen.unwrap_or(true),
         inline_events: r.inline_events,
         owner: None,
+        strategy: strategy(r.strategy)?,
     })
 }
 
-pub fn score_request(r: v1::ScoreRequest) -> ScoreRequest {
-    ScoreRequest {
+pub fn score_request(r: v1::ScoreRequest) -> Result<ScoreRequest, EngineError> {
+    Ok(ScoreRequest {
         session_id: r.session_id,
         candidates: r.candidates,
+        strategy: strategy(r.strategy)?,
+    })
+}
+
+/// A request's strategy (None: unset, the server's default); a value this server does not know is
+/// INVALID_ARGUMENT.
+fn strategy(v: i32) -> Result<Option<Strategy>, EngineError> {
+    Ok(match v1::Strategy::try_from(v) {
+        Ok(v1::Strategy::Unspecified) => None,
+        Ok(v1::Strategy::Gru) => Some(Strategy::Gru),
+        Ok(v1::Strategy::Knn) => Some(Strategy::Knn),
+        Ok(v1::Strategy::Trending) => Some(Strategy::Trending),
+        Ok(v1::Strategy::Blend) => Some(Strategy::Blend),
+        Err(_) => return Err(EngineError::BadStrategy(v)),
+    })
+}
+
+/// The proto value of a strategy.
+pub fn strategy_proto(s: Strategy) -> v1::Strategy {
+    match s {
+        Strategy::Gru => v1::Strategy::Gru,
+        Strategy::Knn => v1::Strategy::Knn,
+        Strategy::Trending => v1::Strategy::Trending,
+        Strategy::Blend => v1::Strategy::Blend,
     }
 }
 
@@ -92,7 +118,7 @@ pub fn recommend_response(r: Recommendation) -> v1::RecommendResponse {
         .items
         .iter()
         .map(|s| v1::ScoredItem {
-            item_id: r.model.item_id(s.item).to_string(),
+            item_id: r.item_id(s.item).to_string(),
             score: s.score,
         })
         .collect();
@@ -161,11 +187,7 @@ pub fn session_info(session_id: String, s: SessionSnapshot) -> v1::SessionInfo {
     v1::SessionInfo {
         session_id,
         events: s.events,
-        recent_items: s
-            .recent
-            .iter()
-            .map(|&i| s.model.item_id(i).to_string())
-            .collect(),
+        recent_items: s.recent,
         last_seen_ms: s.last_seen_ms,
         model_version: s.state_version.map(|v| v.to_string()).unwrap_or_default(),
     }
@@ -175,6 +197,7 @@ pub fn model_info(
     serving: Option<(&ModelView, &str)>,
     store: &str,
     failures: Vec<LoadFailure>,
+    speed: &SpeedInfo,
 ) -> v1::ModelInfoResponse {
     let failures = failures
         .into_iter()
@@ -202,7 +225,25 @@ pub fn model_info(
         loaded_at: loaded_at.to_string(),
         manifest_json: m.manifest_json.clone(),
         failures,
+        default_strategy: strategy_proto(m.default_strategy).into(),
+        gru_weight: m.weights.gru,
+        knn_weight: m.weights.knn,
+        trend_weight: m.weights.trend,
+        knn_sessions: speed.knn_sessions,
+        knn_capacity: m.knn_capacity as u64,
+        trend_half_life_s: m.trend_half_life_s,
+        new_items: speed.new_items,
+        max_new_items: speed.max_new_items,
     }
+}
+
+/// The speed layer's live figures ModelInfo reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpeedInfo {
+    pub knn_sessions: u64,
+    pub new_items: u64,
+    /// 0 when new items are rejected.
+    pub max_new_items: u64,
 }
 
 #[cfg(test)]

@@ -22,5 +22,5 @@ mod service;
 pub mod status;
 mod stream;
 
-pub use config::{DeviceChoice, Limits, LogConfig, ServeConfig};
+pub use config::{DeviceChoice, Limits, LogConfig, NewItems, ServeConfig, SpeedConfig};
 pub use server::{RunningServer, ServeError, start, start_with_backend};

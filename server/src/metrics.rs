@@ -93,13 +93,14 @@ const CODES: [&str; 17] = [
 ];
 
 /// Event ack codes (lambdarec.v1.ErrorCode), indexed by value.
-const EVENT_CODES: [&str; 6] = [
+const EVENT_CODES: [&str; 7] = [
     "OK",
     "UNKNOWN_ITEM",
     "BAD_SESSION_ID",
     "OVERLOADED",
     "INTERNAL",
     "SESSION_LIMIT",
+    "NEW_ITEM_REJECTED",
 ];
 
 /// Eviction causes, indexed by `engine::Eviction`.
@@ -154,6 +155,10 @@ pub struct Metrics {
     /// returns the previous value).
     pub queue_depth: Gauge<u64, AtomicU64>,
     pub live_sessions: Gauge<u64, AtomicU64>,
+    /// Sessions in the live session-kNN index.
+    pub knn_sessions: Gauge<u64, AtomicU64>,
+    /// Items new since the bundle that the server holds.
+    pub new_items: Gauge<u64, AtomicU64>,
     /// Indexed by `engine::Eviction`. The session store keeps the running totals; the batcher copies
     /// them here (`inner().store`), which keeps each series monotonic as a counter must be.
     pub evictions: [Counter; 2],
@@ -244,6 +249,18 @@ impl Metrics {
             "live_sessions",
             "Sessions in the session store",
             live_sessions.clone(),
+        );
+        let knn_sessions = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "knn_sessions",
+            "Sessions in the live session-kNN index (training and live ones)",
+            knn_sessions.clone(),
+        );
+        let new_items = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "new_items",
+            "Items new since the serving bundle that the server has taken (--new-items accept)",
+            new_items.clone(),
         );
         let dropped_requests = Counter::default();
         r.register(
@@ -342,6 +359,8 @@ impl Metrics {
             batch_size,
             queue_depth,
             live_sessions,
+            knn_sessions,
+            new_items,
             evictions,
             dropped_requests,
             load_failures,

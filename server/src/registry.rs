@@ -9,10 +9,13 @@ use std::time::Duration;
 use lambdarec_kernels::Dtype;
 use lambdarec_proto::bundle::{BundleError, Store, format_rfc3339_ms, now_unix_ms};
 use lambdarec_trainer::TrainError;
-use lambdarec_trainer::pipeline::load_model;
+use lambdarec_trainer::blend::{self, SpeedLayer, Strategy, Weights};
+use lambdarec_trainer::knn::KnnParams;
+use lambdarec_trainer::pipeline::{LoadedModel, load_model};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
+use crate::config::SpeedConfig;
 use crate::engine::{Engine, EngineError, ModelView};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -222,10 +225,13 @@ impl Registry {
         // Reading and verifying a bundle hashes and decodes every byte of it: run it off the async
         // workers so that serving latency does not suffer during a reload.
         let handle = tokio::runtime::Handle::current();
+        let speed_config = self.engine.config().speed.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            handle
+            let loaded = handle
                 .block_on(load_model(&store, &model, Some(&v)))
-                .map_err(Box::new)
+                .map_err(Box::new)?;
+            let speed = speed_layer(&loaded, &speed_config);
+            Ok((loaded, speed))
         })
         .await
         .map_err(|e| RegistryError::LoadCrashed {
@@ -237,9 +243,15 @@ impl Registry {
             version: version.to_string(),
             source,
         })?;
+        let (loaded, speed) = loaded;
         let manifest_json =
             serde_json::to_string_pretty(&loaded.bundle.manifest).unwrap_or_default();
         let m = &loaded.bundle.manifest;
+        let default_strategy = if m.blend.is_some() {
+            Strategy::Blend
+        } else {
+            Strategy::Gru
+        };
         let view = ModelView {
             generation: 0,
             name: m.name.clone(),
@@ -250,9 +262,13 @@ impl Registry {
             dtype: self.dtype,
             device: String::new(),
             manifest_json,
+            weights: speed.weights,
+            trend_half_life_s: speed.trend.half_life_s(),
+            default_strategy,
+            knn_capacity: speed.knn.params().capacity,
         };
         self.engine
-            .install(loaded.weights, view)
+            .install(loaded.weights, view, speed)
             .await
             .map_err(|source| RegistryError::Install {
                 version: version.to_string(),
@@ -298,4 +314,44 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// The speed layer a bundle is served with: seeded with its training sessions (sessions.arrow; an
+/// empty one for bundles without), with its blend weights and half-life unless the flags override.
+fn speed_layer(loaded: &LoadedModel, c: &SpeedConfig) -> SpeedLayer {
+    let started = std::time::Instant::now();
+    let b = &loaded.bundle;
+    let seeds = b
+        .sessions
+        .as_ref()
+        .map(lambdarec_trainer::export::sessions_of)
+        .unwrap_or_default();
+    let blend = b.manifest.blend.as_ref();
+    let weights = blend.map_or(Weights::GRU, |b| Weights::new(b.gru_weight, b.trend_weight));
+    let half_life = c
+        .trend_half_life
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_else(|| {
+            blend
+                .and_then(|b| b.trend_half_life_s)
+                .unwrap_or(blend::DEFAULT_TREND_HALF_LIFE_S)
+        });
+    let params = KnnParams {
+        capacity: c.knn_sessions,
+        ..KnnParams::default()
+    };
+    let layer = SpeedLayer::new(&seeds, loaded.weights.n_items, params, half_life, weights);
+    tracing::info!(
+        version = %b.manifest.version,
+        seed_sessions = seeds.len(),
+        knn_sessions = layer.knn.len(),
+        trending_items = layer.trend.len(),
+        gru_weight = weights.gru,
+        knn_weight = weights.knn,
+        trend_weight = weights.trend,
+        trend_half_life_s = half_life,
+        ms = started.elapsed().as_millis() as u64,
+        "speed layer seeded from the bundle's training sessions"
+    );
+    layer
 }

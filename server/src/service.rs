@@ -140,10 +140,8 @@ impl Recommender for RecommenderService {
     ) -> Result<Response<v1::ScoreResponse>, Status> {
         self.observe(Method::Score, async {
             let deadline = convert::deadline(request.metadata());
-            let answer = self
-                .engine
-                .score(convert::score_request(request.into_inner()), deadline)
-                .await?;
+            let req = convert::score_request(request.into_inner())?;
+            let answer = self.engine.score(req, deadline).await?;
             Ok(convert::score_response(answer))
         })
         .await
@@ -196,6 +194,7 @@ impl Recommender for RecommenderService {
                 serving,
                 self.registry.store_url(),
                 failures,
+                &self.engine.speed_info(),
             ))
         })
         .await

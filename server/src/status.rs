@@ -66,10 +66,12 @@ fn engine_code(e: &EngineError) -> Code {
     match e {
         EngineError::EmptySessionId
         | EngineError::BadK { .. }
+        | EngineError::BadStrategy(_)
         | EngineError::SessionIdTooLong { .. }
         | EngineError::TooMany { .. }
         | EngineError::UnknownInlineItems { .. }
         | EngineError::UnknownItem { .. } => Code::InvalidArgument,
+        EngineError::NewItemRejected { .. } => Code::ResourceExhausted,
         EngineError::SessionNotFound(_) => Code::NotFound,
         EngineError::Overloaded { .. } | EngineError::SessionLimit { .. } => {
             Code::ResourceExhausted
@@ -164,6 +166,7 @@ pub fn event_code(e: &EngineError) -> ErrorCode {
             ErrorCode::UnknownItem
         }
         EngineError::SessionLimit { .. } => ErrorCode::SessionLimit,
+        EngineError::NewItemRejected { .. } => ErrorCode::NewItemRejected,
         // Retryable: the event was not applied and may be sent again later.
         EngineError::Overloaded { .. }
         | EngineError::DeadlineExceeded
@@ -172,6 +175,7 @@ pub fn event_code(e: &EngineError) -> ErrorCode {
         | EngineError::Recovering => ErrorCode::Overloaded,
         EngineError::TooMany { .. }
         | EngineError::BadK { .. }
+        | EngineError::BadStrategy(_)
         | EngineError::SessionNotFound(_)
         | EngineError::Superseded
         | EngineError::LogFailed(_)

@@ -218,6 +218,10 @@ fn snapshot_file(dir: &Path) -> Vec<u8> {
         dtype: Dtype::F32,
         device: "cpu".into(),
         manifest_json: "{}".into(),
+        weights: lambdarec_trainer::blend::Weights::GRU,
+        trend_half_life_s: 3600.0,
+        default_strategy: lambdarec_trainer::blend::Strategy::Gru,
+        knn_capacity: 1000,
     });
     let session = |id: &str, recent: Vec<u32>| SessionImage {
         id: Arc::from(id),
@@ -233,6 +237,7 @@ fn snapshot_file(dir: &Path) -> Vec<u8> {
         position: 42,
         taken_ms: 1_700_000_000_500,
         view,
+        new_items: Vec::new(),
         sessions: vec![session("a", vec![4, 1, 4]), session("bé", vec![])],
     };
     let mut store = SnapshotStore::open(dir.join("snapshots")).unwrap();
@@ -247,10 +252,12 @@ fn requests() -> Vec<(String, Vec<u8>)> {
         exclude_items: vec!["i3".into()],
         exclude_seen: Some(false),
         inline_events: vec!["i1".into(), "i2".into()],
+        strategy: v1::Strategy::Blend.into(),
     };
     let score = v1::ScoreRequest {
         session_id: "s1".into(),
         candidates: vec!["i0".into(), "i4".into(), "nope".into()],
+        strategy: v1::Strategy::Knn.into(),
     };
     let event = |s: &str, i: &str, seq| v1::SessionEvent {
         session_id: s.into(),

@@ -110,6 +110,12 @@ async fn online_metrics_equal_offline_metrics() {
         threads: Some(1),
         max_sessions: 10_000,
         poll_interval: None,
+        // The GRU's figures, and the unknown-item rule they rest on (see `load`'s module docs).
+        speed: lambdarec_server::SpeedConfig {
+            new_items: lambdarec_server::NewItems::Reject,
+            default_strategy: Some(lambdarec_trainer::blend::Strategy::Gru),
+            ..Default::default()
+        },
         ..ServeConfig::default()
     })
     .await

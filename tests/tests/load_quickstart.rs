@@ -27,7 +27,7 @@ async fn quickstart_runs_end_to_end_and_exits() {
         data_dir: Some(dir.path().join("data")),
         listen: "127.0.0.1:0".parse().unwrap(),
         device: DeviceChoice::Cpu,
-        concurrency: 4,
+        concurrency: 1,
         verbose: false,
         ..QuickstartOptions::default()
     };
@@ -41,13 +41,16 @@ async fn quickstart_runs_end_to_end_and_exits() {
         .iter()
         .map(|(n, _)| n.as_str())
         .collect();
-    // The blend row names the GRU weight `train` fit on the sample's held-out last day.
-    assert_eq!(names[..4], ["pop", "item-knn", "sknn", "sknn-live"]);
+    // The blend row names the weights `train` fit on the sample's held-out last day.
+    assert_eq!(names[..5], ["pop", "item-knn", "sknn", "knn", "trending"]);
     assert!(
-        names.len() == 5 && names[4].starts_with("blend("),
+        names.len() == 6 && names[5].starts_with("blend("),
         "{names:?}"
     );
-    let (on, off) = (&done.online.accuracy, &done.offline.model);
+    // Served by default: the blend, its sessions replayed one at a time as the evaluator does.
+    let (row, off) = quickstart::served_row(&done.offline);
+    assert!(row.starts_with("blend("), "{row}");
+    let on = &done.online.accuracy;
     assert!(done.online.errors.is_empty(), "{:?}", done.online.errors);
     assert_eq!(on.events, off.events);
     assert!((on.recall - off.recall).abs() < 1e-6 && (on.mrr - off.mrr).abs() < 1e-6);

@@ -114,6 +114,7 @@ async fn served_scores_and_lists_equal_the_offline_model() {
             .score(v1::ScoreRequest {
                 session_id: id.clone(),
                 candidates,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -250,13 +251,15 @@ async fn every_bad_input_gets_its_status_code() {
     let too_many = v1::ScoreRequest {
         session_id: "s".into(),
         candidates: vec![item(0); 10_001],
+        ..Default::default()
     };
     let e = c.score(too_many).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(
         c.score(v1::ScoreRequest {
             session_id: "s".into(),
-            candidates: vec![item(0); 10_000]
+            candidates: vec![item(0); 10_000],
+            ..Default::default()
         })
         .await
         .is_ok()
@@ -265,6 +268,7 @@ async fn every_bad_input_gets_its_status_code() {
         .score(v1::ScoreRequest {
             session_id: "".into(),
             candidates: vec![item(0)],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -275,6 +279,7 @@ async fn every_bad_input_gets_its_status_code() {
     let huge = v1::ScoreRequest {
         session_id: "s".into(),
         candidates: vec!["y".repeat(20 << 20)],
+        ..Default::default()
     };
     let e = c.score(huge).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");

@@ -80,6 +80,7 @@ async fn hot_reload_under_load_fails_no_request_and_keeps_sessions() {
                 let s = v1::ScoreRequest {
                     session_id: session.clone(),
                     candidates: vec![item],
+                    ..Default::default()
                 };
                 match c.score(s).await {
                     Ok(r) => versions.push(r.into_inner().model_version),
@@ -131,6 +132,7 @@ async fn hot_reload_under_load_fails_no_request_and_keeps_sessions() {
         .score(v1::ScoreRequest {
             session_id: "keep".into(),
             candidates,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -199,6 +201,7 @@ async fn hot_reload_under_load_fails_no_request_and_keeps_sessions() {
         .score(v1::ScoreRequest {
             session_id: "keep".into(),
             candidates,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -185,13 +185,11 @@ impl SpeedLayer {
         self.n_items
     }
 
-    /// Folds in one event: `session` is the session's items with the new one last (its recent items
-    /// as the server keeps them), `owner` identifies the session in the kNN index.
-    pub fn observe(&mut self, owner: Owner, session: &[u32], at_ms: i64) {
+    /// Folds in one event on `item` at `at_ms`: `session` is the session's items with it (its recent
+    /// items as the server keeps them), `owner` identifies the session in the kNN index.
+    pub fn observe(&mut self, owner: Owner, session: &[u32], item: u32, at_ms: i64) {
         self.knn.upsert(owner, session);
-        if let Some(&item) = session.last() {
-            self.trend.observe(item, at_ms);
-        }
+        self.trend.observe(item, at_ms);
     }
 
     /// Forgets a deleted session's kNN entry (its trending counts stay: the events happened).
@@ -321,8 +319,9 @@ pub fn evaluate_speed(
         Scored::Blend(w) => w.len(),
         _ => 1,
     };
-    let mut accs: Vec<MetricsAccumulator> =
-        (0..n_acc).map(|_| MetricsAccumulator::new(k, n_items)).collect();
+    let mut accs: Vec<MetricsAccumulator> = (0..n_acc)
+        .map(|_| MetricsAccumulator::new(k, n_items))
+        .collect();
     let gru = matches!(what, Scored::Blend(_));
     if gru {
         backend.alloc_states(1, hidden)?;
@@ -351,7 +350,7 @@ pub fn evaluate_speed(
                 recent.remove(0);
             }
             recent.push(items[pos]);
-            speed.observe(owner, &recent, secs_to_ms(times[pos]));
+            speed.observe(owner, &recent, items[pos], secs_to_ms(times[pos]));
             if pos + 1 == items.len() {
                 break;
             }
@@ -511,14 +510,22 @@ mod tests {
         }
         // The GRU only offered item 4; kNN adds 1, 2, 3; trending adds 5 (and 2, 3, 1).
         let draft = speed.draft(&[(4, 2.0)], &[2], None, &[1], w);
-        assert_eq!(draft.need, [2, 3], "catalogue items without a GRU score; 1 excluded");
+        assert_eq!(
+            draft.need,
+            [2, 3],
+            "catalogue items without a GRU score; 1 excluded"
+        );
         let pool = draft.complete(&[1.0, 0.0]);
         assert_eq!(pool.items, [4, 2, 3, 5]);
         let e = |x: f32| x.exp();
         assert_eq!(pool.gru, [1.0, e(-1.0), e(-2.0), 0.0]);
         assert_eq!(pool.knn, [0.0, 1.0, 0.5, 0.0]);
         assert_eq!(pool.trend[3], 1.0);
-        assert!(pool.trend[1] > 0.3 && pool.trend[1] < 0.35, "{:?}", pool.trend);
+        assert!(
+            pool.trend[1] > 0.3 && pool.trend[1] < 0.35,
+            "{:?}",
+            pool.trend
+        );
         // kNN alone fills with popular items; trending alone ranks the new item first.
         let knn_list = speed.recommend_knn(&[2], None, 4, &[]);
         assert_eq!(knn_list, [(2, 1.0), (1, 0.5), (3, 0.5), (0, 0.0)]);

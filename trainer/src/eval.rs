@@ -55,6 +55,8 @@ pub struct MetricsAccumulator {
     pop_cut: u32,
     pop_recs: u64,
     recs: u64,
+    /// The catalogue size (coverage's denominator).
+    n_items: usize,
 }
 
 impl MetricsAccumulator {
@@ -69,10 +71,13 @@ impl MetricsAccumulator {
             pop_cut: n_items.div_ceil(100) as u32,
             pop_recs: 0,
             recs: 0,
+            n_items,
         }
     }
 
     /// Records one prediction: `list` is the recommender's answer, best first (only the first k count).
+    /// Indices past the catalogue (items new since the model, as a server that takes them answers)
+    /// are counted like any other; coverage stays relative to the catalogue.
     pub fn add(&mut self, list: &[u32], target: u32) {
         let list = &list[..list.len().min(self.k)];
         self.events += 1;
@@ -81,6 +86,9 @@ impl MetricsAccumulator {
             self.rr_sum += 1.0 / (pos + 1) as f64;
         }
         for &i in list {
+            if i as usize >= self.seen.len() {
+                self.seen.resize(i as usize + 1, false);
+            }
             let seen = &mut self.seen[i as usize];
             if !*seen {
                 *seen = true;
@@ -98,7 +106,7 @@ impl MetricsAccumulator {
             events: self.events,
             recall: self.hits as f64 / n,
             mrr: self.rr_sum / n,
-            coverage: self.covered as f64 / self.seen.len().max(1) as f64,
+            coverage: self.covered as f64 / self.n_items.max(1) as f64,
             pop_share: self.pop_recs as f64 / self.recs.max(1) as f64,
         }
     }

@@ -14,10 +14,10 @@ use lambdarec_proto::bundle::{Blend, Bundle, Store, validate_model_name};
 use crate::TrainError;
 use crate::baselines::{ItemKnn, Pop};
 use crate::blend;
+use crate::blend::{Scored, SpeedLayer, Weights};
 use crate::data::{self, ArchiveSource, Dataset, ItemVocab, PrepareOptions, ReadOptions, Sessions};
 use crate::eval::{Metrics, SessionRecommender, evaluate_model, evaluate_recommender};
 use crate::export;
-use crate::blend::{Scored, SpeedLayer, Weights};
 use crate::knn::{KnnIndex, KnnParams, SessionKnn};
 use crate::train::{EpochStats, TrainConfig, train};
 
@@ -424,7 +424,10 @@ fn fit_blend(dataset: &Dataset, job: &TrainJob) -> Result<Option<Blend>, TrainEr
     };
     // First the GRU against kNN, then trending's share beside the mix found.
     let gru_grid = blend::weight_grid();
-    let curve = fit(&gru_grid.iter().map(|&g| Weights::new(g, 0.0)).collect::<Vec<_>>())?;
+    let curve = fit(&gru_grid
+        .iter()
+        .map(|&g| Weights::new(g, 0.0))
+        .collect::<Vec<_>>())?;
     let (w, best) = blend::best_weight(&gru_grid, &curve);
     info!(
         gru_weight = w,
@@ -435,7 +438,10 @@ fn fit_blend(dataset: &Dataset, job: &TrainJob) -> Result<Option<Blend>, TrainEr
         "GRU weight fit on the validation sessions"
     );
     let trend_grid = blend::trend_grid();
-    let trend_curve = fit(&trend_grid.iter().map(|&t| Weights::new(w, t)).collect::<Vec<_>>())?;
+    let trend_curve = fit(&trend_grid
+        .iter()
+        .map(|&t| Weights::new(w, t))
+        .collect::<Vec<_>>())?;
     let (t, best) = blend::best_weight(&trend_grid, &trend_curve);
     info!(
         trend_weight = t,

@@ -146,7 +146,12 @@ impl crate::eval::SessionRecommender for TrendingRecommender {
         self.trend.observe(item, t);
     }
     fn recommend(&mut self, k: usize) -> Vec<u32> {
-        fill_popular(self.trend.top(k, &[]).into_iter().map(|(i, _)| i), k, u32::MAX, &[])
+        fill_popular(
+            self.trend.top(k, &[]).into_iter().map(|(i, _)| i),
+            k,
+            u32::MAX,
+            &[],
+        )
     }
 }
 
@@ -178,7 +183,10 @@ mod tests {
         let mut t = Trending::new(10.0);
         t.observe(1, 0);
         t.observe(2, 10_000); // one half-life later: worth twice item 1's event
-        assert_eq!(t.top(5, &[]).iter().map(|p| p.0).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(
+            t.top(5, &[]).iter().map(|p| p.0).collect::<Vec<_>>(),
+            [2, 1]
+        );
         assert!((t.score(1) - 0.5).abs() < 1e-6 && t.score(2) == 1.0);
         // Two more events on 1 at time 10 s: 0.5 + 2 = 2.5 against 1.
         t.observe(1, 10_000);

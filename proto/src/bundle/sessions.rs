@@ -65,9 +65,8 @@ pub(crate) fn encode(t: &SessionTable, path: &str) -> Result<Vec<u8>, BundleErro
     check(t, u64::MAX, path)?;
     let mut session = Vec::with_capacity(t.items.len());
     for (s, w) in t.offsets.windows(2).enumerate() {
-        let s = u32::try_from(s).map_err(|_| {
-            BundleError::format(path, "more than 4 billion sessions".to_string())
-        })?;
+        let s = u32::try_from(s)
+            .map_err(|_| BundleError::format(path, "more than 4 billion sessions".to_string()))?;
         session.extend(std::iter::repeat_n(s, (w[1] - w[0]) as usize));
     }
     let schema = schema();
@@ -178,7 +177,12 @@ mod tests {
         assert!(e.contains("event 3 has item 3; the catalogue has 3"), "{e}");
         let mut bad = t.clone();
         bad.times[1] = f64::NAN;
-        assert!(check(&bad, 4, "s").unwrap_err().to_string().contains("event 1 has time NaN"));
+        assert!(
+            check(&bad, 4, "s")
+                .unwrap_err()
+                .to_string()
+                .contains("event 1 has time NaN")
+        );
         let empty = SessionTable {
             offsets: vec![0],
             items: vec![],

@@ -13,8 +13,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use super::names::{LATEST, candidate_version, validate_file_name};
 use super::{
     Bundle, BundleError, FORMAT_VERSION, FileEntry, ITEMS_FILE, MANIFEST_FILE, Manifest,
-    SESSIONS_FILE, WEIGHTS_FILE, compare_versions, format_rfc3339_ms, format_version_stamp, items, now_unix_ms,
-    sessions, sha256_hex, validate, validate_model_name, validate_version, weights,
+    SESSIONS_FILE, WEIGHTS_FILE, compare_versions, format_rfc3339_ms, format_version_stamp, items,
+    now_unix_ms, sessions, sha256_hex, validate, validate_model_name, validate_version, weights,
 };
 
 /// How many `-N` suffixes `write_bundle` tries within one millisecond before giving up.

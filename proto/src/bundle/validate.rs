@@ -47,12 +47,18 @@ pub(crate) fn check_bundle(bundle: &Bundle, path: &str) -> Result<(), BundleErro
         {
             return Err(BundleError::format(
                 path,
-                format!("manifest.blend.trend_half_life_s is {h}, not a positive number of seconds"),
+                format!(
+                    "manifest.blend.trend_half_life_s is {h}, not a positive number of seconds"
+                ),
             ));
         }
     }
     if let Some(t) = &bundle.sessions {
-        super::sessions::check(t, m.dims.n_items, &format!("{path}/{}", super::SESSIONS_FILE))?;
+        super::sessions::check(
+            t,
+            m.dims.n_items,
+            &format!("{path}/{}", super::SESSIONS_FILE),
+        )?;
     }
     if m.model_kind == GRU4REC {
         check_gru4rec(bundle, &m.dims, path)?;

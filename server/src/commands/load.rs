@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use lambdarec_proto::v1::Strategy;
 use lambdarec_server::load::{
     self, ClientTls, LoadOptions, LoadReport, MAX_CANDIDATES, Mode, Workload,
 };
+use lambdarec_trainer::blend;
 
 use super::{ReadArgs, existing_file};
 
@@ -85,6 +87,11 @@ pub struct LoadArgs {
     /// Seed of the open-loop arrivals and of score mode's candidate draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The strategy Recommend and Score ask for: gru, knn, trending or blend. Default: the server's.
+    /// The speed layer learns from every session, so online equals `eval` for knn, trending and
+    /// blend only with sessions replayed one at a time: --concurrency 1 --connections 1.
+    #[arg(long, value_parser = super::serve::parse_strategy)]
+    pub strategy: Option<blend::Strategy>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -162,6 +169,13 @@ impl LoadArgs {
             max_time: seconds("--max-time", self.max_time)?,
             seed: self.seed,
             progress: true,
+            strategy: match self.strategy {
+                None => Strategy::Unspecified,
+                Some(blend::Strategy::Gru) => Strategy::Gru,
+                Some(blend::Strategy::Knn) => Strategy::Knn,
+                Some(blend::Strategy::Trending) => Strategy::Trending,
+                Some(blend::Strategy::Blend) => Strategy::Blend,
+            },
             ..LoadOptions::default()
         })
     }

@@ -81,6 +81,9 @@ pub struct EvalArgs {
     /// Compute threads (default: all cores).
     #[arg(long, env = "LAMBDAREC_THREADS")]
     pub threads: Option<usize>,
+    /// Recent items per session the speed layer sees: the server's history length (50).
+    #[arg(long, default_value_t = lambdarec_trainer::blend::DEFAULT_HISTORY as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history: u64,
 }
 
 impl EvalArgs {
@@ -89,6 +92,7 @@ impl EvalArgs {
             k: self.k as usize,
             batch: self.eval_batch as usize,
             threads: self.threads,
+            history: self.history as usize,
         }
     }
 }

@@ -9,7 +9,8 @@ use clap::Args;
 use lambdarec_kernels::Dtype;
 use lambdarec_server::archive::ArchiveOptions;
 use lambdarec_server::security::{Policy, SecurityConfig, TlsFiles};
-use lambdarec_server::{DeviceChoice, Limits, LogConfig, ServeConfig};
+use lambdarec_server::{DeviceChoice, Limits, LogConfig, NewItems, ServeConfig, SpeedConfig};
+use lambdarec_trainer::blend::Strategy;
 
 use super::StoreArgs;
 
@@ -97,6 +98,65 @@ pub struct ServeArgs {
     pub security: SecurityArgs,
     #[command(flatten)]
     pub abuse: AbuseArgs,
+    #[command(flatten)]
+    pub speed: SpeedArgs,
+}
+
+/// The speed layer: session-kNN, trending and new items (README, "The speed layer").
+#[derive(Args, Debug)]
+pub struct SpeedArgs {
+    /// Sessions the live session-kNN index keeps: the bundle's training sessions, then every live
+    /// session; the least recently updated one is evicted first.
+    #[arg(long, env = "LAMBDAREC_KNN_SESSIONS", default_value_t = lambdarec_trainer::blend::DEFAULT_KNN_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub knn_sessions: u64,
+    /// Seconds in which a trending count halves. Default: the bundle's (one hour if it names none).
+    #[arg(long, env = "LAMBDAREC_TREND_HALF_LIFE")]
+    pub trend_half_life: Option<f64>,
+    /// What an event on an item the bundle does not know does: accept (keep it in the session,
+    /// learn it in session-kNN and trending, recommend it through them) or reject (ack UNKNOWN_ITEM).
+    #[arg(long, env = "LAMBDAREC_NEW_ITEMS", default_value = "accept")]
+    pub new_items: NewItems,
+    /// Most new items held at once (until a bundle that knows them is served); events on further
+    /// ones are acked NEW_ITEM_REJECTED.
+    #[arg(long, env = "LAMBDAREC_MAX_NEW_ITEMS", default_value_t = 100_000)]
+    pub max_new_items: usize,
+    /// The strategy of requests that name none: gru, knn, trending or blend. Default: blend when the
+    /// bundle has blend weights, else gru.
+    #[arg(long, env = "LAMBDAREC_STRATEGY", value_parser = parse_strategy)]
+    pub strategy: Option<Strategy>,
+}
+
+/// `gru`, `knn`, `trending` or `blend`.
+pub fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "gru" => Ok(Strategy::Gru),
+        "knn" => Ok(Strategy::Knn),
+        "trending" => Ok(Strategy::Trending),
+        "blend" => Ok(Strategy::Blend),
+        other => Err(format!(
+            "unknown strategy {other:?} (expected gru, knn, trending or blend)"
+        )),
+    }
+}
+
+impl SpeedArgs {
+    pub fn config(&self) -> anyhow::Result<SpeedConfig> {
+        let half_life = match self.trend_half_life {
+            Some(h) if h > 0.0 => Some(seconds("--trend-half-life", h)?),
+            Some(h) => {
+                anyhow::bail!("--trend-half-life must be a positive number of seconds, got {h}")
+            }
+            None => None,
+        };
+        Ok(SpeedConfig {
+            knn_sessions: self.knn_sessions as usize,
+            trend_half_life: half_life,
+            new_items: self.new_items,
+            max_new_items: self.max_new_items,
+            default_strategy: self.strategy,
+            ..SpeedConfig::default()
+        })
+    }
 }
 
 /// TLS and tokens (README, "Security").
@@ -254,6 +314,7 @@ impl ServeArgs {
                 interval: archive_every,
             }),
             security: self.security.config()?,
+            speed: self.speed.config()?,
         })
     }
 }

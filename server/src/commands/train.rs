@@ -58,6 +58,10 @@ pub struct TrainArgs {
     /// the fit, and the bundle serves the GRU alone.
     #[arg(long, value_name = "SECONDS")]
     pub blend_validation: Option<f64>,
+    /// Seconds in which a trending count halves; stored in the bundle for the server (which
+    /// --trend-half-life on `serve` overrides) and used by the blend fit.
+    #[arg(long, value_name = "SECONDS", default_value_t = lambdarec_trainer::blend::DEFAULT_TREND_HALF_LIFE_S)]
+    pub trend_half_life: f64,
     /// GRU hidden units.
     #[arg(long, default_value_t = 100)]
     pub hidden: usize,
@@ -129,6 +133,12 @@ fn train_data(a: &TrainArgs) -> anyhow::Result<TrainData> {
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let data = train_data(&a)?;
+    if !(a.trend_half_life > 0.0 && a.trend_half_life.is_finite()) {
+        anyhow::bail!(
+            "--trend-half-life {}: give a positive number of seconds",
+            a.trend_half_life
+        );
+    }
     if let Some(w) = a.blend_validation
         && !(w.is_finite() && w >= 0.0)
     {
@@ -169,6 +179,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         store: a.store.store.clone(),
         model_name: a.store.model.clone(),
         blend_validation: a.blend_validation.unwrap_or(a.test_window),
+        trend_half_life_s: a.trend_half_life,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

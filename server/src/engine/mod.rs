@@ -6,6 +6,7 @@ mod batcher;
 mod journal;
 mod sessions;
 pub mod snapshot;
+mod speed;
 mod types;
 
 use std::future::Future;
@@ -17,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use lambdarec_eventlog::{EventLog, LogRecord, Position};
 use lambdarec_kernels::{Backend, ModelWeights};
+use lambdarec_trainer::blend::SpeedLayer;
 use tokio::sync::oneshot;
 
-use crate::config::{Limits, ServeConfig};
+use crate::config::{Limits, ServeConfig, SpeedConfig};
 use crate::device::DeviceError;
 use crate::metrics::Metrics;
 
@@ -69,6 +71,7 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// How often the sessions are snapshotted (with an event log); None: only at a graceful stop.
     pub snapshot_interval: Option<Duration>,
+    pub speed: SpeedConfig,
 }
 
 impl From<&ServeConfig> for EngineConfig {
@@ -81,6 +84,7 @@ impl From<&ServeConfig> for EngineConfig {
             queue_capacity: c.queue_capacity,
             limits: c.limits.clone(),
             snapshot_interval: c.snapshot_interval,
+            speed: c.speed.clone(),
         }
     }
 }
@@ -180,6 +184,25 @@ impl Engine {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The speed layer's live figures, for ModelInfo.
+    pub fn speed_info(&self) -> crate::convert::SpeedInfo {
+        let m = &self.inner.shared.metrics;
+        let s = &self.inner.config.speed;
+        crate::convert::SpeedInfo {
+            knn_sessions: m.knn_sessions.get(),
+            new_items: m.new_items.get(),
+            max_new_items: match s.new_items {
+                crate::config::NewItems::Accept => s.max_new_items as u64,
+                crate::config::NewItems::Reject => 0,
+            },
+        }
+    }
+
+    /// The settings the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
     }
 
     /// The event log's state, when the engine has one.
@@ -344,6 +367,7 @@ impl Engine {
         &self,
         weights: ModelWeights,
         mut view: ModelView,
+        speed: SpeedLayer,
     ) -> Result<Arc<ModelView>, EngineError> {
         view.generation = self
             .inner
@@ -357,6 +381,7 @@ impl Engine {
             .send(Msg::Install(Box::new(Install {
                 weights,
                 view,
+                speed: Box::new(speed),
                 reply,
             })))
             .map_err(|_| EngineError::ShuttingDown)?;

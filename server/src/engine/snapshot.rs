@@ -32,7 +32,8 @@ const KEEP: usize = 2;
 pub struct SessionImage {
     pub id: Arc<str>,
     pub events: u64,
-    /// Catalogue indices under the image's model (the writer turns them into ids).
+    /// Item indices under the image's model, new items after its catalogue (the writer turns them
+    /// into ids).
     pub recent: Vec<u32>,
     pub seqs: Vec<u64>,
     pub last_seen_ms: i64,
@@ -48,7 +49,22 @@ pub struct SnapshotImage {
     pub position: Position,
     pub taken_ms: i64,
     pub view: Arc<ModelView>,
+    /// Ids of the new items (index `n_items + j` is `new_items[j]`).
+    pub new_items: Vec<String>,
     pub sessions: Vec<SessionImage>,
+}
+
+impl SnapshotImage {
+    fn item_id(&self, i: u32) -> &str {
+        let n = self.view.n_items();
+        if (i as usize) < n {
+            self.view.item_id(i)
+        } else {
+            self.new_items
+                .get(i as usize - n)
+                .map_or("", String::as_str)
+        }
+    }
 }
 
 /// The header of a snapshot file.
@@ -246,7 +262,7 @@ fn encode(image: &SnapshotImage, w: &mut impl Write) -> std::io::Result<()> {
     w.write_all(&(json.len() as u32).to_le_bytes())?;
     w.write_all(&json)?;
     for &i in &items {
-        put_str(w, image.view.item_id(i))?;
+        put_str(w, image.item_id(i))?;
     }
     for s in &image.sessions {
         put_str(w, &s.id)?;
@@ -396,6 +412,10 @@ mod tests {
             dtype: Dtype::F32,
             device: "cpu".into(),
             manifest_json: "{}".into(),
+            weights: lambdarec_trainer::blend::Weights::GRU,
+            trend_half_life_s: 3600.0,
+            default_strategy: lambdarec_trainer::blend::Strategy::Gru,
+            knn_capacity: 1000,
         })
     }
 
@@ -414,6 +434,7 @@ mod tests {
             position,
             taken_ms: 42,
             view: view(),
+            new_items: Vec::new(),
             sessions: vec![session("a", vec![4, 1, 4]), session("bé", vec![])],
         }
     }

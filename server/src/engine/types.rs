@@ -8,6 +8,7 @@ use lambdarec_eventlog::{LogRecord, Position};
 
 use super::snapshot::LoadedSnapshot;
 use lambdarec_kernels::{BackendError, Dtype, ModelWeights, Scored};
+use lambdarec_trainer::blend::{SpeedLayer, Strategy, Weights};
 use lambdarec_trainer::data::ItemVocab;
 use tokio::sync::oneshot;
 
@@ -25,6 +26,15 @@ pub struct ModelView {
     pub device: String,
     /// The bundle's manifest as JSON.
     pub manifest_json: String,
+    /// The blend's weights (the GRU alone when the bundle has no blend).
+    pub weights: Weights,
+    /// Trending's half-life in seconds, as served.
+    pub trend_half_life_s: f64,
+    /// What a request naming no strategy gets: the blend when the bundle has one, else the GRU
+    /// (`--strategy` overrides it).
+    pub default_strategy: Strategy,
+    /// The kNN index's bound (`--knn-sessions`).
+    pub knn_capacity: usize,
 }
 
 impl ModelView {
@@ -69,6 +79,8 @@ impl Resolved {
 pub enum EngineError {
     #[error("session_id is empty")]
     EmptySessionId,
+    #[error("strategy {0} is not one this server knows (unset, GRU, KNN, TRENDING or BLEND)")]
+    BadStrategy(i32),
     #[error("k must be between 1 and {max}, got {got}")]
     BadK { got: usize, max: usize },
     #[error("session_id is {len} bytes long; the limit is {max}")]
@@ -85,6 +97,8 @@ pub enum EngineError {
     UnknownInlineItems { ids: Vec<String>, version: Arc<str> },
     #[error("item {id:?} is not in the catalogue of model {version}")]
     UnknownItem { id: String, version: Arc<str> },
+    #[error("new item {id:?} not taken: {reason}")]
+    NewItemRejected { id: String, reason: String },
     #[error("session {0:?} not found (never seen, expired or deleted)")]
     SessionNotFound(String),
     #[error(
@@ -162,19 +176,39 @@ pub struct RecommendRequest {
     pub inline_events: Vec<String>,
     /// As [`EventRequest::owner`], for a session the inline events create.
     pub owner: Option<Arc<str>>,
+    /// None: the server's default.
+    pub strategy: Option<Strategy>,
 }
 
 #[derive(Debug)]
 pub struct Recommendation {
     pub items: Vec<Scored>,
+    /// Ids of the new items (indices past the catalogue) among `items`.
+    pub new_items: Vec<(u32, String)>,
     pub model: Arc<ModelView>,
     pub session_events: u64,
+}
+
+impl Recommendation {
+    /// The external id of one of its items.
+    pub fn item_id(&self, i: u32) -> &str {
+        if (i as usize) < self.model.n_items() {
+            self.model.item_id(i)
+        } else {
+            self.new_items
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map_or("", |(_, id)| id.as_str())
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct ScoreRequest {
     pub session_id: String,
     pub candidates: Vec<String>,
+    /// None: the server's default.
+    pub strategy: Option<Strategy>,
 }
 
 #[derive(Debug)]
@@ -206,8 +240,8 @@ pub struct ReplayStats {
 #[derive(Debug)]
 pub struct SessionSnapshot {
     pub events: u64,
-    /// Item indices under `model`, oldest first.
-    pub recent: Vec<u32>,
+    /// Item ids, oldest first.
+    pub recent: Vec<String>,
     pub last_seen_ms: i64,
     pub state_version: Option<Arc<str>>,
     pub model: Arc<ModelView>,
@@ -254,6 +288,8 @@ pub(super) struct Envelope {
 pub(super) struct Install {
     pub(super) weights: ModelWeights,
     pub(super) view: ModelView,
+    /// Seeded from the bundle's training sessions (built off the batcher thread).
+    pub(super) speed: Box<SpeedLayer>,
     pub(super) reply: Reply<Arc<ModelView>>,
 }
 

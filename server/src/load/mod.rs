@@ -11,11 +11,19 @@
 //! the candidates ranked by score, ties in candidate order, make the top-k list that is scored the
 //! same way. With N at least the catalogue size this ranks the whole catalogue, as Recommend does.
 //!
-//! Unknown items (the rule that makes online = offline): an event acked `UNKNOWN_ITEM` leaves the
-//! session unchanged and is skipped: it is not a prediction target, and the list pending from the
+//! Unknown items (the rule that makes online = offline): an event acked `UNKNOWN_ITEM` (a server run
+//! with `--new-items reject`) or `NEW_ITEM_REJECTED` leaves the session unchanged and is skipped: it is not a prediction target, and the list pending from the
 //! previous applied event waits for the next applied one (the state did not change, so it is the same
 //! list). A list pending when the session ends is not scored. The scored (list, target) pairs are thus
 //! exactly those of `prepare_eval` (drop unknown items, then sessions shorter than 2) + `evaluate_model`.
+//! A server that takes new items (`--new-items accept`, its default) applies them, so the log's new
+//! items become prediction targets online that offline drops: compare with `eval` on logs of catalogue
+//! items, or against a server run with `--new-items reject`.
+//!
+//! The speed layer (session-kNN, trending, the blend) learns from every session, so its answers depend
+//! on the order sessions reach the server: online equals offline for them when the sessions are
+//! replayed one at a time (`--concurrency 1`, closed loop, one connection) in the evaluator's order —
+//! by first event time, then session key — which is the order this harness starts them in.
 //!
 //! Events mode (`Workload::Events`) makes no call after the events: it measures the event path alone
 //! — each event's ack latency (which includes the server's event-log append) and acks per second — and
@@ -124,6 +132,8 @@ pub struct LoadOptions {
     pub seed: u64,
     /// A live progress line on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// The strategy Recommend and Score ask for (`Unspecified`: the server's default).
+    pub strategy: lambdarec_proto::v1::Strategy,
 }
 
 impl Default for LoadOptions {
@@ -145,6 +155,7 @@ impl Default for LoadOptions {
             max_in_flight: 10_000,
             seed: 1,
             progress: false,
+            strategy: lambdarec_proto::v1::Strategy::Unspecified,
         }
     }
 }
@@ -223,6 +234,7 @@ pub async fn run_replay(opts: &LoadOptions, replay: Arc<Replay>) -> Result<LoadR
         collector: collector.clone(),
         k: opts.k,
         call,
+        strategy: opts.strategy.into(),
         seed: opts.seed,
         timeout: opts.request_timeout,
         run_tag: format!("load-{:x}-{:x}", std::process::id(), epoch_millis()),

@@ -50,7 +50,7 @@ impl Replay {
             items.push(e.item);
             times.push(e.time);
         }
-        let sessions = by_session
+        let mut sessions: Vec<ReplaySession> = by_session
             .into_iter()
             .zip(&log.sessions)
             .filter(|((items, _), _)| !items.is_empty())
@@ -60,6 +60,13 @@ impl Replay {
                 times,
             })
             .collect();
+        // The offline evaluator's order (`prepare_eval`): by first event time, then key.
+        sessions.sort_by(|a, b| {
+            let first = |s: &ReplaySession| s.times.first().copied().unwrap_or(f64::MIN);
+            first(a)
+                .total_cmp(&first(b))
+                .then_with(|| a.key.cmp(&b.key))
+        });
         Replay {
             sessions,
             item_ids: log.items.clone(),
@@ -183,16 +190,24 @@ fn score_request<'a>(
     session_id: &str,
     mut later: impl Iterator<Item = &'a str>,
     rng: &mut SmallRng,
+    strategy: i32,
 ) -> ScoreRequest {
     let target = later.find_map(|id| catalogue.index(id));
     ScoreRequest {
         session_id: session_id.to_string(),
+        strategy,
         candidates: catalogue
             .draw(target, n, rng)
             .into_iter()
             .map(|i| catalogue.id(i).to_string())
             .collect(),
     }
+}
+
+/// Whether an event acked with `code` is skipped, as the offline evaluator drops it: an item the
+/// model does not know (`--new-items reject`) or a new item the server would not take.
+pub(crate) fn skipped(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::UnknownItem | ErrorCode::NewItemRejected)
 }
 
 /// What every session task shares.
@@ -202,6 +217,8 @@ pub(crate) struct Ctx {
     pub(crate) collector: Arc<Collector>,
     pub(crate) k: usize,
     pub(crate) call: Call,
+    /// The strategy asked for (`lambdarec.v1.Strategy`; 0: the server's default).
+    pub(crate) strategy: i32,
     /// Seeds each session's candidate draws (with the session's number), so a run repeats.
     pub(crate) seed: u64,
     pub(crate) timeout: Duration,
@@ -234,7 +251,7 @@ impl Ctx {
             if let Call::Events = self.call {
                 let latency = sent.elapsed() + late.take().unwrap_or_default();
                 let outcome = match &ack {
-                    Ok(a) if a.applied || a.code() == ErrorCode::UnknownItem => Ok(()),
+                    Ok(a) if a.applied || skipped(a.code()) => Ok(()),
                     Ok(_) => Err(Code::Unavailable),
                     Err(c) => Err(*c),
                 };
@@ -271,6 +288,7 @@ impl Ctx {
                     &session_id,
                     later,
                     &mut rng,
+                    self.strategy,
                 )),
             };
             let sent = Instant::now();
@@ -296,6 +314,7 @@ impl Ctx {
             exclude_items: Vec::new(),
             exclude_seen: Some(false),
             inline_events: Vec::new(),
+            strategy: self.strategy,
         };
         match tokio::time::timeout(self.timeout, client.recommend(request)).await {
             Ok(Ok(r)) => Ok(Answer::List(
@@ -330,7 +349,8 @@ impl Ctx {
 /// Whether an event outcome is an error worth reporting (unknown items are part of the replay).
 pub(crate) fn event_error(outcome: Result<ErrorCode, Code>) -> Option<String> {
     match outcome {
-        Ok(ErrorCode::Ok | ErrorCode::UnknownItem) => None,
+        Ok(ErrorCode::Ok) => None,
+        Ok(c) if skipped(c) => None,
         Ok(code) => Some(format!("event:{}", code.as_str_name())),
         Err(code) => Some(format!("event-stream:{code:?}")),
     }

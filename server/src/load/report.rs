@@ -29,16 +29,14 @@ struct Inner {
     per_second: Vec<Histogram<u64>>,
     errors: BTreeMap<String, u64>,
     /// External item id → dense index for the accumulator (only equality and coverage need it).
+    /// Items new since the bundle (a server that takes them) are numbered past the catalogue.
     interned: HashMap<String, u32>,
     accuracy: MetricsAccumulator,
-    /// Predictions whose items did not fit the catalogue size (a model swap mid-run).
-    unscorable: u64,
 }
 
 /// Shared by all session tasks; counters are atomics so that the progress line can read them.
 pub(crate) struct Collector {
     started: Instant,
-    n_items: usize,
     inner: Mutex<Inner>,
     requests: AtomicU64,
     failed: AtomicU64,
@@ -51,14 +49,12 @@ impl Collector {
     pub(crate) fn new(k: usize, n_items: usize, started: Instant) -> Self {
         Collector {
             started,
-            n_items,
             inner: Mutex::new(Inner {
                 latency: histogram(),
                 per_second: Vec::new(),
                 errors: BTreeMap::new(),
                 interned: HashMap::new(),
                 accuracy: MetricsAccumulator::new(k, n_items),
-                unscorable: 0,
             }),
             requests: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -76,7 +72,9 @@ impl Collector {
         self.events_sent.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok(ErrorCode::Ok) => _ = self.events_applied.fetch_add(1, Ordering::Relaxed),
-            Ok(ErrorCode::UnknownItem) => _ = self.unknown_items.fetch_add(1, Ordering::Relaxed),
+            Ok(c) if super::replay::skipped(c) => {
+                _ = self.unknown_items.fetch_add(1, Ordering::Relaxed)
+            }
             _ => {}
         }
         if let Some(key) = event_error(outcome) {
@@ -113,10 +111,7 @@ impl Collector {
     pub(crate) fn prediction(&self, list: &[String], target: &str) {
         let mut inner = self.lock();
         let Inner {
-            interned,
-            accuracy,
-            unscorable,
-            ..
+            interned, accuracy, ..
         } = &mut *inner;
         let mut index = |id: &str| {
             let next = interned.len() as u32;
@@ -124,10 +119,6 @@ impl Collector {
         };
         let target = index(target);
         let list: Vec<u32> = list.iter().map(|id| index(id)).collect();
-        if (interned.len()) > self.n_items {
-            *unscorable += 1;
-            return;
-        }
         accuracy.add(&list, target);
     }
 
@@ -155,10 +146,7 @@ impl Collector {
                 p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
             })
             .collect();
-        let mut errors = inner.errors.clone();
-        if inner.unscorable > 0 {
-            errors.insert("unscorable-prediction".to_string(), inner.unscorable);
-        }
+        let errors = inner.errors.clone();
         LoadReport {
             target: opts.target.clone(),
             model: model.to_string(),

@@ -69,6 +69,8 @@ async fn train_base() -> Base {
             threads: Some(1),
             ..EvalOptions::default()
         },
+        // No blend fit: these tests serve the GRU (the speed layer has its own, tests/speed_layer.rs).
+        blend_validation: 0.0,
         ..TrainJob::new(Some(path), &store, MODEL, config)
     };
     let out = run_train(&job, |_, _, _| {}, |_| {}).await.unwrap();
@@ -113,9 +115,15 @@ pub fn bundle_with(w: &ModelWeights) -> Bundle {
     b
 }
 
-/// A loopback server on a free port, CPU backend with one thread, no polling.
+/// A loopback server on a free port, CPU backend with one thread, no polling, refusing items the
+/// bundle does not know (the tests of the GRU path check that contract; tests/speed_layer.rs takes
+/// new items).
 pub fn config(store: &str) -> ServeConfig {
     ServeConfig {
+        speed: lambdarec_server::SpeedConfig {
+            new_items: lambdarec_server::NewItems::Reject,
+            ..Default::default()
+        },
         listen: "127.0.0.1:0".parse().unwrap(),
         store: store.to_string(),
         model: MODEL.to_string(),

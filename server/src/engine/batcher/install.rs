@@ -7,6 +7,8 @@ use std::sync::{Arc, PoisonError};
 use lambdarec_kernels::{Event, ModelId, ScoreQuery, TopKQuery};
 use tracing::{error, info, warn};
 
+use lambdarec_trainer::blend::SpeedLayer;
+
 use super::{Active, Batcher};
 use crate::engine::{EngineError, Install, ModelView, Reply};
 
@@ -14,6 +16,7 @@ use crate::engine::{EngineError, Install, ModelView, Reply};
 pub(super) struct Warming {
     id: ModelId,
     view: Arc<ModelView>,
+    speed: Box<SpeedLayer>,
     next_shape: usize,
     reply: Reply<Arc<ModelView>>,
 }
@@ -34,6 +37,7 @@ impl Batcher {
         let Install {
             weights,
             view,
+            speed,
             reply,
         } = install;
         self.cancel_install(EngineError::Superseded);
@@ -48,6 +52,7 @@ impl Batcher {
             self.warming = Some(Warming {
                 id,
                 view,
+                speed,
                 next_shape: 1,
                 reply,
             });
@@ -81,7 +86,7 @@ impl Batcher {
                 e.state_version = Some(view.version.clone());
             }
         }
-        self.swap(id, view, reply);
+        self.swap(id, view, speed, reply);
     }
 
     /// Warms up one more batch shape of the model being installed; swaps it in after the last.
@@ -94,7 +99,9 @@ impl Batcher {
                 self.backend.drop_model(w.id);
                 let _ = w.reply.send(Err(e.into()));
             }
-            Ok(()) if w.next_shape >= self.config.max_batch => self.swap(w.id, w.view, w.reply),
+            Ok(()) if w.next_shape >= self.config.max_batch => {
+                self.swap(w.id, w.view, w.speed, w.reply)
+            }
             Ok(()) => {
                 w.next_shape += 1;
                 self.warming = Some(w);
@@ -137,25 +144,51 @@ impl Batcher {
         self.backend.reset_states(&[s])
     }
 
-    fn swap(&mut self, id: ModelId, view: Arc<ModelView>, reply: Reply<Arc<ModelView>>) {
+    fn swap(
+        &mut self,
+        id: ModelId,
+        view: Arc<ModelView>,
+        mut speed: Box<SpeedLayer>,
+        reply: Reply<Arc<ModelView>>,
+    ) {
         let old = self.active.replace(Active {
             id,
             view: view.clone(),
         });
+        // New items the new catalogue knows become catalogue items; the others are renumbered.
+        let new_items = self.planner.speed.new.rebased(&view);
         if let Some(old) = old {
             self.backend.drop_model(old.id);
-            if old.view.vocab.ids != view.vocab.ids {
-                // Recent items are indices: carry them over by id, dropping items the new model lacks.
+            let old_new = &self.planner.speed.new;
+            let renumber = old.view.vocab.ids != view.vocab.ids || old_new.len() > 0;
+            if renumber {
                 for e in self.planner.sessions.live_entries_mut() {
                     let recent = e
                         .recent
                         .iter()
-                        .filter_map(|&i| view.vocab.index(old.view.item_id(i)))
+                        .filter_map(|&i| {
+                            let id = if (i as usize) < old.view.n_items() {
+                                old.view.item_id(i)
+                            } else {
+                                old_new.name(i)?
+                            };
+                            view.vocab.index(id).or_else(|| new_items.get(id))
+                        })
                         .collect();
                     e.recent = recent;
                 }
             }
         }
+        // The live sessions join the new kNN index (oldest first, so the most recent stay the most
+        // recent); trending starts from the new bundle's training events.
+        let store = &mut self.planner.sessions;
+        for slot in store.lru_order() {
+            let key = crate::engine::speed::owner(store.key(slot).map_or("", |k| k));
+            speed
+                .knn
+                .upsert(key, store.entry_mut(slot).recent.make_contiguous());
+        }
+        self.planner.speed.install(*speed, new_items);
         *self
             .shared
             .model

@@ -58,7 +58,15 @@ impl Batcher {
         let now = Instant::now();
         Batcher {
             backend,
-            planner: Planner::new(&config, journal.is_some(), now),
+            planner: Planner::new(
+                &config,
+                journal.is_some(),
+                now,
+                super::speed::SpeedStats {
+                    knn_sessions: shared.metrics.knn_sessions.clone(),
+                    new_items: shared.metrics.new_items.clone(),
+                },
+            ),
             active: None,
             warming: None,
             last_sweep: now,
@@ -196,6 +204,7 @@ impl Batcher {
             }
         }
         self.planner.flush(&mut x);
+        self.planner.speed.publish();
         self.commit();
         let micros = started.elapsed().as_micros() as u64;
         let old = self.shared.batch_micros.load(Ordering::Relaxed);

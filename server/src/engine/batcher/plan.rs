@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lambdarec_eventlog::{LogRecord, Position, RecordKind, delete_record, event_record};
-use lambdarec_kernels::{Backend, Event, ModelId, ScoreQuery, TopKQuery};
+use lambdarec_kernels::{Backend, Event, ModelId, ScoreQuery, Scored, TopKQuery};
+use lambdarec_trainer::blend::{POOL, Pool, SpeedLayer, Strategy};
 use tracing::{debug, error};
 
 use crate::engine::sessions::SessionStore;
+use crate::engine::speed::{Speed, SpeedStats, owner};
 use crate::engine::types::{Job, Reply, Resolved};
 use crate::engine::{
     EngineConfig, EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest,
@@ -70,21 +72,36 @@ impl Output {
     }
 }
 
+/// What the speed layer needs of a query's session: its items and kNN identity (empty and None
+/// for a session the store does not hold).
+#[derive(Default)]
+struct SessionView {
+    items: Vec<u32>,
+    owner: Option<u64>,
+}
+
 struct TopKPlan {
     slot: u32,
     k: usize,
+    /// Sorted: catalogue items first (the GRU's part is the prefix below the catalogue size).
     exclude: Vec<u32>,
     session_events: u64,
     /// Applied inline events: the answer is also their acknowledgement.
     held: bool,
+    strategy: Strategy,
+    session: SessionView,
     reply: Reply<Recommendation>,
 }
 
 struct ScorePlan {
     slot: u32,
     candidates: Vec<String>,
+    /// Per candidate, its index (None: unknown to the strategy).
     items: Vec<Option<u32>>,
+    /// The candidates the GRU scores (catalogue items), in request order.
     known: Vec<u32>,
+    strategy: Strategy,
+    session: SessionView,
     reply: Reply<ScoreOutcome>,
 }
 
@@ -110,10 +127,14 @@ impl Plan {
 
     fn fail(self, err: impl Fn() -> EngineError) {
         self.acks.into_iter().for_each(|h| h.fail(err()));
-        for p in self.topk {
+        Plan::fail_queries(self.topk, self.scores, err);
+    }
+
+    fn fail_queries(topk: Vec<TopKPlan>, scores: Vec<ScorePlan>, err: impl Fn() -> EngineError) {
+        for p in topk {
             let _ = p.reply.send(Err(err()));
         }
-        for p in self.scores {
+        for p in scores {
             let _ = p.reply.send(Err(err()));
         }
     }
@@ -134,10 +155,17 @@ pub(super) struct Planner {
     planned: Vec<u64>,
     queried: Vec<u64>,
     out: Output,
+    /// Session-kNN, trending and new items.
+    pub(super) speed: Speed,
 }
 
 impl Planner {
-    pub(super) fn new(config: &EngineConfig, logging: bool, now: Instant) -> Self {
+    pub(super) fn new(
+        config: &EngineConfig,
+        logging: bool,
+        now: Instant,
+        stats: SpeedStats,
+    ) -> Self {
         let capacity = config.max_sessions;
         let l = &config.limits;
         Planner {
@@ -156,6 +184,7 @@ impl Planner {
             planned: vec![0; capacity + 1],
             queried: vec![0; capacity + 1],
             out: Output::default(),
+            speed: Speed::new(config.speed.clone(), stats),
         }
     }
 
@@ -184,6 +213,9 @@ impl Planner {
             }
             Job::DeleteSession { session_id, reply } => {
                 let existed = self.sessions.remove(&session_id);
+                if let Some(layer) = &mut self.speed.layer {
+                    layer.forget(owner(&session_id));
+                }
                 if self.logging {
                     let version = &x.view.version;
                     self.out
@@ -225,29 +257,30 @@ impl Planner {
             self.plan.acks.push(Held::Ack(reply, outcome));
             return;
         }
-        let Some(item) = item.under(view, std::slice::from_ref(&req.item_id))[0] else {
+        let known = item.under(view, std::slice::from_ref(&req.item_id))[0];
+        let reject = |planner: &Self, reply: Reply<EventOutcome>, e: EngineError| {
             let _ = reply.send(Ok(EventOutcome {
-                applied: Err(EngineError::UnknownItem {
-                    id: req.item_id,
-                    version: view.version.clone(),
-                }),
+                applied: Err(e),
                 duplicate: false,
-                session_events: existing.map_or(0, |s| self.sessions.entry(s).events),
+                session_events: existing.map_or(0, |s| planner.sessions.entry(s).events),
                 model_version: view.version.clone(),
             }));
-            return;
+        };
+        // An item the bundle does not know: a new item already taken, one to take now, or refused.
+        let new = match known {
+            Some(_) => None,
+            None => match self.speed.admit_new(&req.item_id, view) {
+                Ok(taken) => Some(taken),
+                Err(e) => return reject(self, reply, e),
+            },
         };
         let slot = match self.session_for_events(x, &req.session_id, req.owner.as_ref(), now) {
             Ok(slot) => slot,
-            Err(e) => {
-                let _ = reply.send(Ok(EventOutcome {
-                    applied: Err(e),
-                    duplicate: false,
-                    session_events: 0,
-                    model_version: view.version.clone(),
-                }));
-                return;
-            }
+            Err(e) => return reject(self, reply, e),
+        };
+        let item = match (known, new) {
+            (Some(i), _) | (None, Some(Some(i))) => i,
+            _ => self.speed.take(&req.item_id, view),
         };
         let at_ms = req.timestamp_ms.unwrap_or(now_ms);
         self.push_event(slot, item, at_ms, view, req.client_seq);
@@ -312,11 +345,16 @@ impl Planner {
         let mut excluded: Vec<u32> = exclude
             .under(view, &req.exclude_items)
             .into_iter()
-            .flatten()
+            .zip(&req.exclude_items)
+            .filter_map(|(i, id)| i.or_else(|| self.speed.new.get(id)))
             .collect();
         if req.exclude_seen && slot != self.scratch {
             excluded.extend(self.sessions.entry(slot).recent.iter().copied());
         }
+        excluded.sort_unstable();
+        excluded.dedup();
+        let strategy = self.speed.strategy(req.strategy, view);
+        let session = self.session_view(slot, &req.session_id, strategy);
         self.mark_query(slot);
         self.plan.topk.push(TopKPlan {
             slot,
@@ -324,8 +362,22 @@ impl Planner {
             exclude: excluded,
             session_events,
             held,
+            strategy,
+            session,
             reply,
         });
+    }
+
+    /// What the speed layer needs of the session in `slot` for `strategy`.
+    fn session_view(&self, slot: u32, session_id: &str, strategy: Strategy) -> SessionView {
+        let needs_knn = matches!(strategy, Strategy::Knn | Strategy::Blend);
+        if slot == self.scratch || !needs_knn {
+            return SessionView::default();
+        }
+        SessionView {
+            items: self.sessions.entry(slot).recent.iter().copied().collect(),
+            owner: Some(owner(session_id)),
+        }
     }
 
     fn plan_score(
@@ -336,15 +388,27 @@ impl Planner {
         reply: Reply<ScoreOutcome>,
         now: Instant,
     ) {
-        let items = candidates.under(view, &req.candidates);
+        let strategy = self.speed.strategy(req.strategy, view);
+        let mut items = candidates.under(view, &req.candidates);
         let known = items.iter().flatten().copied().collect();
+        if strategy != Strategy::Gru {
+            // The speed layer's scorers know the new items too.
+            for (item, id) in items.iter_mut().zip(&req.candidates) {
+                if item.is_none() {
+                    *item = self.speed.new.get(id);
+                }
+            }
+        }
         let (slot, _) = self.existing_or_scratch(&req.session_id, now);
+        let session = self.session_view(slot, &req.session_id, strategy);
         self.mark_query(slot);
         self.plan.scores.push(ScorePlan {
             slot,
             candidates: req.candidates,
             items,
             known,
+            strategy,
+            session,
             reply,
         });
     }
@@ -362,7 +426,11 @@ impl Planner {
         let e = self.sessions.entry(slot);
         Ok(SessionSnapshot {
             events: e.events,
-            recent: e.recent.iter().copied().collect(),
+            recent: e
+                .recent
+                .iter()
+                .map(|&i| self.speed.name(i, view).to_string())
+                .collect(),
             last_seen_ms: e.last_seen_ms,
             state_version: e.state_version.clone(),
             model: view.clone(),
@@ -390,9 +458,12 @@ impl Planner {
             match r.kind() {
                 RecordKind::Delete => {
                     self.sessions.remove(&r.session_id);
+                    if let Some(layer) = &mut self.speed.layer {
+                        layer.forget(owner(&r.session_id));
+                    }
                     stats.deletes += 1;
                 }
-                RecordKind::Event => match view.vocab.index(&r.item_id) {
+                RecordKind::Event => match self.replay_item(&r.item_id, view) {
                     Some(item) => {
                         // Recovered sessions have no owner (the log does not record tokens), so
                         // this cannot be refused.
@@ -408,6 +479,19 @@ impl Planner {
             }
         }
         stats
+    }
+
+    /// The index of a logged event's item: the catalogue's, or a new item's as the live event took it
+    /// (None: refused now, e.g. after a restart with `--new-items reject`).
+    fn replay_item(&mut self, id: &str, view: &ModelView) -> Option<u32> {
+        if let Some(i) = view.vocab.index(id) {
+            return Some(i);
+        }
+        match self.speed.admit_new(id, view) {
+            Ok(Some(i)) => Some(i),
+            Ok(None) => Some(self.speed.take(id, view)),
+            Err(_) => None,
+        }
     }
 
     /// The slot of a session about to receive events, created (and its state reset) if missing —
@@ -453,11 +537,20 @@ impl Planner {
         }
     }
 
+    /// Records an event in the session and the speed layer, and plans its GRU step (none for a new
+    /// item: the GRU cannot embed it, so the session's state stays what its known items made it).
     fn push_event(&mut self, slot: u32, item: u32, at_ms: i64, view: &ModelView, seq: Option<u64>) {
-        self.plan.events.push(Event { slot, item });
+        if (item as usize) < view.n_items() {
+            self.plan.events.push(Event { slot, item });
+        }
         self.planned[slot as usize] = self.epoch;
         self.sessions
             .record_event(slot, item, at_ms, &view.version, seq);
+        if let Some(layer) = &mut self.speed.layer {
+            let key = owner(self.sessions.key(slot).map_or("", |k| k));
+            let recent = self.sessions.entry_mut(slot).recent.make_contiguous();
+            layer.observe(key, recent, item, at_ms);
+        }
     }
 
     fn mark_query(&mut self, slot: u32) {
@@ -484,66 +577,46 @@ impl Planner {
         }
         self.out.records.append(&mut plan.records);
         self.out.held.append(&mut plan.acks);
+        if plan.topk.is_empty() && plan.scores.is_empty() {
+            return;
+        }
         let view = x.view;
-        if !plan.topk.is_empty() {
-            let queries: Vec<TopKQuery<'_>> = plan
-                .topk
-                .iter()
-                .map(|p| TopKQuery {
-                    slot: p.slot,
-                    k: p.k,
-                    exclude: &p.exclude,
-                })
-                .collect();
-            match x.backend.top_k(x.model, &queries) {
-                Ok(lists) => {
-                    for (p, items) in plan.topk.into_iter().zip(lists) {
-                        let answer = Recommendation {
-                            items,
-                            model: view.clone(),
-                            session_events: p.session_events,
-                        };
-                        if p.held {
-                            self.out.held.push(Held::Recommend(p.reply, answer));
-                        } else {
-                            let _ = p.reply.send(Ok(answer));
-                        }
+        let Speed { layer, new, .. } = &mut self.speed;
+        let Some(layer) = layer.as_mut() else {
+            // Not reached: a model is installed with its speed layer.
+            return Plan::fail_queries(plan.topk, plan.scores, || EngineError::NoModel);
+        };
+        match answer(x, layer, &plan.topk, &plan.scores) {
+            Ok(Answers { lists, scores }) => {
+                for (p, items) in plan.topk.into_iter().zip(lists) {
+                    let new_items = items
+                        .iter()
+                        .filter_map(|s| Some((s.item, new.name(s.item)?.to_string())))
+                        .collect();
+                    let answer = Recommendation {
+                        items,
+                        new_items,
+                        model: view.clone(),
+                        session_events: p.session_events,
+                    };
+                    if p.held {
+                        self.out.held.push(Held::Recommend(p.reply, answer));
+                    } else {
+                        let _ = p.reply.send(Ok(answer));
                     }
                 }
-                Err(e) => {
-                    let e = EngineError::from(e);
-                    for p in plan.topk {
-                        let _ = p.reply.send(Err(e.clone()));
-                    }
+                for (p, scores) in plan.scores.into_iter().zip(scores) {
+                    let _ = p.reply.send(Ok(ScoreOutcome {
+                        candidates: p.candidates,
+                        items: p.items,
+                        scores,
+                        model: view.clone(),
+                    }));
                 }
             }
-        }
-        if !plan.scores.is_empty() {
-            let queries: Vec<ScoreQuery<'_>> = plan
-                .scores
-                .iter()
-                .map(|p| ScoreQuery {
-                    slot: p.slot,
-                    candidates: &p.known,
-                })
-                .collect();
-            match x.backend.score(x.model, &queries) {
-                Ok(all) => {
-                    for (p, scores) in plan.scores.into_iter().zip(all) {
-                        let _ = p.reply.send(Ok(ScoreOutcome {
-                            candidates: p.candidates,
-                            items: p.items,
-                            scores,
-                            model: view.clone(),
-                        }));
-                    }
-                }
-                Err(e) => {
-                    let e = EngineError::from(e);
-                    for p in plan.scores {
-                        let _ = p.reply.send(Err(e.clone()));
-                    }
-                }
+            Err(e) => {
+                let e = EngineError::from(e);
+                Plan::fail_queries(plan.topk, plan.scores, || e.clone());
             }
         }
     }
@@ -566,4 +639,188 @@ impl Planner {
         let e = EngineError::from(e);
         plan.fail(|| e.clone());
     }
+}
+
+/// The GRU's part of a sorted exclusion list: the catalogue items, which sort before new ones.
+fn catalogue_part(exclude: &[u32], n_items: usize) -> &[u32] {
+    &exclude[..exclude.partition_point(|&i| (i as usize) < n_items)]
+}
+
+/// Per top-k plan its items, per score plan the scores of its known candidates (request order).
+struct Answers {
+    lists: Vec<Vec<Scored>>,
+    scores: Vec<Vec<f32>>,
+}
+
+/// Answers a flush's queries with at most one top-k and one score call on the backend.
+fn answer(
+    x: &mut Exec<'_>,
+    layer: &mut SpeedLayer,
+    topk: &[TopKPlan],
+    scores: &[ScorePlan],
+) -> Result<Answers, lambdarec_kernels::BackendError> {
+    let view = x.view;
+    let n = view.n_items();
+    let w = view.weights;
+
+    // 1. The GRU's top items: the answer itself (gru), the blend's GRU candidates, and the GRU's
+    //    best score that normalises a blended Score.
+    let mut queries = Vec::new();
+    let mut top_of = vec![None; topk.len()];
+    for (i, p) in topk.iter().enumerate() {
+        let k = match p.strategy {
+            Strategy::Gru => p.k,
+            Strategy::Blend => POOL.max(p.k),
+            Strategy::Knn | Strategy::Trending => continue,
+        };
+        top_of[i] = Some(queries.len());
+        queries.push(TopKQuery {
+            slot: p.slot,
+            k,
+            exclude: catalogue_part(&p.exclude, n),
+        });
+    }
+    let mut max_of = vec![None; scores.len()];
+    for (i, p) in scores.iter().enumerate() {
+        if p.strategy == Strategy::Blend {
+            max_of[i] = Some(queries.len());
+            queries.push(TopKQuery {
+                slot: p.slot,
+                k: 1,
+                exclude: &[],
+            });
+        }
+    }
+    let tops = if queries.is_empty() {
+        Vec::new()
+    } else {
+        x.backend.top_k(x.model, &queries)?
+    };
+
+    // 2. The blend's pools, whose other catalogue candidates the GRU scores next.
+    let drafts: Vec<_> = topk
+        .iter()
+        .zip(&top_of)
+        .map(|(p, t)| match (p.strategy, t) {
+            (Strategy::Blend, Some(t)) => {
+                let top: Vec<(u32, f32)> = tops[*t].iter().map(|s| (s.item, s.score)).collect();
+                Some(layer.draft(&top, &p.session.items, p.session.owner, &p.exclude, w))
+            }
+            _ => None,
+        })
+        .collect();
+
+    // 3. One score call: GRU-scored candidates of Score requests and the pools' missing scores.
+    let mut squeries = Vec::new();
+    let mut score_of = vec![None; scores.len()];
+    for (i, p) in scores.iter().enumerate() {
+        if matches!(p.strategy, Strategy::Gru | Strategy::Blend) && !p.known.is_empty() {
+            score_of[i] = Some(squeries.len());
+            squeries.push(ScoreQuery {
+                slot: p.slot,
+                candidates: &p.known,
+            });
+        }
+    }
+    let mut need_of = vec![None; topk.len()];
+    for (i, (p, d)) in topk.iter().zip(&drafts).enumerate() {
+        if let Some(d) = d
+            && !d.need.is_empty()
+        {
+            need_of[i] = Some(squeries.len());
+            squeries.push(ScoreQuery {
+                slot: p.slot,
+                candidates: &d.need,
+            });
+        }
+    }
+    let scored = if squeries.is_empty() {
+        Vec::new()
+    } else {
+        x.backend.score(x.model, &squeries)?
+    };
+    drop(squeries);
+
+    // 4. Each answer.
+    let scored_list = |list: Vec<(u32, f32)>| {
+        list.into_iter()
+            .map(|(item, score)| Scored { item, score })
+            .collect::<Vec<_>>()
+    };
+    let mut lists = Vec::with_capacity(topk.len());
+    for (i, (p, d)) in topk.iter().zip(drafts).enumerate() {
+        lists.push(match p.strategy {
+            Strategy::Gru => tops[top_of[i].expect("planned")].clone(),
+            Strategy::Blend => {
+                let need = need_of[i].map_or(&[][..], |j| &scored[j][..]);
+                let pool: Pool = d.expect("drafted").complete(need);
+                scored_list(pool.top(w, p.k))
+            }
+            Strategy::Knn => {
+                scored_list(layer.recommend_knn(&p.session.items, p.session.owner, p.k, &p.exclude))
+            }
+            Strategy::Trending => scored_list(layer.recommend_trending(p.k, &p.exclude)),
+        });
+    }
+    let mut out = Vec::with_capacity(scores.len());
+    for (i, p) in scores.iter().enumerate() {
+        let gru = score_of[i].map_or(&[][..], |j| &scored[j][..]);
+        out.push(match p.strategy {
+            Strategy::Gru => gru.to_vec(),
+            strategy => {
+                let gru_max = max_of[i]
+                    .and_then(|t| tops[t].first())
+                    .map_or(f32::NEG_INFINITY, |s| s.score);
+                speed_scores(layer, p, strategy, gru, gru_max, w, n)
+            }
+        });
+    }
+    Ok(Answers { lists, scores: out })
+}
+
+/// The scores of a Score request's known candidates under a speed-layer strategy, normalised as
+/// Recommend's are (each scorer relative to its best item).
+fn speed_scores(
+    layer: &mut SpeedLayer,
+    p: &ScorePlan,
+    strategy: Strategy,
+    gru: &[f32],
+    gru_max: f32,
+    w: lambdarec_trainer::blend::Weights,
+    n: usize,
+) -> Vec<f32> {
+    let knn: std::collections::HashMap<u32, f32> = match strategy {
+        Strategy::Knn | Strategy::Blend => layer
+            .knn
+            .score(&p.session.items, p.session.owner)
+            .into_iter()
+            .collect(),
+        _ => Default::default(),
+    };
+    let kmax = knn.values().copied().fold(0.0, f32::max);
+    let knn_of = |i: u32| {
+        if kmax > 0.0 {
+            knn.get(&i).map_or(0.0, |s| s / kmax)
+        } else {
+            0.0
+        }
+    };
+    let gru_max = gru.iter().copied().fold(gru_max, f32::max);
+    let mut gru = gru.iter();
+    p.items
+        .iter()
+        .flatten()
+        .map(|&i| match strategy {
+            Strategy::Knn => knn_of(i),
+            Strategy::Trending => layer.trend.score(i),
+            _ => {
+                let g = if (i as usize) < n {
+                    gru.next().map_or(0.0, |s| (s - gru_max).exp())
+                } else {
+                    0.0
+                };
+                w.gru * g + w.knn * knn_of(i) + w.trend * layer.trend.score(i)
+            }
+        })
+        .collect()
 }

@@ -48,6 +48,7 @@ impl Batcher {
             position: 0,
             taken_ms: now_unix_ms() as i64,
             view: active.view.clone(),
+            new_items: self.planner.speed.new.ids().to_vec(),
             sessions,
         });
         // The capture is the only part that holds up serving (the journal's thread writes it).
@@ -69,11 +70,22 @@ impl Batcher {
             let _ = reply.send(Err(EngineError::NoModel));
             return;
         };
+        // Catalogue items, and new items as the live server took them (unless now refused).
+        let speed = &mut self.planner.speed;
         let map: Vec<Option<u32>> = snapshot
             .items
             .iter()
-            .map(|id| view.vocab.index(id))
+            .map(|id| {
+                view.vocab
+                    .index(id)
+                    .or_else(|| match speed.admit_new(id, &view) {
+                        Ok(Some(i)) => Some(i),
+                        Ok(None) => Some(speed.take(id, &view)),
+                        Err(_) => None,
+                    })
+            })
             .collect();
+        let n_items = view.n_items();
         let reuse = snapshot.header.hidden == view.hidden;
         let ttl = self.config.session_ttl.as_millis() as u64;
         let now = Instant::now();
@@ -98,7 +110,12 @@ impl Batcher {
                 }
             } else {
                 resets.push(slot);
-                steps.extend(recent.iter().map(|&item| Event { slot, item }));
+                steps.extend(
+                    recent
+                        .iter()
+                        .filter(|&&item| (item as usize) < n_items)
+                        .map(|&item| Event { slot, item }),
+                );
                 stats.rebuilt += 1;
             }
             let e = self.planner.sessions.entry_mut(slot);
@@ -123,6 +140,17 @@ impl Batcher {
         if let Err(e) = rebuilt {
             let _ = reply.send(Err(e.into()));
             return;
+        }
+        // The restored sessions join the kNN index, least recently used first (trending counts are
+        // not in snapshots: they restart from the bundle's and the replayed tail's events).
+        if let Some(layer) = &mut self.planner.speed.layer {
+            let store = &mut self.planner.sessions;
+            for slot in store.lru_order() {
+                let key = crate::engine::speed::owner(store.key(slot).map_or("", |k| k));
+                layer
+                    .knn
+                    .upsert(key, store.entry_mut(slot).recent.make_contiguous());
+            }
         }
         log_restore(&snapshot.header.model_version, &view, reuse, &stats);
         let _ = reply.send(Ok(stats));

@@ -139,6 +139,11 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
         queue_capacity: 64,
         limits: Limits::default(),
         snapshot_interval: None,
+        // These tests check the GRU path; new items have their own tests (tests/speed_layer.rs).
+        speed: crate::config::SpeedConfig {
+            new_items: crate::config::NewItems::Reject,
+            ..Default::default()
+        },
     };
     let shared = Arc::new(Shared {
         model: RwLock::new(None),
@@ -164,6 +169,10 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
         dtype: Dtype::F32,
         device: "fake".into(),
         manifest_json: "{}".into(),
+        weights: lambdarec_trainer::blend::Weights::GRU,
+        trend_half_life_s: 3600.0,
+        default_strategy: lambdarec_trainer::blend::Strategy::Gru,
+        knn_capacity: 1000,
     };
     let weights = ModelWeights {
         n_items: 5,
@@ -178,9 +187,17 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
         item_bias: vec![0.0; 5],
     };
     let (reply, mut rx) = oneshot::channel();
+    let speed = lambdarec_trainer::blend::SpeedLayer::new(
+        &Default::default(),
+        5,
+        Default::default(),
+        3600.0,
+        lambdarec_trainer::blend::Weights::GRU,
+    );
     batcher.begin_install(Install {
         weights,
         view,
+        speed: Box::new(speed),
         reply,
     });
     let view = rx.try_recv().expect("installed").expect("install succeeds");
@@ -226,6 +243,7 @@ impl Rig {
             exclude_seen: false,
             inline_events: Vec::new(),
             owner: None,
+            strategy: None,
         };
         let job = Job::Recommend {
             exclude: self.view.resolve(&[]),
