@@ -451,21 +451,38 @@ pub fn weight_grid() -> Vec<f32> {
     (0..=20).map(|i| i as f32 / 20.0).collect()
 }
 
-/// The trending weights a fit tries once the GRU weight is fit.
+/// The trending weights a fit tries (beside each GRU weight).
 pub fn trend_grid() -> Vec<f32> {
     vec![0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
 }
 
-/// The entry of `grid` whose blend has the highest Recall@k + MRR@k on `metrics` (one per entry);
-/// ties go to the first.
-pub fn best_weight<T: Copy>(grid: &[T], metrics: &[Metrics]) -> (T, Metrics) {
+/// The weights to serve, from `metrics` measured at each (GRU weight, trending weight) of `grid`:
+/// the one-standard-error rule of model selection. The objective is Recall@k + MRR@k; every entry
+/// within one standard error of the best (that of the best's recall, `sqrt(R (1 − R) / n)` over its
+/// n predictions) is as good as the validation set can tell, and of those the one with the least
+/// trending weight is taken (the scorer that reacts to the validation window's own events, the most
+/// likely to fit its noise), then the best objective. Ties go to the first entry.
+pub fn choose_weights(grid: &[(f32, f32)], metrics: &[Metrics]) -> ((f32, f32), Metrics) {
+    let objective = |m: &Metrics| m.recall + m.mrr;
     let mut best = 0;
     for (i, m) in metrics.iter().enumerate() {
-        if m.recall + m.mrr > metrics[best].recall + metrics[best].mrr {
+        if objective(m) > objective(&metrics[best]) {
             best = i;
         }
     }
-    (grid[best], metrics[best].clone())
+    let b = &metrics[best];
+    let se = (b.recall * (1.0 - b.recall) / b.events.max(1) as f64).sqrt();
+    let mut pick = best;
+    for (i, m) in metrics.iter().enumerate() {
+        if objective(m) < objective(b) - se {
+            continue;
+        }
+        let (t, p) = (grid[i].1, grid[pick].1);
+        if t < p || (t == p && objective(m) > objective(&metrics[pick])) {
+            pick = i;
+        }
+    }
+    (grid[pick], metrics[pick].clone())
 }
 
 #[cfg(test)]
@@ -555,23 +572,31 @@ mod tests {
     }
 
     #[test]
-    fn best_weight_maximises_recall_plus_mrr() {
-        let m = |recall, mrr| Metrics {
+    fn choose_weights_takes_the_least_trending_within_one_standard_error() {
+        let m = |events, recall, mrr| Metrics {
             k: 20,
-            events: 1,
+            events,
             recall,
             mrr,
             coverage: 0.0,
             pop_share: 0.0,
         };
-        let grid = [0.0, 0.5, 1.0];
-        assert_eq!(
-            best_weight(&grid, &[m(0.5, 0.2), m(0.6, 0.2), m(0.7, 0.05)]).0,
-            0.5
-        );
-        assert_eq!(
-            best_weight(&grid, &[m(0.5, 0.2), m(0.5, 0.2), m(0.1, 0.1)]).0,
-            0.0
-        );
+        let grid = [(0.0, 0.0), (0.5, 0.0), (0.5, 0.1), (1.0, 0.1)];
+        // 10,000 predictions: SE of recall 0.7 is 0.0046; the trending point's gain (0.01) is beyond
+        // it and wins.
+        let big = [
+            m(10_000, 0.60, 0.3),
+            m(10_000, 0.70, 0.3),
+            m(10_000, 0.71, 0.3),
+            m(10_000, 0.5, 0.1),
+        ];
+        assert_eq!(choose_weights(&grid, &big).0, (0.5, 0.1));
+        // 100 predictions: SE 0.045; the same gain is noise, so no trending weight is taken.
+        let small = big.map(|x| Metrics { events: 100, ..x });
+        assert_eq!(choose_weights(&grid, &small).0, (0.5, 0.0));
+        // Ties go to the first entry.
+        let flat: Vec<Metrics> = (0..4).map(|_| m(100, 0.5, 0.2)).collect();
+        assert_eq!(choose_weights(&grid, &flat).0, (0.0, 0.0));
     }
+
 }

@@ -136,6 +136,52 @@ impl KnnIndex {
         if let Some(seq) = self.insert(items, Some(owner)) {
             self.owners.insert(owner, seq);
         }
+        self.compact_if_stale();
+    }
+
+    /// Slots held, retired ones included (what memory is proportional to, with the postings).
+    pub fn slots(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Every update retires a session's previous entry, which leaves a hole in `entries` and stale
+    /// postings until eviction reaches them, and eviction only runs at capacity: a long-running
+    /// server below capacity would keep every event's hole. Once the holes outnumber the live
+    /// sessions (and a few thousand), the index is renumbered without them: O(entries + postings),
+    /// at most once per as many updates as there are live sessions, so O(1) amortised per update.
+    /// Renumbering keeps the order, so no answer changes.
+    fn compact_if_stale(&mut self) {
+        let stale = self.entries.len() - self.live;
+        if stale <= self.live.max(4096) {
+            return;
+        }
+        // Old slot → new sequence number (u64::MAX: a hole).
+        let mut renumber = Vec::with_capacity(self.entries.len());
+        let mut next = 0u64;
+        for e in &self.entries {
+            renumber.push(if e.is_some() {
+                next += 1;
+                next - 1
+            } else {
+                u64::MAX
+            });
+        }
+        let base = self.base;
+        let map = |seq: u64| renumber[(seq - base) as usize];
+        for list in &mut self.postings {
+            let kept: VecDeque<u64> = list
+                .iter()
+                .filter(|&&seq| seq >= base)
+                .map(|&seq| map(seq))
+                .filter(|&seq| seq != u64::MAX)
+                .collect();
+            *list = kept;
+        }
+        for seq in self.owners.values_mut() {
+            *seq = map(*seq);
+        }
+        self.entries.retain(Option::is_some);
+        self.base = 0;
     }
 
     /// Forgets `owner`'s session (a deleted session).
@@ -472,6 +518,39 @@ mod tests {
         index.remove(7);
         assert_eq!(index.len(), 3);
         assert!(scores(&mut index, &[9], None).is_empty());
+    }
+
+    #[test]
+    fn updates_below_capacity_do_not_grow_the_index_without_bound() {
+        let mut index = KnnIndex::fit(&train(), 6, params(500, 5000, 0.0));
+        let mut grown = KnnIndex::fit(&train(), 6, params(500, 5000, 0.0));
+        // 3 training sessions stay in front; 10 live sessions each updated 2,000 times.
+        for round in 0..2_000u32 {
+            for owner in 0..10u64 {
+                let items = [(owner % 5) as u32 + 1, round % 6];
+                index.upsert(owner, &items);
+                grown.retire_only_for_test(owner, &items);
+            }
+        }
+        assert_eq!(index.len(), 13);
+        assert!(index.slots() <= 13 + 4096 + 1, "{} slots", index.slots());
+        assert!(index.postings.iter().map(VecDeque::len).sum::<usize>() <= 2 * (13 + 4097));
+        // The same answers as an index that never compacted.
+        for q in [[1u32, 2], [3, 0], [5, 4]] {
+            assert_eq!(scores(&mut index, &q, Some(3)), scores(&mut grown, &q, Some(3)));
+        }
+    }
+
+    impl KnnIndex {
+        /// `upsert` without compaction, for comparison.
+        fn retire_only_for_test(&mut self, owner: Owner, items: &[u32]) {
+            if let Some(seq) = self.owners.remove(&owner) {
+                self.retire(seq);
+            }
+            if let Some(seq) = self.insert(items, Some(owner)) {
+                self.owners.insert(owner, seq);
+            }
+        }
     }
 
     #[test]

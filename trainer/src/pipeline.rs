@@ -422,44 +422,37 @@ fn fit_blend(dataset: &Dataset, job: &TrainJob) -> Result<Option<Blend>, TrainEr
             Scored::Blend(grid),
         )
     };
-    // First the GRU against kNN, then trending's share beside the mix found.
-    let gru_grid = blend::weight_grid();
-    let curve = fit(&gru_grid
+    // Every (GRU weight, trending weight) pair of the grids, in one pass over the validation sessions.
+    let grid: Vec<(f32, f32)> = blend::trend_grid()
+        .into_iter()
+        .flat_map(|t| blend::weight_grid().into_iter().map(move |g| (g, t)))
+        .collect();
+    let curve = fit(&grid
         .iter()
-        .map(|&g| Weights::new(g, 0.0))
+        .map(|&(g, t)| Weights::new(g, t))
         .collect::<Vec<_>>())?;
-    let (w, best) = blend::best_weight(&gru_grid, &curve);
+    let ((w, t), best) = blend::choose_weights(&grid, &curve);
+    let at = |g: f32, t: f32| &curve[grid.iter().position(|&p| p == (g, t)).expect("on the grid")];
     info!(
         gru_weight = w,
-        recall = best.recall,
-        mrr = best.mrr,
-        gru_alone_recall = curve[curve.len() - 1].recall,
-        knn_alone_recall = curve[0].recall,
-        "GRU weight fit on the validation sessions"
-    );
-    let trend_grid = blend::trend_grid();
-    let trend_curve = fit(&trend_grid
-        .iter()
-        .map(|&t| Weights::new(w, t))
-        .collect::<Vec<_>>())?;
-    let (t, best) = blend::best_weight(&trend_grid, &trend_curve);
-    info!(
         trend_weight = t,
         recall = best.recall,
         mrr = best.mrr,
-        "trending weight fit on the validation sessions"
+        gru_alone_recall = at(1.0, 0.0).recall,
+        knn_alone_recall = at(0.0, 0.0).recall,
+        "blend weights fit on the validation sessions"
     );
     let k = job.eval.k;
-    let points = |grid: &[f32], curve: &[Metrics], key: &str| {
-        grid.iter()
-            .zip(curve)
-            .map(|(w, m)| {
-                serde_json::json!({
-                    key: w, format!("recall@{k}"): m.recall, format!("mrr@{k}"): m.mrr,
-                })
+    let points = grid
+        .iter()
+        .zip(&curve)
+        .map(|(&(g, t), m)| {
+            serde_json::json!({
+                "gru_weight": g, "trend_weight": t,
+                format!("recall@{k}"): m.recall, format!("mrr@{k}"): m.mrr,
             })
-            .collect::<Vec<_>>()
-    };
+        })
+        .collect::<Vec<_>>();
     Ok(Some(Blend {
         gru_weight: w,
         trend_weight: t,
@@ -469,9 +462,8 @@ fn fit_blend(dataset: &Dataset, job: &TrainJob) -> Result<Option<Blend>, TrainEr
             "train_sessions": early.len(),
             "validation_sessions": late.len(),
             "validation_predictions": late.n_predictions(),
-            "objective": format!("recall@{k} + mrr@{k}"),
-            "curve": points(&gru_grid, &curve, "gru_weight"),
-            "trend_curve": points(&trend_grid, &trend_curve, "trend_weight"),
+            "objective": format!("recall@{k} + mrr@{k}; the least trending weight within one standard error of the best"),
+            "curve": points,
         }),
     }))
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use lambdarec_kernels::conformance::{TestRng, random_model};
-use lambdarec_proto::bundle::Store;
+use lambdarec_proto::bundle::{Blend, SessionTable, Store};
 use lambdarec_trainer::data::ItemVocab;
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
 use lambdarec_trainer::export::bundle_of;
@@ -39,6 +39,29 @@ pub struct SyntheticOutcome {
     pub events: usize,
     /// Bytes of weights in the bundle.
     pub weight_bytes: usize,
+}
+
+/// The log's sessions as model indices (item id `i` is index `i - 1`), each in its time order.
+fn session_table(log: &lambdarec_trainer::data::RawLog) -> SessionTable {
+    let mut by_session: Vec<Vec<(u32, f64)>> = vec![Vec::new(); log.sessions.len()];
+    for e in &log.events {
+        let id: u32 = log.items[e.item as usize]
+            .parse()
+            .expect("synthetic item ids are integers");
+        by_session[e.session as usize].push((id - 1, e.time));
+    }
+    let mut t = SessionTable {
+        offsets: vec![0],
+        ..SessionTable::default()
+    };
+    for events in by_session.into_iter().filter(|e| !e.is_empty()) {
+        for (item, time) in events {
+            t.items.push(item);
+            t.times.push(time);
+        }
+        t.offsets.push(t.items.len() as u64);
+    }
+    t
 }
 
 /// Writes the session log, then the bundle (as the store's LATEST of `model`).
@@ -103,6 +126,15 @@ pub async fn write(s: &SyntheticModel) -> anyhow::Result<SyntheticOutcome> {
         serde_json::json!({}),
     );
     drop(weights);
+    // The log's sessions seed the speed layer, and fixed (not fit) blend weights make the default
+    // strategy the blend, so that a load test exercises the whole serving path.
+    bundle.sessions = Some(session_table(&log));
+    bundle.manifest.blend = Some(Blend {
+        gru_weight: 0.5,
+        trend_weight: 0.1,
+        trend_half_life_s: None,
+        fit: serde_json::json!({"synthetic": "fixed weights, not fit on data"}),
+    });
     let weight_bytes = bundle.tensors.values().map(|t| 4 * t.data.len()).sum();
     let version = store
         .write_bundle(&s.model, &mut bundle)
