@@ -36,7 +36,7 @@ serve() {
   local store=$1 model=$2 name=$3
   port=$((50200 + RANDOM % 1000)); mport=$((port + 1000))
   "$bin" --log-format json serve --store "$store" --model "$model" --device cpu \
-    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --poll-interval 0 \
+    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --poll-interval 0 --log none \
     >"$out/serve-$name.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 6000); do
@@ -49,7 +49,7 @@ serve() {
 
 stop() { kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
-rss_mib() { echo $(( $(sed -n 's/^VmRSS: *\([0-9]*\) kB/\1/p' "/proc/$pid/status") / 1024 )); }
+rss_mib() { echo $(( $(sed -n "s/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$pid/status") / 1024 )); }
 
 # Runs gru and blend alternately against the running server; prints one row per run and the ratio of
 # the medians.

@@ -20,7 +20,7 @@ use lambdarec_kernels::{Backend, BackendError, Event, ModelId, ScoreQuery, TopKQ
 
 use crate::data::Sessions;
 use crate::eval::{Metrics, MetricsAccumulator};
-use crate::knn::{KnnIndex, KnnParams, Owner};
+use crate::knn::{KnnIndex, KnnParams, Owner, Scratch};
 use crate::trending::{Trending, fill_popular};
 
 /// The GRU's candidates pooled per request (its top items), and the trending ones.
@@ -197,14 +197,28 @@ impl SpeedLayer {
         self.knn.remove(owner);
     }
 
+    /// kNN scores of many sessions at once (`(items, owner)` each), in parallel on the rayon pool.
+    pub fn knn_scores(&self, queries: &[(&[u32], Option<Owner>)]) -> Vec<Vec<(u32, f32)>> {
+        use rayon::prelude::*;
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+        }
+        let one = |&(items, own): &(&[u32], Option<Owner>)| {
+            SCRATCH.with(|s| self.knn.score_with(items, own, &mut s.borrow_mut()))
+        };
+        if queries.len() < 2 {
+            return queries.iter().map(one).collect();
+        }
+        queries.par_iter().with_max_len(1).map(one).collect()
+    }
+
     /// The pool for a session given the GRU's top items (`gru_top`, raw scores, already without
-    /// `exclude`), its items and kNN owner; `exclude` is sorted. kNN and trending candidates join
-    /// when `w` gives them weight.
+    /// `exclude`) and its kNN scores (`knn`, from [`SpeedLayer::knn_scores`]; empty when kNN has no
+    /// weight); `exclude` is sorted. Trending candidates join when `w` gives trending weight.
     pub fn draft(
-        &mut self,
+        &self,
         gru_top: &[(u32, f32)],
-        session: &[u32],
-        own: Option<Owner>,
+        knn: &[(u32, f32)],
         exclude: &[u32],
         w: Weights,
     ) -> Draft {
@@ -227,7 +241,7 @@ impl SpeedLayer {
         }
         let excluded = |i: &u32| exclude.binary_search(i).is_ok();
         if w.knn > 0.0 {
-            for (item, s) in self.knn.score(session, own) {
+            for &(item, s) in knn {
                 if !excluded(&item) {
                     let c = push(&mut d, &mut at, item);
                     d.pool.knn[c] = s;
@@ -251,17 +265,10 @@ impl SpeedLayer {
         d
     }
 
-    /// kNN alone: the best `k` items by normalised kNN score, filled with popular items (score 0).
-    pub fn recommend_knn(
-        &mut self,
-        session: &[u32],
-        own: Option<Owner>,
-        k: usize,
-        exclude: &[u32],
-    ) -> Vec<(u32, f32)> {
-        let mut scored: Vec<(u32, f32)> = self
-            .knn
-            .score(session, own)
+    /// kNN alone: the best `k` items by normalised kNN score (`knn`, from
+    /// [`SpeedLayer::knn_scores`]), filled with popular items (score 0).
+    pub fn recommend_knn(&self, knn: Vec<(u32, f32)>, k: usize, exclude: &[u32]) -> Vec<(u32, f32)> {
+        let mut scored: Vec<(u32, f32)> = knn
             .into_iter()
             .filter(|(i, _)| exclude.binary_search(i).is_err())
             .collect();
@@ -357,7 +364,8 @@ pub fn evaluate_speed(
             let target = items[pos + 1];
             match &what {
                 Scored::Knn => {
-                    let list = speed.recommend_knn(&recent, Some(owner), k, &[]);
+                    let knn = speed.knn.score(&recent, Some(owner));
+                    let list = speed.recommend_knn(knn, k, &[]);
                     accs[0].add(&list.iter().map(|p| p.0).collect::<Vec<_>>(), target);
                 }
                 Scored::Trending => {
@@ -401,7 +409,12 @@ fn blend_pool(
         }],
     )?;
     let gru_top: Vec<(u32, f32)> = top[0].iter().map(|s| (s.item, s.score)).collect();
-    let draft = speed.draft(&gru_top, recent, Some(owner), &[], parts);
+    let knn = if parts.knn > 0.0 {
+        speed.knn.score(recent, Some(owner))
+    } else {
+        Vec::new()
+    };
+    let draft = speed.draft(&gru_top, &knn, &[], parts);
     let scores = if draft.need.is_empty() {
         Vec::new()
     } else {
@@ -526,7 +539,8 @@ mod tests {
             speed.trend.observe(5, 30_000 + n);
         }
         // The GRU only offered item 4; kNN adds 1, 2, 3; trending adds 5 (and 2, 3, 1).
-        let draft = speed.draft(&[(4, 2.0)], &[2], None, &[1], w);
+        let knn = speed.knn_scores(&[(&[2], None)]).remove(0);
+        let draft = speed.draft(&[(4, 2.0)], &knn, &[1], w);
         assert_eq!(
             draft.need,
             [2, 3],
@@ -544,7 +558,7 @@ mod tests {
             pool.trend
         );
         // kNN alone fills with popular items; trending alone ranks the new item first.
-        let knn_list = speed.recommend_knn(&[2], None, 4, &[]);
+        let knn_list = speed.recommend_knn(knn, 4, &[]);
         assert_eq!(knn_list, [(2, 1.0), (1, 0.5), (3, 0.5), (0, 0.0)]);
         assert_eq!(speed.recommend_trending(2, &[])[0], (5, 1.0));
     }

@@ -18,7 +18,6 @@
 //! its old postings go stale and are skipped, then dropped when eviction reaches them. At most
 //! `capacity` sessions are kept: the least recently updated one is evicted first.
 
-use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::data::Sessions;
@@ -64,6 +63,9 @@ pub struct KnnIndex {
     params: KnnParams,
     /// `entries[seq - base]`; `None` once the session was updated under a newer sequence number.
     entries: VecDeque<Option<Entry>>,
+    /// `alive[seq - base]`: whether `entries[seq - base]` is `Some`. Candidate search checks every
+    /// posting it meets; a byte per session keeps those checks in cache where the entries are not.
+    alive: VecDeque<bool>,
     base: u64,
     live: usize,
     /// Per item, ascending sequence numbers (stale ones included until eviction passes them).
@@ -74,8 +76,10 @@ pub struct KnnIndex {
     scratch: Scratch,
 }
 
+/// Working memory of [`KnnIndex::score_with`]: a dense score per item, reset after each use. One per
+/// thread that scores.
 #[derive(Default, Clone)]
-struct Scratch {
+pub struct Scratch {
     scores: Vec<f64>,
     touched: Vec<u32>,
 }
@@ -98,6 +102,7 @@ impl KnnIndex {
         let mut index = KnnIndex {
             params,
             entries: VecDeque::new(),
+            alive: VecDeque::new(),
             base: 0,
             live: 0,
             postings: vec![VecDeque::new(); n_items],
@@ -181,6 +186,7 @@ impl KnnIndex {
             *seq = map(*seq);
         }
         self.entries.retain(Option::is_some);
+        self.alive = self.entries.iter().map(|_| true).collect();
         self.base = 0;
     }
 
@@ -192,9 +198,11 @@ impl KnnIndex {
     }
 
     fn retire(&mut self, seq: u64) {
-        if let Some(slot) = self.entries.get_mut((seq - self.base) as usize)
+        let at = (seq - self.base) as usize;
+        if let Some(slot) = self.entries.get_mut(at)
             && slot.take().is_some()
         {
+            self.alive[at] = false;
             self.live -= 1;
         }
     }
@@ -213,6 +221,7 @@ impl KnnIndex {
             }
             self.postings[i as usize].push_back(seq);
         }
+        self.alive.push_back(true);
         self.entries.push_back(Some(Entry {
             items: set.into_boxed_slice(),
             owner,
@@ -228,6 +237,7 @@ impl KnnIndex {
         let Some(front) = self.entries.pop_front() else {
             return;
         };
+        self.alive.pop_front();
         let seq = self.base;
         self.base += 1;
         if let Some(entry) = front {
@@ -245,42 +255,104 @@ impl KnnIndex {
         }
     }
 
+    fn is_live(&self, seq: u64) -> bool {
+        seq.checked_sub(self.base)
+            .and_then(|at| self.alive.get(at as usize))
+            .is_some_and(|&a| a)
+    }
+
+    #[cfg(test)]
     fn entry(&self, seq: u64) -> Option<&Entry> {
         let at = seq.checked_sub(self.base)? as usize;
         self.entries.get(at)?.as_ref()
     }
 
-    /// The up to `sample_size` most recent sessions sharing an item with `set` (descending sequence
-    /// numbers), leaving out `own` (the querying session's entry).
-    fn candidates(&self, set: &[u32], own: Option<u64>) -> Vec<u64> {
-        // A k-way merge from the back of each posting list: the newest sequence number first.
+    /// The up to `sample_size` most recent sessions sharing an item with the session (descending
+    /// sequence numbers), leaving out `own` (the querying session's entry), each with its
+    /// similarity: the weights in `weighted` (items ascending, with their position weight) of the
+    /// items it shares, over `weighted.len()`.
+    ///
+    /// A k-way merge from the back of each shared item's posting list visits the newest sequence
+    /// number first, and each (item, session) pair once: the shared weights are summed as the pairs
+    /// come, so no candidate's items are read. A session's pairs come together (the heap orders by
+    /// sequence number), in descending item order; they are summed in ascending item order, so the
+    /// similarity is bit for bit the intersection sum over the sorted item lists.
+    fn candidates(&self, weighted: &[(u32, f64)], own: Option<u64>) -> Vec<(u64, f64)> {
         let mut heap: BinaryHeap<(u64, usize, usize)> = BinaryHeap::new();
-        for (n, &i) in set.iter().enumerate() {
+        for (n, &(i, _)) in weighted.iter().enumerate() {
             if let Some(list) = self.postings.get(i as usize)
                 && let Some(&last) = list.back()
             {
                 heap.push((last, n, list.len() - 1));
             }
         }
+        let norm = weighted.len() as f64;
+        let sum = |parts: &[f64]| parts.iter().rev().fold(0.0, |a, &w| a + w) / norm;
         let mut out = Vec::new();
+        // The session being summed (None while skipping one that is stale or the caller's own).
+        let mut current: Option<u64> = None;
+        let mut last_seen: Option<u64> = None;
+        let mut parts: Vec<f64> = Vec::new();
+        // Takes the pair (session `seq`, shared item `n`); true once the sample is complete.
+        let mut take = |seq: u64, n: usize, out: &mut Vec<(u64, f64)>| {
+            if last_seen != Some(seq) {
+                last_seen = Some(seq);
+                if let Some(done) = current.take() {
+                    out.push((done, sum(&parts)));
+                    parts.clear();
+                    if out.len() == self.params.sample_size {
+                        return true;
+                    }
+                }
+                if Some(seq) != own && self.is_live(seq) {
+                    current = Some(seq);
+                }
+            }
+            if current == Some(seq) {
+                parts.push(weighted[n].1);
+            }
+            false
+        };
         while let Some((seq, n, at)) = heap.pop() {
-            if at > 0 {
-                heap.push((self.postings[set[n] as usize][at - 1], n, at - 1));
+            if take(seq, n, &mut out) {
+                return out;
             }
-            if out.last() == Some(&seq) || Some(seq) == own || self.entry(seq).is_none() {
-                continue;
-            }
-            out.push(seq);
-            if out.len() == self.params.sample_size {
+            let list = &self.postings[weighted[n].0 as usize];
+            if heap.is_empty() {
+                // The last list left (often the only one): walk it without the heap.
+                for &seq in list.range(..at).rev() {
+                    if take(seq, n, &mut out) {
+                        return out;
+                    }
+                }
                 break;
             }
+            if at > 0 {
+                heap.push((list[at - 1], n, at - 1));
+            }
         }
+        // Ends the last session (no session has this sequence number).
+        take(u64::MAX, 0, &mut out);
         out
     }
 
     /// Scores for the session `items` (oldest first, repeats kept); `own` is its live owner, left out
     /// of its own neighbours. Returns `(item, score)` for every item any neighbour holds.
     pub fn score(&mut self, items: &[u32], own: Option<Owner>) -> Vec<(u32, f32)> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let out = self.score_with(items, own, &mut scratch);
+        self.scratch = scratch;
+        out
+    }
+
+    /// [`KnnIndex::score`] with the caller's working memory, so that several threads can score at
+    /// once.
+    pub fn score_with(
+        &self,
+        items: &[u32],
+        own: Option<Owner>,
+        scratch: &mut Scratch,
+    ) -> Vec<(u32, f32)> {
         let n = items.len();
         // Distinct items with the weight of their last occurrence.
         let mut weighted: Vec<(u32, f64)> = items
@@ -291,25 +363,16 @@ impl KnnIndex {
         weighted.reverse();
         weighted.sort_by_key(|&(i, _)| i); // stable: the last occurrence stays first per item
         weighted.dedup_by_key(|&mut (i, _)| i);
-        let set: Vec<u32> = weighted.iter().map(|&(i, _)| i).collect();
         let own_seq = own.and_then(|o| self.owners.get(&o).copied());
 
-        let mut neighbours: Vec<(u64, f64)> = self
-            .candidates(&set, own_seq)
-            .into_iter()
-            .filter_map(|seq| {
-                let other = &self.entry(seq)?.items;
-                let sim = intersect_weight(&weighted, other) / weighted.len() as f64;
-                (sim > 0.0).then_some((seq, sim))
-            })
-            .collect();
+        let mut neighbours = self.candidates(&weighted, own_seq);
         let by_sim = |a: &(u64, f64), b: &(u64, f64)| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0));
         if neighbours.len() > self.params.k {
             neighbours.select_nth_unstable_by(self.params.k, by_sim);
             neighbours.truncate(self.params.k);
         }
 
-        let Scratch { scores, touched } = &mut self.scratch;
+        let Scratch { scores, touched } = scratch;
         for &(seq, sim) in &neighbours {
             let Some(entry) = self.entries[(seq - self.base) as usize].as_ref() else {
                 continue;
@@ -366,8 +429,11 @@ impl KnnIndex {
     }
 }
 
-/// `Σ w(i)` over the items of `weighted` (sorted by item) that are in `other` (sorted).
+/// `Σ w(i)` over the items of `weighted` (sorted by item) that are in `other` (sorted): what
+/// [`KnnIndex::candidates`] sums as the posting lists merge (checked against this in the tests).
+#[cfg(test)]
 fn intersect_weight(weighted: &[(u32, f64)], other: &[u32]) -> f64 {
+    use std::cmp::Ordering;
     let (mut a, mut b, mut sum) = (0, 0, 0.0);
     while a < weighted.len() && b < other.len() {
         match weighted[a].0.cmp(&other[b]) {
@@ -518,6 +584,56 @@ mod tests {
         index.remove(7);
         assert_eq!(index.len(), 3);
         assert!(scores(&mut index, &[9], None).is_empty());
+    }
+
+    #[test]
+    fn merged_similarities_equal_the_intersection_sums_bit_for_bit() {
+        // A random index: 300 sessions over 40 items, some updated (stale postings), one evicted.
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % m
+        };
+        let p = KnnParams {
+            capacity: 250,
+            ..params(50, 120, 0.0)
+        };
+        let mut index = KnnIndex::fit(&Sessions::default(), 40, p);
+        for s in 0..300u64 {
+            let items: Vec<u32> = (0..1 + next(8)).map(|_| next(40) as u32).collect();
+            index.upsert(s % 220, &items);
+        }
+        for q in 0..50 {
+            let session: Vec<u32> = (0..1 + next(10)).map(|_| next(40) as u32).collect();
+            let n = session.len();
+            let mut weighted: Vec<(u32, f64)> = session
+                .iter()
+                .enumerate()
+                .map(|(p, &i)| (i, ((p + 1) as f64 / n as f64).powi(2)))
+                .collect();
+            weighted.reverse();
+            weighted.sort_by_key(|&(i, _)| i);
+            weighted.dedup_by_key(|&mut (i, _)| i);
+            let own = (q % 3 == 0).then(|| index.owners[&(q % 220)]);
+            let got = index.candidates(&weighted, own);
+            // The reference: every live session sharing an item, newest first, then the sums.
+            let mut want: Vec<u64> = weighted
+                .iter()
+                .flat_map(|&(i, _)| index.postings[i as usize].iter().copied())
+                .filter(|&seq| Some(seq) != own && index.entry(seq).is_some())
+                .collect();
+            want.sort_unstable_by(|a, b| b.cmp(a));
+            want.dedup();
+            want.truncate(120);
+            assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), want);
+            for &(seq, sim) in &got {
+                let items = &index.entry(seq).unwrap().items;
+                let reference = intersect_weight(&weighted, items) / weighted.len() as f64;
+                assert_eq!(sim.to_bits(), reference.to_bits());
+            }
+        }
     }
 
     #[test]

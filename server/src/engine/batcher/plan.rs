@@ -655,7 +655,7 @@ struct Answers {
 /// Answers a flush's queries with at most one top-k and one score call on the backend.
 fn answer(
     x: &mut Exec<'_>,
-    layer: &mut SpeedLayer,
+    layer: &SpeedLayer,
     topk: &[TopKPlan],
     scores: &[ScorePlan],
 ) -> Result<Answers, lambdarec_kernels::BackendError> {
@@ -697,14 +697,39 @@ fn answer(
         x.backend.top_k(x.model, &queries)?
     };
 
-    // 2. The blend's pools, whose other catalogue candidates the GRU scores next.
+    // 2. Session-kNN for every query that needs it, in parallel; then the blend's pools, whose other
+    //    catalogue candidates the GRU scores next.
+    let needs_knn = |strategy: Strategy| match strategy {
+        Strategy::Knn => true,
+        Strategy::Blend => w.knn > 0.0,
+        Strategy::Gru | Strategy::Trending => false,
+    };
+    let sessions = topk
+        .iter()
+        .map(|p| (p.strategy, &p.session))
+        .chain(scores.iter().map(|p| (p.strategy, &p.session)));
+    let queries: Vec<(&[u32], Option<u64>)> = sessions
+        .filter(|(strategy, _)| needs_knn(*strategy))
+        .map(|(_, s)| (&s.items[..], s.owner))
+        .collect();
+    let mut knn = layer.knn_scores(&queries).into_iter();
+    let mut knn_of = |strategy: Strategy| {
+        if needs_knn(strategy) {
+            knn.next().unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    };
+    let topk_knn: Vec<Vec<(u32, f32)>> = topk.iter().map(|p| knn_of(p.strategy)).collect();
+    let score_knn: Vec<Vec<(u32, f32)>> = scores.iter().map(|p| knn_of(p.strategy)).collect();
     let drafts: Vec<_> = topk
         .iter()
         .zip(&top_of)
-        .map(|(p, t)| match (p.strategy, t) {
+        .zip(&topk_knn)
+        .map(|((p, t), knn)| match (p.strategy, t) {
             (Strategy::Blend, Some(t)) => {
                 let top: Vec<(u32, f32)> = tops[*t].iter().map(|s| (s.item, s.score)).collect();
-                Some(layer.draft(&top, &p.session.items, p.session.owner, &p.exclude, w))
+                Some(layer.draft(&top, knn, &p.exclude, w))
             }
             _ => None,
         })
@@ -748,7 +773,9 @@ fn answer(
             .collect::<Vec<_>>()
     };
     let mut lists = Vec::with_capacity(topk.len());
+    let mut topk_knn = topk_knn.into_iter();
     for (i, (p, d)) in topk.iter().zip(drafts).enumerate() {
+        let knn = topk_knn.next().unwrap_or_default();
         lists.push(match p.strategy {
             Strategy::Gru => tops[top_of[i].expect("planned")].clone(),
             Strategy::Blend => {
@@ -756,14 +783,12 @@ fn answer(
                 let pool: Pool = d.expect("drafted").complete(need);
                 scored_list(pool.top(w, p.k))
             }
-            Strategy::Knn => {
-                scored_list(layer.recommend_knn(&p.session.items, p.session.owner, p.k, &p.exclude))
-            }
+            Strategy::Knn => scored_list(layer.recommend_knn(knn, p.k, &p.exclude)),
             Strategy::Trending => scored_list(layer.recommend_trending(p.k, &p.exclude)),
         });
     }
     let mut out = Vec::with_capacity(scores.len());
-    for (i, p) in scores.iter().enumerate() {
+    for ((i, p), knn) in scores.iter().enumerate().zip(score_knn) {
         let gru = score_of[i].map_or(&[][..], |j| &scored[j][..]);
         out.push(match p.strategy {
             Strategy::Gru => gru.to_vec(),
@@ -771,7 +796,7 @@ fn answer(
                 let gru_max = max_of[i]
                     .and_then(|t| tops[t].first())
                     .map_or(f32::NEG_INFINITY, |s| s.score);
-                speed_scores(layer, p, strategy, gru, gru_max, w, n)
+                speed_scores(layer, p, strategy, knn, gru, gru_max, w, n)
             }
         });
     }
@@ -780,23 +805,18 @@ fn answer(
 
 /// The scores of a Score request's known candidates under a speed-layer strategy, normalised as
 /// Recommend's are (each scorer relative to its best item).
+#[allow(clippy::too_many_arguments)]
 fn speed_scores(
-    layer: &mut SpeedLayer,
+    layer: &SpeedLayer,
     p: &ScorePlan,
     strategy: Strategy,
+    knn: Vec<(u32, f32)>,
     gru: &[f32],
     gru_max: f32,
     w: lambdarec_trainer::blend::Weights,
     n: usize,
 ) -> Vec<f32> {
-    let knn: std::collections::HashMap<u32, f32> = match strategy {
-        Strategy::Knn | Strategy::Blend => layer
-            .knn
-            .score(&p.session.items, p.session.owner)
-            .into_iter()
-            .collect(),
-        _ => Default::default(),
-    };
+    let knn: std::collections::HashMap<u32, f32> = knn.into_iter().collect();
     let kmax = knn.values().copied().fold(0.0, f32::max);
     let knn_of = |i: u32| {
         if kmax > 0.0 {
