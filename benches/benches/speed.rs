@@ -7,7 +7,8 @@
 //!
 //! Sessions are the built-in synthetic sample's (Zipf-popular items, clusters and successors; 2–20
 //! events) over the catalogue. Printed: the catalogue's fixed cost (per-item posting lists and
-//! trending keys), then the cost of the live sessions per 100k sessions and per event.
+//! trending keys), then the cost of the live sessions per 100k sessions and per event, and the time
+//! one kNN query takes against that index (single thread).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,6 +107,24 @@ fn main() {
             mib(fixed),
             mib(live) * 100_000.0 / SESSIONS as f64,
             live as f64 / events as f64,
+        );
+        // Scoring cost: every 10th session's first half as a query, against the full index.
+        let queries: Vec<&[u32]> = sessions
+            .iter()
+            .step_by(10)
+            .map(|s| &s[..s.len().div_ceil(2)])
+            .collect();
+        let started = Instant::now();
+        let mut scored = 0usize;
+        for q in &queries {
+            scored += speed.knn.score(q, None).len();
+        }
+        let per_query = started.elapsed().as_secs_f64() / queries.len() as f64;
+        println!(
+            "{n_items:>10}   kNN score: {:.1} µs per query ({} queries, {:.0} items scored per query)",
+            per_query * 1e6,
+            queries.len(),
+            scored as f64 / queries.len() as f64
         );
         std::hint::black_box(&speed);
     }

@@ -84,6 +84,43 @@ pub struct Scratch {
     touched: Vec<u32>,
 }
 
+/// One distinct item of a query session: the weight and the position (0-based) of its last
+/// occurrence.
+#[derive(Clone, Copy, Debug)]
+struct Weighted {
+    item: u32,
+    weight: f64,
+    last: usize,
+}
+
+/// The distinct items of `items` (oldest first, repeats kept), ascending, each weighted by the
+/// position of its last occurrence: `((p + 1) / n)²`.
+fn weigh(items: &[u32]) -> Vec<Weighted> {
+    let n = items.len();
+    let mut weighted: Vec<Weighted> = items
+        .iter()
+        .enumerate()
+        .map(|(p, &item)| Weighted {
+            item,
+            weight: ((p + 1) as f64 / n as f64).powi(2),
+            last: p,
+        })
+        .collect();
+    weighted.reverse();
+    weighted.sort_by_key(|w| w.item); // stable: the last occurrence stays first per item
+    weighted.dedup_by_key(|w| w.item);
+    weighted
+}
+
+/// A candidate neighbour: its sequence number, similarity, and the latest position (0-based) in
+/// the query session of an item it shares.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    seq: u64,
+    sim: f64,
+    latest: usize,
+}
+
 impl KnnIndex {
     /// An index of the training sessions, oldest first by their last event's time (ties keep their
     /// order), with idf from the training events. `n_items` is the catalogue size (items are indices).
@@ -277,9 +314,9 @@ impl KnnIndex {
     /// come, so no candidate's items are read. A session's pairs come together (the heap orders by
     /// sequence number), in descending item order; they are summed in ascending item order, so the
     /// similarity is bit for bit the intersection sum over the sorted item lists.
-    fn candidates(&self, weighted: &[(u32, f64)], own: Option<u64>) -> Vec<(u64, f64)> {
+    fn candidates(&self, weighted: &[Weighted], own: Option<u64>) -> Vec<Candidate> {
         let mut heap: BinaryHeap<(u64, usize, usize)> = BinaryHeap::new();
-        for (n, &(i, _)) in weighted.iter().enumerate() {
+        for (n, &Weighted { item: i, .. }) in weighted.iter().enumerate() {
             if let Some(list) = self.postings.get(i as usize)
                 && let Some(&last) = list.back()
             {
@@ -293,13 +330,19 @@ impl KnnIndex {
         let mut current: Option<u64> = None;
         let mut last_seen: Option<u64> = None;
         let mut parts: Vec<f64> = Vec::new();
+        let mut latest = 0;
         // Takes the pair (session `seq`, shared item `n`); true once the sample is complete.
-        let mut take = |seq: u64, n: usize, out: &mut Vec<(u64, f64)>| {
+        let mut take = |seq: u64, n: usize, out: &mut Vec<Candidate>| {
             if last_seen != Some(seq) {
                 last_seen = Some(seq);
                 if let Some(done) = current.take() {
-                    out.push((done, sum(&parts)));
+                    out.push(Candidate {
+                        seq: done,
+                        sim: sum(&parts),
+                        latest,
+                    });
                     parts.clear();
+                    latest = 0;
                     if out.len() == self.params.sample_size {
                         return true;
                     }
@@ -309,7 +352,8 @@ impl KnnIndex {
                 }
             }
             if current == Some(seq) {
-                parts.push(weighted[n].1);
+                parts.push(weighted[n].weight);
+                latest = latest.max(weighted[n].last);
             }
             false
         };
@@ -317,7 +361,7 @@ impl KnnIndex {
             if take(seq, n, &mut out) {
                 return out;
             }
-            let list = &self.postings[weighted[n].0 as usize];
+            let list = &self.postings[weighted[n].item as usize];
             if heap.is_empty() {
                 // The last list left (often the only one): walk it without the heap.
                 for &seq in list.range(..at).rev() {
@@ -355,35 +399,25 @@ impl KnnIndex {
     ) -> Vec<(u32, f32)> {
         let n = items.len();
         // Distinct items with the weight of their last occurrence.
-        let mut weighted: Vec<(u32, f64)> = items
-            .iter()
-            .enumerate()
-            .map(|(p, &i)| (i, ((p + 1) as f64 / n as f64).powi(2)))
-            .collect();
-        weighted.reverse();
-        weighted.sort_by_key(|&(i, _)| i); // stable: the last occurrence stays first per item
-        weighted.dedup_by_key(|&mut (i, _)| i);
+        let weighted = weigh(items);
         let own_seq = own.and_then(|o| self.owners.get(&o).copied());
 
         let mut neighbours = self.candidates(&weighted, own_seq);
-        let by_sim = |a: &(u64, f64), b: &(u64, f64)| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0));
+        let by_sim = |a: &Candidate, b: &Candidate| b.sim.total_cmp(&a.sim).then(b.seq.cmp(&a.seq));
         if neighbours.len() > self.params.k {
             neighbours.select_nth_unstable_by(self.params.k, by_sim);
             neighbours.truncate(self.params.k);
         }
 
         let Scratch { scores, touched } = scratch;
-        for &(seq, sim) in &neighbours {
-            let Some(entry) = self.entries[(seq - self.base) as usize].as_ref() else {
+        for c in &neighbours {
+            let Some(entry) = self.entries[(c.seq - self.base) as usize].as_ref() else {
                 continue;
             };
-            let other = &entry.items;
-            let step = items
-                .iter()
-                .rev()
-                .position(|i| other.binary_search(i).is_ok())
-                .map_or(1, |p| p + 1);
-            let decay = 1.0 / step as f64;
+            let (other, sim) = (&entry.items, c.sim);
+            // Steps back from the session's end to the latest item the neighbour shares (1: its
+            // last item).
+            let decay = 1.0 / (n - c.latest) as f64;
             for &j in other.iter() {
                 let idf = self.idf.get(j as usize).copied().unwrap_or(self.idf_unseen);
                 let j = j as usize;
@@ -432,15 +466,15 @@ impl KnnIndex {
 /// `Σ w(i)` over the items of `weighted` (sorted by item) that are in `other` (sorted): what
 /// [`KnnIndex::candidates`] sums as the posting lists merge (checked against this in the tests).
 #[cfg(test)]
-fn intersect_weight(weighted: &[(u32, f64)], other: &[u32]) -> f64 {
+fn intersect_weight(weighted: &[Weighted], other: &[u32]) -> f64 {
     use std::cmp::Ordering;
     let (mut a, mut b, mut sum) = (0, 0, 0.0);
     while a < weighted.len() && b < other.len() {
-        match weighted[a].0.cmp(&other[b]) {
+        match weighted[a].item.cmp(&other[b]) {
             Ordering::Less => a += 1,
             Ordering::Greater => b += 1,
             Ordering::Equal => {
-                sum += weighted[a].1;
+                sum += weighted[a].weight;
                 a += 1;
                 b += 1;
             }
@@ -607,31 +641,26 @@ mod tests {
         }
         for q in 0..50 {
             let session: Vec<u32> = (0..1 + next(10)).map(|_| next(40) as u32).collect();
-            let n = session.len();
-            let mut weighted: Vec<(u32, f64)> = session
-                .iter()
-                .enumerate()
-                .map(|(p, &i)| (i, ((p + 1) as f64 / n as f64).powi(2)))
-                .collect();
-            weighted.reverse();
-            weighted.sort_by_key(|&(i, _)| i);
-            weighted.dedup_by_key(|&mut (i, _)| i);
+            let weighted = weigh(&session);
             let own = (q % 3 == 0).then(|| index.owners[&(q % 220)]);
             let got = index.candidates(&weighted, own);
             // The reference: every live session sharing an item, newest first, then the sums.
             let mut want: Vec<u64> = weighted
                 .iter()
-                .flat_map(|&(i, _)| index.postings[i as usize].iter().copied())
+                .flat_map(|w| index.postings[w.item as usize].iter().copied())
                 .filter(|&seq| Some(seq) != own && index.entry(seq).is_some())
                 .collect();
             want.sort_unstable_by(|a, b| b.cmp(a));
             want.dedup();
             want.truncate(120);
-            assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), want);
-            for &(seq, sim) in &got {
-                let items = &index.entry(seq).unwrap().items;
+            assert_eq!(got.iter().map(|c| c.seq).collect::<Vec<_>>(), want);
+            for c in &got {
+                let items = &index.entry(c.seq).unwrap().items;
                 let reference = intersect_weight(&weighted, items) / weighted.len() as f64;
-                assert_eq!(sim.to_bits(), reference.to_bits());
+                assert_eq!(c.sim.to_bits(), reference.to_bits());
+                // The latest shared position, as a scan from the session's end finds it.
+                let from_end = session.iter().rev().position(|i| items.binary_search(i).is_ok());
+                assert_eq!(Some(session.len() - 1 - c.latest), from_end);
             }
         }
     }
