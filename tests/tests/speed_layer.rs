@@ -357,3 +357,74 @@ async fn served_speed_layer_equals_the_offline_evaluation() {
         server.shutdown().await.unwrap();
     }
 }
+
+/// New items survive a restart: through the snapshot (graceful stop) and through the log's replay
+/// (a crash: the server is abandoned without stopping), and the restarted speed layer knows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_items_survive_a_restart_and_a_crash() {
+    let (store, _) = fresh_store("speed-restart").await;
+    let log = lambdarec_eventlog::memory::MemoryStorage::default();
+    let dir = tempfile::tempdir().unwrap();
+    let logged = || lambdarec_server::ServeConfig {
+        log: lambdarec_server::LogConfig::Memory(log.clone()),
+        snapshot_dir: Some(dir.path().to_path_buf()),
+        snapshot_interval: None,
+        ..speed_config(&store, SpeedConfig::default())
+    };
+    let item = |i: usize| base().ids[i].clone();
+    let start = || async {
+        let s = lambdarec_server::start(logged()).await.unwrap();
+        assert!(s.wait_ready(Duration::from_secs(30)).await);
+        s
+    };
+    let recent = |c: &mut v1::recommender_client::RecommenderClient<tonic::transport::Channel>,
+                  session: &str| {
+        let mut c = c.clone();
+        let session = session.to_string();
+        async move {
+            c.get_session(v1::GetSessionRequest {
+                session_id: session,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .recent_items
+        }
+    };
+
+    let a = start().await;
+    let mut c = client(a.local_addr()).await;
+    send(
+        &mut c,
+        vec![event("s", &item(2), 1), event("s", "new-a", 2)],
+    )
+    .await;
+    a.shutdown().await.unwrap();
+
+    // Graceful stop: the snapshot holds the new item by id.
+    let b = start().await;
+    let mut c = client(b.local_addr()).await;
+    assert_eq!(recent(&mut c, "s").await, [item(2), "new-a".to_string()]);
+    send(&mut c, vec![event("t", "new-a", 3), event("t", "new-b", 4)]).await;
+    std::mem::forget(b);
+
+    // Crash: the log's tail is replayed, taking the new items again in the same order.
+    let c2 = start().await;
+    let mut c = client(c2.local_addr()).await;
+    assert_eq!(recent(&mut c, "t").await, ["new-a", "new-b"]);
+    let info = c
+        .model_info(v1::ModelInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.new_items, 2);
+    // A session on new-b alone finds t as its neighbour, and so new-a.
+    send(&mut c, vec![event("u", "new-b", 5)]).await;
+    let r = c
+        .recommend(recommend("u", 3, Strategy::Knn))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&r)[0], "new-a", "{r:?}");
+    c2.shutdown().await.unwrap();
+}

@@ -267,7 +267,12 @@ impl SpeedLayer {
 
     /// kNN alone: the best `k` items by normalised kNN score (`knn`, from
     /// [`SpeedLayer::knn_scores`]), filled with popular items (score 0).
-    pub fn recommend_knn(&self, knn: Vec<(u32, f32)>, k: usize, exclude: &[u32]) -> Vec<(u32, f32)> {
+    pub fn recommend_knn(
+        &self,
+        knn: Vec<(u32, f32)>,
+        k: usize,
+        exclude: &[u32],
+    ) -> Vec<(u32, f32)> {
         let mut scored: Vec<(u32, f32)> = knn
             .into_iter()
             .filter(|(i, _)| exclude.binary_search(i).is_err())
@@ -612,5 +617,4 @@ mod tests {
         let flat: Vec<Metrics> = (0..4).map(|_| m(100, 0.5, 0.2)).collect();
         assert_eq!(choose_weights(&grid, &flat).0, (0.0, 0.0));
     }
-
 }

@@ -659,7 +659,10 @@ mod tests {
                 let reference = intersect_weight(&weighted, items) / weighted.len() as f64;
                 assert_eq!(c.sim.to_bits(), reference.to_bits());
                 // The latest shared position, as a scan from the session's end finds it.
-                let from_end = session.iter().rev().position(|i| items.binary_search(i).is_ok());
+                let from_end = session
+                    .iter()
+                    .rev()
+                    .position(|i| items.binary_search(i).is_ok());
                 assert_eq!(Some(session.len() - 1 - c.latest), from_end);
             }
         }
@@ -682,7 +685,10 @@ mod tests {
         assert!(index.postings.iter().map(VecDeque::len).sum::<usize>() <= 2 * (13 + 4097));
         // The same answers as an index that never compacted.
         for q in [[1u32, 2], [3, 0], [5, 4]] {
-            assert_eq!(scores(&mut index, &q, Some(3)), scores(&mut grown, &q, Some(3)));
+            assert_eq!(
+                scores(&mut index, &q, Some(3)),
+                scores(&mut grown, &q, Some(3))
+            );
         }
     }
 
