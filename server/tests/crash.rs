@@ -211,11 +211,15 @@ async fn stream_until_killed(
     progress.lock().map(|p| p.clone()).unwrap()
 }
 
+/// The GRU's top 10: the session state recovery restores. (The blend's answers also depend on the
+/// speed layer, which learns from every session in arrival order, and the reference below is fed the
+/// sessions in another order.)
 async fn top10(c: &mut RecommenderClient<Channel>, session: &str) -> Vec<(String, f32)> {
     let r = c
         .recommend(RecommendRequest {
             session_id: session.into(),
             k: 10,
+            strategy: lambdarec_proto::v1::Strategy::Gru.into(),
             ..Default::default()
         })
         .await
