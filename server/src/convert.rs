@@ -234,16 +234,39 @@ pub fn model_info(
         trend_half_life_s: m.trend_half_life_s,
         new_items: speed.new_items,
         max_new_items: speed.max_new_items,
+        online: speed
+            .online
+            .iter()
+            .map(|(version, strategy, f)| {
+                let per = |x: f64, n: u64| if n == 0 { 0.0 } else { x / n as f64 };
+                v1::OnlineMetrics {
+                    model_version: version.to_string(),
+                    strategy: strategy_proto(*strategy).into(),
+                    predictions: f.predictions,
+                    hits: f.hits,
+                    hit_rate: per(f.hits as f64, f.predictions),
+                    mrr: per(f.rr_sum, f.predictions),
+                    window_predictions: f.window_predictions,
+                    window_hit_rate: per(f.window_hits as f64, f.window_predictions),
+                    window_mrr: per(f.window_rr_sum, f.window_predictions),
+                }
+            })
+            .collect(),
     }
 }
 
-/// The speed layer's live figures ModelInfo reports.
-#[derive(Clone, Copy, Debug, Default)]
+/// The speed layer's live figures, and the online evaluation's, that ModelInfo reports.
+#[derive(Clone, Debug, Default)]
 pub struct SpeedInfo {
     pub knn_sessions: u64,
     pub new_items: u64,
     /// 0 when new items are rejected.
     pub max_new_items: u64,
+    pub online: Vec<(
+        std::sync::Arc<str>,
+        Strategy,
+        crate::engine::online::OnlineFigures,
+    )>,
 }
 
 #[cfg(test)]

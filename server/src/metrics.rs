@@ -10,7 +10,11 @@
 //! clones of shared atomics: the field and the registered copy are the same series.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use lambdarec_trainer::blend::Strategy;
+
+use crate::engine::online::OnlineEval;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, prometheus_text};
@@ -140,6 +144,12 @@ struct VersionLabels {
     version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OnlineLabels {
+    version: String,
+    strategy: &'static str,
+}
+
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
 /// Every metric of the server, and the registry that renders them.
@@ -166,6 +176,12 @@ pub struct Metrics {
     pub dropped_requests: Counter,
     pub load_failures: Counter,
     model_info: Family<VersionLabels, Gauge>,
+    /// Online evaluation (`engine::online`): predictions scored, hits, reciprocal-rank sums.
+    online_predictions: Family<OnlineLabels, Counter>,
+    online_hits: Family<OnlineLabels, Counter>,
+    online_rr: Family<OnlineLabels, Counter<f64, AtomicU64>>,
+    /// The same figures with a rolling window, for ModelInfo.
+    pub online_eval: OnlineEval,
     /// The version `model_info` reports; the lock also orders concurrent version changes.
     model_version: Mutex<Option<String>>,
     /// Seconds per event-log append (one group commit).
@@ -261,6 +277,25 @@ impl Metrics {
             "new_items",
             "Items new since the serving bundle that the server has taken (--new-items accept)",
             new_items.clone(),
+        );
+        let online_predictions = Family::<OnlineLabels, Counter>::default();
+        r.register(
+            "online_predictions",
+            "Recommend lists scored against the session's next event, by model version and strategy",
+            online_predictions.clone(),
+        );
+        let online_hits = Family::<OnlineLabels, Counter>::default();
+        r.register(
+            "online_hits",
+            "Scored Recommend lists whose first 20 items held the session's next item",
+            online_hits.clone(),
+        );
+        let online_rr = Family::<OnlineLabels, Counter<f64, AtomicU64>>::default();
+        r.register(
+            "online_reciprocal_rank",
+            "Sum of 1/rank of the session's next item in the first 20 items of its last Recommend \
+             (0 for a miss); over online_predictions it is the online MRR@20",
+            online_rr.clone(),
         );
         let dropped_requests = Counter::default();
         r.register(
@@ -361,6 +396,10 @@ impl Metrics {
             live_sessions,
             knn_sessions,
             new_items,
+            online_predictions,
+            online_hits,
+            online_rr,
+            online_eval: OnlineEval::default(),
             evictions,
             dropped_requests,
             load_failures,
@@ -404,6 +443,21 @@ impl Metrics {
 
     /// Makes `version` the one `lambdarec_model_info` reports. The new series is added before the old
     /// one is removed, so a scrape never finds no version once one has been served.
+    /// Counts one online prediction: the session's next item was at `rank` (1-based) in the list
+    /// `version` served with `strategy`, or not in it (see `engine::online`).
+    pub fn online(&self, version: &Arc<str>, strategy: Strategy, rank: Option<usize>) {
+        let rr = self.online_eval.record(version, strategy, rank);
+        let labels = OnlineLabels {
+            version: version.to_string(),
+            strategy: strategy.name(),
+        };
+        self.online_predictions.get_or_create(&labels).inc();
+        if rank.is_some() {
+            self.online_hits.get_or_create(&labels).inc();
+            self.online_rr.get_or_create(&labels).inc_by(rr);
+        }
+    }
+
     pub fn set_model_version(&self, version: &str) {
         let mut current = self
             .model_version
@@ -532,6 +586,7 @@ mod tests {
         let m = Metrics::default();
         m.request(Method::Ping, tonic::Code::Ok, Duration::ZERO);
         m.set_model_version("v1");
+        m.online(&Arc::from("v1"), Strategy::Blend, Some(2));
         let text = m.render();
         let samples = text.lines().filter(|l| !l.starts_with('#'));
         let names: HashSet<&str> = samples

@@ -120,6 +120,12 @@ async fn online_metrics_equal_offline_metrics() {
     })
     .await
     .unwrap();
+    let mut client = lambdarec_proto::v1::recommender_client::RecommenderClient::connect(format!(
+        "http://{}",
+        server.local_addr()
+    ))
+    .await
+    .unwrap();
     let base = LoadOptions {
         target: server.local_addr().to_string(),
         data: test_path,
@@ -179,6 +185,26 @@ async fn online_metrics_equal_offline_metrics() {
             (report.accuracy.coverage - offline.model.coverage).abs() < 1e-6,
             "{name}: coverage"
         );
+        if name == "closed loop" {
+            // The server's own online evaluation scored the same lists against the same events.
+            let info = client
+                .model_info(lambdarec_proto::v1::ModelInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let [online] = &info.online[..] else {
+                panic!("one (version, strategy): {:?}", info.online);
+            };
+            assert_eq!(online.strategy(), lambdarec_proto::v1::Strategy::Gru);
+            assert_eq!(online.predictions, report.accuracy.events);
+            assert!(
+                (online.hit_rate - report.accuracy.recall).abs() < 1e-9
+                    && (online.mrr - report.accuracy.mrr).abs() < 1e-9,
+                "server online {online:?} vs harness {:?}",
+                report.accuracy
+            );
+            assert_eq!(online.window_predictions, online.predictions.min(10_000));
+        }
         // One Recommend per applied event but the last of each session; at least one per prediction.
         assert!(report.requests >= report.accuracy.events);
         assert!(

@@ -37,7 +37,7 @@ pub const DEFAULT_KNN_SESSIONS: usize = 1_000_000;
 pub const DEFAULT_TREND_HALF_LIFE_S: f64 = 3600.0;
 
 /// Which scorer ranks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Strategy {
     Gru,
     Knn,

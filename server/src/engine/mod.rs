@@ -4,6 +4,7 @@
 
 mod batcher;
 mod journal;
+pub mod online;
 mod sessions;
 pub mod snapshot;
 mod speed;
@@ -186,7 +187,7 @@ impl Engine {
             .clone()
     }
 
-    /// The speed layer's live figures, for ModelInfo.
+    /// The speed layer's and the online evaluation's figures, for ModelInfo.
     pub fn speed_info(&self) -> crate::convert::SpeedInfo {
         let m = &self.inner.shared.metrics;
         let s = &self.inner.config.speed;
@@ -197,6 +198,7 @@ impl Engine {
                 crate::config::NewItems::Accept => s.max_new_items as u64,
                 crate::config::NewItems::Reject => 0,
             },
+            online: m.online_eval.figures(),
         }
     }
 

@@ -38,6 +38,17 @@ pub struct Entry {
     /// The token that created the session (None: no token, or recovered from the log or a snapshot,
     /// which do not record it).
     owner: Option<Arc<str>>,
+    /// The list of the session's last Recommend, waiting for its next event (online evaluation).
+    pub pending: Option<Box<PendingList>>,
+}
+
+/// A served recommendation list awaiting the session's next event.
+#[derive(Debug)]
+pub struct PendingList {
+    /// The first items returned (at most [`super::online::ONLINE_K`]), best first.
+    pub items: Box<[u32]>,
+    pub version: Arc<str>,
+    pub strategy: lambdarec_trainer::blend::Strategy,
 }
 
 /// Why a session left the store without being deleted.
@@ -84,6 +95,7 @@ impl SessionStore {
                 seqs: VecDeque::new(),
                 touched: now,
                 owner: None,
+                pending: None,
             })
             .collect();
         SessionStore {
@@ -186,6 +198,7 @@ impl SessionStore {
         e.seqs.clear();
         e.touched = now;
         e.owner = owner.cloned();
+        e.pending = None;
         if let Some(owner) = owner {
             *self.owned.entry(owner.clone()).or_insert(0) += 1;
         }

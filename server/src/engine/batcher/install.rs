@@ -163,6 +163,9 @@ impl Batcher {
             let renumber = old.view.vocab.ids != view.vocab.ids || old_new.len() > 0;
             if renumber {
                 for e in self.planner.sessions.live_entries_mut() {
+                    // A list waiting for its session's next event names items of the old
+                    // catalogue: it is not scored (online evaluation).
+                    e.pending = None;
                     let recent = e
                         .recent
                         .iter()

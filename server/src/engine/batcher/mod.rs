@@ -58,15 +58,7 @@ impl Batcher {
         let now = Instant::now();
         Batcher {
             backend,
-            planner: Planner::new(
-                &config,
-                journal.is_some(),
-                now,
-                super::speed::SpeedStats {
-                    knn_sessions: shared.metrics.knn_sessions.clone(),
-                    new_items: shared.metrics.new_items.clone(),
-                },
-            ),
+            planner: Planner::new(&config, journal.is_some(), now, shared.metrics.clone()),
             active: None,
             warming: None,
             last_sweep: now,

@@ -18,6 +18,8 @@ use lambdarec_kernels::{Backend, Event, ModelId, ScoreQuery, Scored, TopKQuery};
 use lambdarec_trainer::blend::{POOL, Pool, SpeedLayer, Strategy};
 use tracing::{debug, error};
 
+use crate::engine::online::{ONLINE_K, rank};
+use crate::engine::sessions::PendingList;
 use crate::engine::sessions::SessionStore;
 use crate::engine::speed::{Speed, SpeedStats, owner};
 use crate::engine::types::{Job, Reply, Resolved};
@@ -25,6 +27,7 @@ use crate::engine::{
     EngineConfig, EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest,
     Recommendation, ReplayStats, ScoreOutcome, ScoreRequest, SessionSnapshot, unknown_inline,
 };
+use crate::metrics::Metrics;
 
 /// The backend and the model one batch runs on.
 pub(super) struct Exec<'a> {
@@ -157,6 +160,8 @@ pub(super) struct Planner {
     out: Output,
     /// Session-kNN, trending and new items.
     pub(super) speed: Speed,
+    /// Online evaluation is recorded here.
+    metrics: Arc<Metrics>,
 }
 
 impl Planner {
@@ -164,8 +169,12 @@ impl Planner {
         config: &EngineConfig,
         logging: bool,
         now: Instant,
-        stats: SpeedStats,
+        metrics: Arc<Metrics>,
     ) -> Self {
+        let stats = SpeedStats {
+            knn_sessions: metrics.knn_sessions.clone(),
+            new_items: metrics.new_items.clone(),
+        };
         let capacity = config.max_sessions;
         let l = &config.limits;
         Planner {
@@ -185,6 +194,7 @@ impl Planner {
             queried: vec![0; capacity + 1],
             out: Output::default(),
             speed: Speed::new(config.speed.clone(), stats),
+            metrics,
         }
     }
 
@@ -544,6 +554,11 @@ impl Planner {
             self.plan.events.push(Event { slot, item });
         }
         self.planned[slot as usize] = self.epoch;
+        // Online evaluation: this event is what the session's last Recommend list predicted.
+        if let Some(list) = self.sessions.entry_mut(slot).pending.take() {
+            let at = rank(&list.items, item);
+            self.metrics.online(&list.version, list.strategy, at);
+        }
         self.sessions
             .record_event(slot, item, at_ms, &view.version, seq);
         if let Some(layer) = &mut self.speed.layer {
@@ -589,6 +604,13 @@ impl Planner {
         match answer(x, layer, &plan.topk, &plan.scores) {
             Ok(Answers { lists, scores }) => {
                 for (p, items) in plan.topk.into_iter().zip(lists) {
+                    if p.slot != self.scratch {
+                        self.sessions.entry_mut(p.slot).pending = Some(Box::new(PendingList {
+                            items: items.iter().take(ONLINE_K).map(|s| s.item).collect(),
+                            version: view.version.clone(),
+                            strategy: p.strategy,
+                        }));
+                    }
                     let new_items = items
                         .iter()
                         .filter_map(|s| Some((s.item, new.name(s.item)?.to_string())))
