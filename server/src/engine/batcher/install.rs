@@ -75,18 +75,48 @@ impl Batcher {
             }
             return drop(reply.send(Err(e.into())));
         }
+        let rebuild = old_hidden.is_some();
         if let Some(h) = old_hidden {
             warn!(
                 from = h,
                 to = view.hidden,
                 sessions = self.planner.sessions.len(),
-                "hidden size changed: every session's state restarts from zero"
+                "hidden size changed: every session's state is rebuilt from its recent items"
             );
             for e in self.planner.sessions.live_entries_mut() {
                 e.state_version = Some(view.version.clone());
             }
         }
         self.swap(id, view, speed, reply);
+        if rebuild {
+            self.rebuild_states();
+        }
+    }
+
+    /// After a swap to another hidden size (the state table was reallocated, all zero): steps each
+    /// live session's recent items, as the new catalogue numbers them, through the new model, so a
+    /// session continues from what it did rather than from nothing (as a snapshot restore does).
+    fn rebuild_states(&mut self) {
+        let Some((model, n_items)) = self.active.as_ref().map(|a| (a.id, a.view.n_items())) else {
+            return;
+        };
+        let store = &self.planner.sessions;
+        let mut steps = Vec::new();
+        for slot in store.lru_order() {
+            let recent = &store.entry(slot).recent;
+            steps.extend(
+                recent
+                    .iter()
+                    .filter(|&&item| (item as usize) < n_items)
+                    .map(|&item| Event { slot, item }),
+            );
+        }
+        if !steps.is_empty()
+            && let Err(e) = self.backend.gru_step(model, &steps)
+        {
+            error!(error = %e, "cannot rebuild the sessions' states: they restart from zero");
+            let _ = self.backend.reset_states(&store.lru_order());
+        }
     }
 
     /// Warms up one more batch shape of the model being installed; swaps it in after the last.
