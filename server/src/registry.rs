@@ -9,9 +9,8 @@ use std::time::Duration;
 use lambdarec_kernels::Dtype;
 use lambdarec_proto::bundle::{BundleError, Store, format_rfc3339_ms, now_unix_ms};
 use lambdarec_trainer::TrainError;
-use lambdarec_trainer::blend::{self, SpeedLayer, Strategy, Weights};
-use lambdarec_trainer::knn::KnnParams;
-use lambdarec_trainer::pipeline::{LoadedModel, load_model};
+use lambdarec_trainer::blend::{SpeedLayer, Strategy};
+use lambdarec_trainer::pipeline::{LoadedModel, load_model, served_speed_layer};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
@@ -326,21 +325,14 @@ fn speed_layer(loaded: &LoadedModel, c: &SpeedConfig) -> SpeedLayer {
         .as_ref()
         .map(lambdarec_trainer::export::sessions_of)
         .unwrap_or_default();
-    let blend = b.manifest.blend.as_ref();
-    let weights = blend.map_or(Weights::GRU, |b| Weights::new(b.gru_weight, b.trend_weight));
-    let half_life = c
-        .trend_half_life
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_else(|| {
-            blend
-                .and_then(|b| b.trend_half_life_s)
-                .unwrap_or(blend::DEFAULT_TREND_HALF_LIFE_S)
-        });
-    let params = KnnParams {
-        capacity: c.knn_sessions,
-        ..KnnParams::default()
-    };
-    let layer = SpeedLayer::new(&seeds, loaded.weights.n_items, params, half_life, weights);
+    let layer = served_speed_layer(
+        &seeds,
+        loaded.weights.n_items,
+        b.manifest.blend.as_ref(),
+        c.knn_sessions,
+        c.trend_half_life.map(|d| d.as_secs_f64()),
+    );
+    let weights = layer.weights;
     tracing::info!(
         version = %b.manifest.version,
         seed_sessions = seeds.len(),
@@ -349,7 +341,7 @@ fn speed_layer(loaded: &LoadedModel, c: &SpeedConfig) -> SpeedLayer {
         gru_weight = weights.gru,
         knn_weight = weights.knn,
         trend_weight = weights.trend,
-        trend_half_life_s = half_life,
+        trend_half_life_s = layer.trend.half_life_s(),
         ms = started.elapsed().as_millis() as u64,
         "speed layer seeded from the bundle's training sessions"
     );

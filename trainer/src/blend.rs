@@ -19,9 +19,9 @@
 use lambdarec_kernels::{Backend, BackendError, Event, ModelId, ScoreQuery, TopKQuery};
 
 use crate::data::Sessions;
-use crate::eval::{Metrics, MetricsAccumulator};
+use crate::eval::{Metrics, MetricsAccumulator, fill_popular, top_k};
 use crate::knn::{KnnIndex, KnnParams, Owner, Scratch};
-use crate::trending::{Trending, fill_popular};
+use crate::trending::Trending;
 
 /// The GRU's candidates pooled per request (its top items), and the trending ones.
 pub const POOL: usize = 100;
@@ -103,16 +103,6 @@ impl Pool {
         top_k(&mut order, k);
         order
     }
-}
-
-/// Keeps the `k` best of `scored`, sorted best first (ties to the lower item).
-pub fn top_k(scored: &mut Vec<(u32, f32)>, k: usize) {
-    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k, cmp);
-        scored.truncate(k);
-    }
-    scored.sort_by(cmp);
 }
 
 /// A pool whose GRU scores are known for the GRU's own top items only: the other catalogue items

@@ -18,6 +18,35 @@ use lambdarec_kernels::{Backend, Event, ModelId, TopKQuery};
 
 use crate::data::Sessions;
 
+/// Keeps the `k` best of `scored`, sorted best first, ties to the lower item (the served order).
+pub fn top_k(scored: &mut Vec<(u32, f32)>, k: usize) {
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if scored.len() > k {
+        scored.select_nth_unstable_by(k, cmp);
+        scored.truncate(k);
+    }
+    scored.sort_by(cmp);
+}
+
+/// `ranked` then the most popular items (indices 0, 1, … below `n_items`) not in it and not in
+/// `exclude` (sorted), up to `k` in all.
+pub fn fill_popular(
+    ranked: impl IntoIterator<Item = u32>,
+    k: usize,
+    n_items: u32,
+    exclude: &[u32],
+) -> Vec<u32> {
+    let mut out: Vec<u32> = ranked.into_iter().take(k).collect();
+    let mut next = 0u32;
+    while out.len() < k && next < n_items {
+        if !out.contains(&next) && exclude.binary_search(&next).is_err() {
+            out.push(next);
+        }
+        next += 1;
+    }
+    out
+}
+
 /// Evaluation results at cut-off `k`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -219,6 +248,16 @@ mod tests {
         assert!((m.coverage - 0.9).abs() < 1e-12);
         // item 0 appears 3 times among 12 recommendations
         assert!((m.pop_share - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top_k_orders_ties_to_the_lower_item_and_fill_skips_what_is_taken() {
+        let mut s = vec![(7, 0.5), (2, 0.9), (4, 0.5), (1, 0.1)];
+        top_k(&mut s, 3);
+        assert_eq!(s, [(2, 0.9), (4, 0.5), (7, 0.5)]);
+        assert_eq!(fill_popular([3, 5], 4, 10, &[]), [3, 5, 0, 1]);
+        assert_eq!(fill_popular([3], 3, 10, &[0, 2]), [3, 1, 4]);
+        assert_eq!(fill_popular([], 3, 2, &[]), [0, 1]);
     }
 
     #[test]

@@ -445,21 +445,9 @@ impl KnnIndex {
     /// index), filled with the most popular items when the neighbours hold fewer than `k`.
     pub fn recommend(&mut self, items: &[u32], own: Option<Owner>, k: usize) -> Vec<u32> {
         let mut scored = self.score(items, own);
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if scored.len() > k {
-            scored.select_nth_unstable_by(k, order);
-            scored.truncate(k);
-        }
-        scored.sort_by(order);
-        let mut out: Vec<u32> = scored.into_iter().map(|(i, _)| i).collect();
-        let mut next = 0u32;
-        while out.len() < k && (next as usize) < self.postings.len() {
-            if !out.contains(&next) {
-                out.push(next);
-            }
-            next += 1;
-        }
-        out
+        crate::eval::top_k(&mut scored, k);
+        let ranked = scored.into_iter().map(|(i, _)| i);
+        crate::eval::fill_popular(ranked, k, self.postings.len() as u32, &[])
     }
 }
 

@@ -232,7 +232,7 @@ pub fn evaluate(
         let metrics = evaluate_recommender(&mut sknn, test, n, opts.k);
         baselines.push((sknn.name().to_string(), metrics));
 
-        let speed = served_speed_layer(train_sessions, n, blend);
+        let speed = served_speed_layer(train_sessions, n, blend, blend::DEFAULT_KNN_SESSIONS, None);
         let w = speed.weights;
         let mut run = |name: String, what: Scored<'_>| -> Result<(), TrainError> {
             let mut speed = speed.clone();
@@ -264,14 +264,22 @@ pub fn evaluate(
 }
 
 /// The speed layer a server starts with for a bundle whose training sessions are `train` and
-/// whose blend is `blend` (default kNN parameters and capacity, the bundle's half-life).
-pub fn served_speed_layer(train: &Sessions, n_items: usize, blend: Option<&Blend>) -> SpeedLayer {
+/// whose blend is `blend` (the GRU alone without one): V-SKNN's parameters with `knn_sessions` kept,
+/// trending's half-life `half_life_s` or else the bundle's (one hour if it names none). The server
+/// builds its speed layer here too, so that the evaluator's is the served one.
+pub fn served_speed_layer(
+    train: &Sessions,
+    n_items: usize,
+    blend: Option<&Blend>,
+    knn_sessions: usize,
+    half_life_s: Option<f64>,
+) -> SpeedLayer {
     let weights = blend.map_or(Weights::GRU, |b| Weights::new(b.gru_weight, b.trend_weight));
-    let half_life = blend
-        .and_then(|b| b.trend_half_life_s)
+    let half_life = half_life_s
+        .or_else(|| blend.and_then(|b| b.trend_half_life_s))
         .unwrap_or(blend::DEFAULT_TREND_HALF_LIFE_S);
     let params = KnnParams {
-        capacity: blend::DEFAULT_KNN_SESSIONS,
+        capacity: knn_sessions,
         ..KnnParams::default()
     };
     SpeedLayer::new(train, n_items, params, half_life, weights)

@@ -115,65 +115,6 @@ impl Trending {
     }
 }
 
-/// Trending as an evaluation recommender: every observed event counts at its own time, and the
-/// answer is the top trending items, filled with the most popular items when fewer have events.
-pub struct TrendingRecommender {
-    trend: Trending,
-    /// Event times of the session being evaluated, in step with `observe`.
-    times: Vec<i64>,
-    at: usize,
-}
-
-impl TrendingRecommender {
-    /// `times[j]` is the time (ms) of the j-th event the evaluation will observe.
-    pub fn new(trend: Trending, times: Vec<i64>) -> Self {
-        TrendingRecommender {
-            trend,
-            times,
-            at: 0,
-        }
-    }
-}
-
-impl crate::eval::SessionRecommender for TrendingRecommender {
-    fn name(&self) -> &str {
-        "trending"
-    }
-    fn reset(&mut self) {}
-    fn observe(&mut self, item: u32) {
-        let t = self.times.get(self.at).copied().unwrap_or(i64::MAX / 2);
-        self.at += 1;
-        self.trend.observe(item, t);
-    }
-    fn recommend(&mut self, k: usize) -> Vec<u32> {
-        fill_popular(
-            self.trend.top(k, &[]).into_iter().map(|(i, _)| i),
-            k,
-            u32::MAX,
-            &[],
-        )
-    }
-}
-
-/// `ranked` then the most popular items (indices 0, 1, … below `n_items`) not in it and not in
-/// `exclude` (sorted), up to `k` in all.
-pub fn fill_popular(
-    ranked: impl IntoIterator<Item = u32>,
-    k: usize,
-    n_items: u32,
-    exclude: &[u32],
-) -> Vec<u32> {
-    let mut out: Vec<u32> = ranked.into_iter().take(k).collect();
-    let mut next = 0u32;
-    while out.len() < k && next < n_items {
-        if !out.contains(&next) && exclude.binary_search(&next).is_err() {
-            out.push(next);
-        }
-        next += 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,13 +170,10 @@ mod tests {
     }
 
     #[test]
-    fn ties_go_to_the_lower_item_and_fill_skips_what_is_taken() {
+    fn ties_go_to_the_lower_item() {
         let mut t = Trending::new(1.0);
         t.observe(5, 0);
         t.observe(3, 0);
         assert_eq!(t.top(2, &[]), [(3, 1.0), (5, 1.0)]);
-        assert_eq!(fill_popular([3, 5], 4, 10, &[]), [3, 5, 0, 1]);
-        assert_eq!(fill_popular([3], 3, 10, &[0, 2]), [3, 1, 4]);
-        assert_eq!(fill_popular([], 3, 2, &[]), [0, 1]);
     }
 }

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use lambdarec_trainer::blend::{SpeedLayer, Strategy};
 
 use super::EngineError;
+use super::sessions::SessionStore;
 use super::types::ModelView;
 use crate::config::{NewItems, SpeedConfig};
 
@@ -152,6 +153,31 @@ impl Speed {
         tracing::info!(item = id, index = i, model = %view.version, "new item taken (not in the bundle's catalogue)");
         self.stats.new_items.set(self.new.len() as u64);
         i
+    }
+
+    /// The index of a recorded item (a logged event's, a snapshot's): the catalogue's, or a new
+    /// item's as the live server took it, taken again if need be (None: refused now, e.g. after a
+    /// restart with `--new-items reject`).
+    pub fn resolve_recorded(&mut self, id: &str, view: &ModelView) -> Option<u32> {
+        if let Some(i) = view.vocab.index(id) {
+            return Some(i);
+        }
+        match self.admit_new(id, view) {
+            Ok(Some(i)) => Some(i),
+            Ok(None) => Some(self.take(id, view)),
+            Err(_) => None,
+        }
+    }
+
+    /// Makes every live session of `sessions` the most recent entry of `layer`'s kNN index, least
+    /// recently used first (so the most recent stay the most recent).
+    pub fn index_sessions(layer: &mut SpeedLayer, sessions: &mut SessionStore) {
+        for slot in sessions.lru_order() {
+            let key = owner(sessions.key(slot).map_or("", |k| k));
+            layer
+                .knn
+                .upsert(key, sessions.entry_mut(slot).recent.make_contiguous());
+        }
     }
 
     /// The external id of index `i` under `view`.

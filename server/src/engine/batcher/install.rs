@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 use lambdarec_trainer::blend::SpeedLayer;
 
 use super::{Active, Batcher};
+use crate::engine::speed::Speed;
 use crate::engine::{EngineError, Install, ModelView, Reply};
 
 /// A model being warmed up beside the serving one, one batch shape per loop turn.
@@ -214,13 +215,7 @@ impl Batcher {
         }
         // The live sessions join the new kNN index (oldest first, so the most recent stay the most
         // recent); trending starts from the new bundle's training events.
-        let store = &mut self.planner.sessions;
-        for slot in store.lru_order() {
-            let key = crate::engine::speed::owner(store.key(slot).map_or("", |k| k));
-            speed
-                .knn
-                .upsert(key, store.entry_mut(slot).recent.make_contiguous());
-        }
+        Speed::index_sessions(&mut speed, &mut self.planner.sessions);
         self.planner.speed.install(*speed, new_items);
         *self
             .shared

@@ -473,7 +473,7 @@ impl Planner {
                     }
                     stats.deletes += 1;
                 }
-                RecordKind::Event => match self.replay_item(&r.item_id, view) {
+                RecordKind::Event => match self.speed.resolve_recorded(&r.item_id, view) {
                     Some(item) => {
                         // Recovered sessions have no owner (the log does not record tokens), so
                         // this cannot be refused.
@@ -489,19 +489,6 @@ impl Planner {
             }
         }
         stats
-    }
-
-    /// The index of a logged event's item: the catalogue's, or a new item's as the live event took it
-    /// (None: refused now, e.g. after a restart with `--new-items reject`).
-    fn replay_item(&mut self, id: &str, view: &ModelView) -> Option<u32> {
-        if let Some(i) = view.vocab.index(id) {
-            return Some(i);
-        }
-        match self.speed.admit_new(id, view) {
-            Ok(Some(i)) => Some(i),
-            Ok(None) => Some(self.speed.take(id, view)),
-            Err(_) => None,
-        }
     }
 
     /// The slot of a session about to receive events, created (and its state reset) if missing —

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::Batcher;
 use crate::engine::snapshot::{SessionImage, SnapshotImage};
+use crate::engine::speed::Speed;
 use crate::engine::types::{Restore, RestoreStats};
 use crate::engine::{EngineError, ModelView};
 use crate::registry::error_chain;
@@ -75,15 +76,7 @@ impl Batcher {
         let map: Vec<Option<u32>> = snapshot
             .items
             .iter()
-            .map(|id| {
-                view.vocab
-                    .index(id)
-                    .or_else(|| match speed.admit_new(id, &view) {
-                        Ok(Some(i)) => Some(i),
-                        Ok(None) => Some(speed.take(id, &view)),
-                        Err(_) => None,
-                    })
-            })
+            .map(|id| speed.resolve_recorded(id, &view))
             .collect();
         let n_items = view.n_items();
         let reuse = snapshot.header.hidden == view.hidden;
@@ -144,13 +137,7 @@ impl Batcher {
         // The restored sessions join the kNN index, least recently used first (trending counts are
         // not in snapshots: they restart from the bundle's and the replayed tail's events).
         if let Some(layer) = &mut self.planner.speed.layer {
-            let store = &mut self.planner.sessions;
-            for slot in store.lru_order() {
-                let key = crate::engine::speed::owner(store.key(slot).map_or("", |k| k));
-                layer
-                    .knn
-                    .upsert(key, store.entry_mut(slot).recent.make_contiguous());
-            }
+            Speed::index_sessions(layer, &mut self.planner.sessions);
         }
         log_restore(&snapshot.header.model_version, &view, reuse, &stats);
         let _ = reply.send(Ok(stats));
