@@ -84,6 +84,7 @@ pub fn bundle_of(
         metrics,
         files: BTreeMap::new(),
         blend: None,
+        gate: None,
     };
     let items = ItemTable {
         ids: vocab.ids.clone(),
@@ -94,6 +95,7 @@ pub fn bundle_of(
         tensors: weight_tensors(w),
         items,
         sessions: None,
+        optimizer: None,
     }
 }
 
@@ -179,4 +181,59 @@ pub fn sessions_of(t: &lambdarec_proto::bundle::SessionTable) -> crate::data::Se
         times: t.times.clone(),
         keys: (1..t.offsets.len()).map(|s| s.to_string()).collect(),
     }
+}
+
+/// The optimiser's state as the tensors of optimizer.safetensors: `<param>.acc` and `<param>.mom`
+/// (when used), each `rows × cols` of the parameter as the trainer holds it (`ParamId::name`),
+/// and `step` (one value; exact up to 2^24 steps, beyond which Adam's bias correction is 1).
+pub fn optimizer_tensors(
+    state: &crate::train::OptimizerState,
+    model: &crate::model::Gru4Rec,
+) -> BTreeMap<String, Tensor> {
+    let mut out = BTreeMap::new();
+    for p in &state.params {
+        let param = model.param(p.id);
+        let shape = vec![param.rows, param.cols];
+        for (slot, data) in [("acc", &p.acc), ("mom", &p.mom)] {
+            if !data.is_empty() {
+                out.insert(
+                    format!("{}.{slot}", p.id.name()),
+                    Tensor {
+                        shape: shape.clone(),
+                        data: data.clone(),
+                    },
+                );
+            }
+        }
+    }
+    out.insert(
+        "step".to_string(),
+        Tensor {
+            shape: vec![1],
+            data: vec![state.step.min(1 << 24) as f32],
+        },
+    );
+    out
+}
+
+/// Reads back what [`optimizer_tensors`] wrote; a parameter whose tensors are missing starts
+/// fresh.
+pub fn optimizer_of(tensors: &BTreeMap<String, Tensor>) -> crate::train::OptimizerState {
+    use crate::model::ParamId;
+    let get = |name: String| tensors.get(&name).map(|t| t.data.clone());
+    let params = ParamId::ALL
+        .into_iter()
+        .filter_map(|id| {
+            Some(crate::train::ParamState {
+                id,
+                acc: get(format!("{}.acc", id.name()))?,
+                mom: get(format!("{}.mom", id.name())).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let step = tensors
+        .get("step")
+        .and_then(|t| t.data.first())
+        .map_or(0, |&s| s.max(0.0) as u64);
+    crate::train::OptimizerState { step, params }
 }

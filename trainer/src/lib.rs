@@ -4,6 +4,7 @@
 
 pub mod baselines;
 pub mod blend;
+pub mod continuous;
 pub mod data;
 pub mod eval;
 pub mod export;

@@ -39,6 +39,39 @@ impl std::str::FromStr for Loss {
     }
 }
 
+/// For each item of the catalogue `ids`, its index in the catalogue `prev_ids` (None: new).
+pub fn item_rows(prev_ids: &[String], ids: &[String]) -> Vec<Option<usize>> {
+    let old: std::collections::HashMap<&str, usize> = prev_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    ids.iter().map(|id| old.get(id.as_str()).copied()).collect()
+}
+
+impl WarmStart {
+    /// Counts of a mapping made by [`item_rows`] from a catalogue of `prev_items` items.
+    pub fn of(rows: &[Option<usize>], prev_items: usize) -> WarmStart {
+        let reused = rows.iter().filter(|r| r.is_some()).count();
+        WarmStart {
+            reused,
+            new: rows.len() - reused,
+            retired: prev_items.saturating_sub(reused),
+        }
+    }
+}
+
+/// How a warm start mapped the previous catalogue onto the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WarmStart {
+    /// Items of the new catalogue that kept their trained rows.
+    pub reused: usize,
+    /// Items new to the catalogue (fresh rows).
+    pub new: usize,
+    /// Items of the previous catalogue that are not in the new one.
+    pub retired: usize,
+}
+
 /// A dense row-major matrix of parameters.
 #[derive(Clone, Debug)]
 pub struct Param {
@@ -92,6 +125,32 @@ pub enum ParamId {
     BHh,
 }
 
+impl ParamId {
+    pub const ALL: [ParamId; 7] = [
+        ParamId::ItemIn,
+        ParamId::ItemOut,
+        ParamId::ItemBias,
+        ParamId::WIh,
+        ParamId::WHh,
+        ParamId::BIh,
+        ParamId::BHh,
+    ];
+
+    /// The parameter's name in a saved optimiser state (the GRU matrices in the model's `in × 3H`
+    /// layout, hence `_t`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamId::ItemIn => "item_in",
+            ParamId::ItemOut => "item_out",
+            ParamId::ItemBias => "item_bias",
+            ParamId::WIh => "gru.w_ih_t",
+            ParamId::WHh => "gru.w_hh_t",
+            ParamId::BIh => "gru.b_ih",
+            ParamId::BHh => "gru.b_hh",
+        }
+    }
+}
+
 /// GRU4Rec parameters. GRU matrices are stored transposed (`in × 3H`) so the step is `x · W`.
 #[derive(Clone, Debug)]
 pub struct Gru4Rec {
@@ -134,6 +193,43 @@ impl Gru4Rec {
             b_ih: Param::zeros(1, 3 * hidden),
             b_hh: Param::zeros(1, 3 * hidden),
         }
+    }
+
+    /// A model for a new catalogue that starts where `prev` left off: the GRU's matrices and
+    /// biases are copied; item `r` of the new catalogue takes `prev`'s rows `rows[r]` (see
+    /// [`item_rows`]) or, when that is None (a new item), fresh rows drawn as [`Gru4Rec::new`]
+    /// draws them. `prev` must have this model's hidden size and embedding layout, which the caller
+    /// checks.
+    pub fn warm_start(
+        prev: &lambdarec_kernels::ModelWeights,
+        rows: &[Option<usize>],
+        seed: u64,
+    ) -> Gru4Rec {
+        let (h, tied) = (prev.hidden, prev.item_in.is_none());
+        let mut model = Gru4Rec::new(rows.len(), if tied { 0 } else { prev.embed_dim }, h, seed);
+        let e = model.embed_dim;
+        for (r, &old) in rows.iter().enumerate() {
+            let Some(o) = old else { continue };
+            model.item_out.data[r * h..(r + 1) * h]
+                .copy_from_slice(&prev.item_out[o * h..(o + 1) * h]);
+            model.item_bias.data[r] = prev.item_bias[o];
+            if let (Some(dst), Some(src)) = (model.item_in.as_mut(), prev.item_in.as_ref()) {
+                dst.data[r * e..(r + 1) * e].copy_from_slice(&src[o * e..(o + 1) * e]);
+            }
+        }
+        // The bundle stores the GRU matrices `3H × in`; the model keeps them `in × 3H`.
+        let untranspose = |w: &[f32], rows: usize, cols: usize| Param {
+            rows,
+            cols,
+            data: (0..rows * cols)
+                .map(|i| w[(i % cols) * rows + i / cols])
+                .collect(),
+        };
+        model.w_ih_t = untranspose(&prev.w_ih, e, 3 * h);
+        model.w_hh_t = untranspose(&prev.w_hh, h, 3 * h);
+        model.b_ih.data.copy_from_slice(&prev.b_ih);
+        model.b_hh.data.copy_from_slice(&prev.b_hh);
+        model
     }
 
     pub fn tied(&self) -> bool {
@@ -386,6 +482,45 @@ fn dropout(x: &Tensor, p: f32, rng: &mut SmallRng) -> candle_core::Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warm_start_keeps_every_trained_number_and_draws_new_rows() {
+        for embed in [0, 5] {
+            let prev = Gru4Rec::new(4, embed, 3, 7);
+            let w = prev.to_weights();
+            let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            // Same catalogue: the very same model.
+            let same = ids(&["a", "b", "c", "d"]);
+            let rows = item_rows(&same, &same);
+            let again = Gru4Rec::warm_start(&w, &rows, 99).to_weights();
+            assert_eq!(again, w, "embed {embed}");
+            // d retired, c and a reordered, e new.
+            let next = ids(&["c", "e", "a"]);
+            let rows = item_rows(&same, &next);
+            assert_eq!(rows, [Some(2), None, Some(0)]);
+            assert_eq!(
+                WarmStart::of(&rows, 4),
+                WarmStart {
+                    reused: 2,
+                    new: 1,
+                    retired: 2
+                }
+            );
+            let m = Gru4Rec::warm_start(&w, &rows, 99);
+            assert_eq!(m.item_out.row(0), prev.item_out.row(2));
+            assert_eq!(m.item_out.row(2), prev.item_out.row(0));
+            assert!(
+                m.item_out.row(1).iter().any(|&x| x != 0.0),
+                "a new item gets drawn rows"
+            );
+            assert_eq!(m.item_bias.data[1], 0.0);
+            if let (Some(a), Some(b)) = (&m.item_in, &prev.item_in) {
+                assert_eq!(a.row(0), b.row(2));
+            }
+            assert_eq!(m.w_ih_t.data, prev.w_ih_t.data);
+            assert_eq!(m.w_hh_t.data, prev.w_hh_t.data);
+        }
+    }
 
     /// The candle cell must be the kernels' cell: check it against the f64 reference formula.
     #[test]

@@ -19,7 +19,8 @@ use crate::data::{self, ArchiveSource, Dataset, ItemVocab, PrepareOptions, ReadO
 use crate::eval::{Metrics, SessionRecommender, evaluate_model, evaluate_recommender};
 use crate::export;
 use crate::knn::{KnnIndex, KnnParams, SessionKnn};
-use crate::train::{EpochStats, TrainConfig, train};
+use crate::model::{Gru4Rec, WarmStart, item_rows};
+use crate::train::{EpochStats, Init, TrainConfig, train, train_from};
 
 /// Evaluation settings shared by `train` and `eval`.
 #[derive(Clone, Debug, Serialize)]
@@ -111,6 +112,38 @@ pub struct TrainJob {
     pub blend_validation: f64,
     /// Trending's half-life in seconds, stored in the bundle for the server.
     pub trend_half_life_s: f64,
+    /// Where the weights start.
+    pub warm_start: WarmStartFrom,
+    /// With a warm start from a bundle that has blend weights: fit them again (training a second,
+    /// cold GRU) rather than keep them.
+    pub refit_blend: bool,
+    /// Evaluate the GRU on the test set after every epoch (a learning curve in the manifest).
+    pub eval_each_epoch: bool,
+}
+
+/// Where a training job's weights start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WarmStartFrom {
+    /// Freshly drawn weights.
+    #[default]
+    Cold,
+    /// The version LATEST names, if the model has one (cold otherwise).
+    Latest,
+    /// This version of the model.
+    Version(String),
+}
+
+impl std::str::FromStr for WarmStartFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "cold" => Ok(WarmStartFrom::Cold),
+            "latest" | "LATEST" => Ok(WarmStartFrom::Latest),
+            v => lambdarec_proto::bundle::validate_version(v)
+                .map(|()| WarmStartFrom::Version(v.to_owned()))
+                .map_err(|e| format!("{e} (or give latest, or none)")),
+        }
+    }
 }
 
 impl TrainJob {
@@ -134,6 +167,9 @@ impl TrainJob {
             model_name: model_name.into(),
             blend_validation: 86_400.0,
             trend_half_life_s: blend::DEFAULT_TREND_HALF_LIFE_S,
+            warm_start: WarmStartFrom::Cold,
+            refit_blend: false,
+            eval_each_epoch: false,
         }
     }
 }
@@ -191,6 +227,21 @@ pub struct TrainOutcome {
     pub evaluation: Evaluation,
     pub weights: ModelWeights,
     pub version: String,
+    /// The version the weights started from, and how its catalogue mapped onto this one.
+    pub warm_start: Option<(String, WarmStart)>,
+}
+
+/// A trained model not yet written to the store: [`run_train`] writes it as LATEST, a
+/// continuous-training cycle gates it first.
+pub struct Candidate {
+    pub dataset: Dataset,
+    pub epochs: Vec<EpochStats>,
+    pub evaluation: Evaluation,
+    pub weights: ModelWeights,
+    pub bundle: Bundle,
+    /// The version the weights started from (loaded: the gate compares against it when it is
+    /// the serving one), and how its catalogue mapped onto the candidate's.
+    pub warm_start: Option<(LoadedModel, WarmStart)>,
 }
 
 /// Evaluates weights on test sessions with the CPU backend, and the baselines trained on `train`.
@@ -285,7 +336,8 @@ pub fn served_speed_layer(
     SpeedLayer::new(train, n_items, params, half_life, weights)
 }
 
-/// Runs `lambdarec train`. `progress(epoch, events_done, mean_loss)` drives a progress bar.
+/// Runs `lambdarec train`: trains on the job's data and writes the bundle as the new LATEST.
+/// `progress(epoch, events_done, mean_loss)` drives a progress bar.
 pub async fn run_train(
     job: &TrainJob,
     progress: impl FnMut(usize, u64, f64) + Send,
@@ -294,7 +346,46 @@ pub async fn run_train(
     // Checked before any work: a name the store refuses would otherwise surface only after training.
     validate_model_name(&job.model_name)?;
     let store = Store::open(&job.store)?;
-    let raw_train = match &job.data {
+    let dataset = read_train_data(job).await?.prepare(job)?;
+    let mut c = train_candidate(job, &store, dataset, progress, on_epoch).await?;
+    let version = store.write_bundle(&job.model_name, &mut c.bundle).await?;
+    info!(store = store.url(), model = %job.model_name, %version, "wrote model bundle");
+    Ok(TrainOutcome {
+        dataset: c.dataset,
+        epochs: c.epochs,
+        evaluation: c.evaluation,
+        weights: c.weights,
+        version,
+        warm_start: c.warm_start.map(|(m, w)| (m.bundle.manifest.version, w)),
+    })
+}
+
+/// The job's training log (and its test log when it names one).
+pub struct RawData {
+    pub train: data::RawLog,
+    pub test: Option<data::RawLog>,
+}
+
+impl RawData {
+    /// Prepares the logs as `job.prepare` says.
+    pub fn prepare(&self, job: &TrainJob) -> Result<Dataset, TrainError> {
+        let dataset = data::prepare(&self.train, self.test.as_ref(), &job.prepare)?;
+        let r = &dataset.report;
+        info!(
+            train_events = r.train_events,
+            train_sessions = r.train_sessions,
+            items = r.train_items,
+            test_events = r.test_events,
+            test_sessions = r.test_sessions,
+            "prepared data"
+        );
+        Ok(dataset)
+    }
+}
+
+/// Reads what `job.data` and `job.test_path` name.
+pub async fn read_train_data(job: &TrainJob) -> Result<RawData, TrainError> {
+    let train = match &job.data {
         TrainData::File(p) => data::read_log(p, &job.read)?,
         TrainData::Archive(a) => data::read_archive(a, job.read.skip_bad_lines).await?,
         TrainData::Synthetic => {
@@ -308,8 +399,8 @@ pub async fn run_train(
             data::synthetic::generate(&opts)
         }
     };
-    report_bad_lines(&raw_train);
-    let raw_test = match &job.test_path {
+    report_bad_lines(&train);
+    let test = match &job.test_path {
         Some(p) => {
             let t = data::read_log(p, &job.read)?;
             report_bad_lines(&t);
@@ -317,26 +408,91 @@ pub async fn run_train(
         }
         None => None,
     };
-    let dataset = data::prepare(&raw_train, raw_test.as_ref(), &job.prepare)?;
-    let r = &dataset.report;
-    info!(
-        train_events = r.train_events,
-        train_sessions = r.train_sessions,
-        items = r.train_items,
-        test_events = r.test_events,
-        test_sessions = r.test_sessions,
-        "prepared data"
-    );
-    drop((raw_train, raw_test));
+    Ok(RawData { train, test })
+}
 
-    let blend = fit_blend(&dataset, job)?;
-    let (model, epochs) = train(
+/// Trains on `dataset` (from the bundle `job.warm_start` names, if any), evaluates, and builds
+/// the bundle, without writing it.
+pub async fn train_candidate(
+    job: &TrainJob,
+    store: &Store,
+    dataset: Dataset,
+    progress: impl FnMut(usize, u64, f64) + Send,
+    mut on_epoch: impl FnMut(&EpochStats) + Send,
+) -> Result<Candidate, TrainError> {
+    let prev = match &job.warm_start {
+        WarmStartFrom::Cold => None,
+        WarmStartFrom::Latest => match store.latest_version(&job.model_name).await? {
+            Some(v) => Some(load_from(store, &job.model_name, &v).await?),
+            None => {
+                info!(model = %job.model_name, "the model has no LATEST yet: training from scratch");
+                None
+            }
+        },
+        WarmStartFrom::Version(v) => Some(load_from(store, &job.model_name, v).await?),
+    };
+    let (init, warm_start) = match prev {
+        Some(prev) => {
+            check_warm_start(&prev, &job.config)?;
+            let rows = item_rows(&prev.vocab.ids, &dataset.vocab.ids);
+            let how = WarmStart::of(&rows, prev.vocab.len());
+            let model = Gru4Rec::warm_start(&prev.weights, &rows, job.config.seed);
+            let optimizer = saved_optimizer(store, &job.model_name, &prev, &job.config)
+                .await?
+                .map(|o| o.remap_items(prev.vocab.len(), &rows));
+            info!(
+                from = %prev.bundle.manifest.version,
+                reused = how.reused,
+                new_items = how.new,
+                retired = how.retired,
+                optimizer_state = optimizer.is_some(),
+                "warm start: weights from the previous version, fresh rows for new items"
+            );
+            (Some(Init { model, optimizer }), Some((prev, how)))
+        }
+        None => (None, None),
+    };
+    let inherited = warm_start
+        .as_ref()
+        .filter(|_| !job.refit_blend)
+        .and_then(|(prev, _)| inherit_blend(prev, job));
+    let blend = match inherited {
+        Some(b) => Some(b),
+        None => fit_blend(&dataset, job)?,
+    };
+
+    let mut curve: Vec<Metrics> = Vec::new();
+    let mut curve_error = None;
+    let (model, mut epochs, optimizer) = train_from(
+        init,
         &dataset.train,
         &dataset.vocab.popularity,
         &job.config,
         progress,
-        on_epoch,
+        |st, model| {
+            if !job.eval_each_epoch || curve_error.is_some() {
+                return on_epoch(st);
+            }
+            match evaluate_gru(&model.to_weights(), &dataset.test, &job.eval) {
+                Ok(m) => {
+                    let mut st = st.clone();
+                    (st.test_recall, st.test_mrr) = (Some(m.recall), Some(m.mrr));
+                    curve.push(m);
+                    on_epoch(&st);
+                }
+                Err(e) => {
+                    curve_error = Some(e);
+                    on_epoch(st);
+                }
+            }
+        },
     )?;
+    if let Some(e) = curve_error {
+        return Err(e);
+    }
+    for (st, m) in epochs.iter_mut().zip(&curve) {
+        (st.test_recall, st.test_mrr) = (Some(m.recall), Some(m.mrr));
+    }
     let weights = model.to_weights();
     let evaluation = evaluate(
         &weights,
@@ -361,16 +517,108 @@ pub async fn run_train(
         &epochs,
         &evaluation,
     );
+    if let Some((prev, how)) = &warm_start {
+        bundle.manifest.training["warm_start"] = serde_json::json!({
+            "from": prev.bundle.manifest.version,
+            "reused_items": how.reused,
+            "new_items": how.new,
+            "retired_items": how.retired,
+        });
+    }
     bundle.manifest.blend = blend;
     bundle.sessions = Some(export::session_table(&dataset.train));
-    let version = store.write_bundle(&job.model_name, &mut bundle).await?;
-    info!(store = store.url(), model = %job.model_name, %version, "wrote model bundle");
-    Ok(TrainOutcome {
+    bundle.optimizer = Some(export::optimizer_tensors(&optimizer, &model));
+    Ok(Candidate {
         dataset,
         epochs,
         evaluation,
         weights,
-        version,
+        bundle,
+        warm_start,
+    })
+}
+
+/// The GRU alone on `test`, with the CPU backend (a point of a learning curve).
+fn evaluate_gru(
+    weights: &ModelWeights,
+    test: &Sessions,
+    opts: &EvalOptions,
+) -> Result<Metrics, TrainError> {
+    let mut backend = CpuBackend::new(opts.threads)?;
+    let id = backend.upload_model(weights, Dtype::F32)?;
+    let n = weights.n_items;
+    Ok(evaluate_model(
+        &mut backend,
+        id,
+        weights.hidden,
+        test,
+        n,
+        opts.k,
+        opts.batch,
+    )?)
+}
+
+async fn load_from(store: &Store, name: &str, version: &str) -> Result<LoadedModel, TrainError> {
+    LoadedModel::new(store.read_bundle(name, Some(version)).await?)
+}
+
+/// The optimiser state `prev` was saved with, when this job's optimiser can continue it.
+async fn saved_optimizer(
+    store: &Store,
+    name: &str,
+    prev: &LoadedModel,
+    cfg: &TrainConfig,
+) -> Result<Option<crate::train::OptimizerState>, TrainError> {
+    let version = &prev.bundle.manifest.version;
+    let theirs = &prev.bundle.manifest.training["config"]["optimizer"];
+    if *theirs != serde_json::json!(cfg.optimizer) {
+        info!(from = %version, previous = %theirs, "the optimiser changed: its state starts fresh");
+        return Ok(None);
+    }
+    let state = store.read_optimizer(name, version).await?;
+    if state.is_none() {
+        info!(from = %version, "the previous version saved no optimiser state: it starts fresh");
+    }
+    Ok(state.as_ref().map(export::optimizer_of))
+}
+
+/// A warm start keeps the architecture: the same hidden size and input embedding.
+fn check_warm_start(prev: &LoadedModel, cfg: &TrainConfig) -> Result<(), TrainError> {
+    let w = &prev.weights;
+    let tied = w.item_in.is_none();
+    let same = w.hidden == cfg.hidden
+        && tied == (cfg.embed_dim == 0)
+        && (tied || w.embed_dim == cfg.embed_dim);
+    if same {
+        return Ok(());
+    }
+    let shape = |hidden: usize, embed: usize| match embed {
+        0 => format!("{hidden} hidden units and tied embeddings"),
+        e => format!("{hidden} hidden units and {e}-wide input embeddings"),
+    };
+    Err(TrainError::Config(format!(
+        "cannot warm-start from version {}: it has {}, this job asks for {}; \
+         train from scratch (--warm-start none) to change the architecture",
+        prev.bundle.manifest.version,
+        shape(w.hidden, if tied { 0 } else { w.embed_dim }),
+        shape(cfg.hidden, cfg.embed_dim),
+    )))
+}
+
+/// The previous version's blend weights, kept by a warm start (None when it has none).
+fn inherit_blend(prev: &LoadedModel, job: &TrainJob) -> Option<Blend> {
+    let b = prev.bundle.manifest.blend.as_ref()?;
+    info!(
+        from = %prev.bundle.manifest.version,
+        gru_weight = b.gru_weight,
+        trend_weight = b.trend_weight,
+        "warm start keeps the previous version's blend weights (--refit-blend fits them again)"
+    );
+    Some(Blend {
+        gru_weight: b.gru_weight,
+        trend_weight: b.trend_weight,
+        trend_half_life_s: Some(job.trend_half_life_s),
+        fit: serde_json::json!({ "inherited_from": prev.bundle.manifest.version }),
     })
 }
 
@@ -494,6 +742,18 @@ pub struct LoadedModel {
     pub vocab: ItemVocab,
 }
 
+impl LoadedModel {
+    /// Converts a bundle read from a store to backend weights and its vocabulary.
+    pub fn new(bundle: Bundle) -> Result<LoadedModel, TrainError> {
+        let (weights, vocab) = export::from_bundle(&bundle)?;
+        Ok(LoadedModel {
+            bundle,
+            weights,
+            vocab,
+        })
+    }
+}
+
 /// Reads a bundle (LATEST when `version` is None) and converts it to backend weights.
 pub async fn load_model(
     store: &str,
@@ -502,12 +762,7 @@ pub async fn load_model(
 ) -> Result<LoadedModel, TrainError> {
     let store = Store::open(store)?;
     let bundle = store.read_bundle(name, version).await?;
-    let (weights, vocab) = export::from_bundle(&bundle)?;
-    Ok(LoadedModel {
-        bundle,
-        weights,
-        vocab,
-    })
+    LoadedModel::new(bundle)
 }
 
 /// Everything `lambdarec eval` needs.

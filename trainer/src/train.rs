@@ -116,6 +116,11 @@ pub struct EpochStats {
     pub events: u64,
     pub seconds: f64,
     pub events_per_sec: f64,
+    /// The GRU's Recall@k and MRR@k on the test set after this epoch (`train --eval-every-epoch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_recall: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_mrr: Option<f64>,
 }
 
 /// Draws negatives with probability ∝ popularity^alpha.
@@ -172,22 +177,92 @@ struct OptState {
     touched: Vec<(u32, u32)>,
 }
 
+/// The optimiser's state where training stopped, so that a warm start continues it: the step
+/// count (Adam's bias correction) and, per parameter, the accumulators in the parameter's layout
+/// (`acc`: Adagrad's sum of squared gradients or Adam's second moment; `mom`: momentum or Adam's
+/// first moment, empty when unused).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OptimizerState {
+    pub step: u64,
+    pub params: Vec<ParamState>,
+}
+
+/// One parameter's optimiser state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamState {
+    pub id: ParamId,
+    pub acc: Vec<f32>,
+    pub mom: Vec<f32>,
+}
+
+impl OptimizerState {
+    /// The state for a catalogue whose item `r` was item `rows[r]` before (None: a new item,
+    /// whose accumulators start at zero); dense parameters are kept as they are.
+    pub fn remap_items(&self, old_items: usize, rows: &[Option<usize>]) -> OptimizerState {
+        let remap = |v: &[f32]| -> Vec<f32> {
+            if v.is_empty() || old_items == 0 {
+                return Vec::new();
+            }
+            let cols = v.len() / old_items;
+            let mut out = vec![0.0; rows.len() * cols];
+            for (r, old) in rows.iter().enumerate() {
+                if let Some(o) = old {
+                    out[r * cols..(r + 1) * cols].copy_from_slice(&v[o * cols..(o + 1) * cols]);
+                }
+            }
+            out
+        };
+        let params = self
+            .params
+            .iter()
+            .map(|p| match p.id {
+                ParamId::ItemIn | ParamId::ItemOut | ParamId::ItemBias => ParamState {
+                    id: p.id,
+                    acc: remap(&p.acc),
+                    mom: remap(&p.mom),
+                },
+                _ => p.clone(),
+            })
+            .collect();
+        OptimizerState {
+            step: self.step,
+            params,
+        }
+    }
+
+    fn take(&mut self, id: ParamId) -> Option<ParamState> {
+        let i = self.params.iter().position(|p| p.id == id)?;
+        Some(self.params.swap_remove(i))
+    }
+}
+
 /// A step's gradient rows for one parameter: row indices and their gradients, row-major.
 type GradRows<'a> = (&'a [u32], &'a mut [f32]);
 
 impl OptState {
-    fn new(id: ParamId, model: &Gru4Rec, cfg: &TrainConfig, dense: bool) -> OptState {
+    /// Fresh state, or `init`'s where it fits this parameter.
+    fn new(
+        id: ParamId,
+        model: &Gru4Rec,
+        cfg: &TrainConfig,
+        dense: bool,
+        init: Option<ParamState>,
+    ) -> OptState {
         let p = model.param(id);
         let n = p.data.len();
         let (rows, cols) = if dense { (1, n) } else { (p.rows, p.cols) };
+        let uses_mom = cfg.momentum > 0.0 || cfg.optimizer == Optimizer::Adam;
+        let (acc, mom) = match init {
+            Some(s) if s.acc.len() == n && (!uses_mom || s.mom.len() == n) => (s.acc, s.mom),
+            _ => (
+                vec![0.0; n],
+                if uses_mom { vec![0.0; n] } else { Vec::new() },
+            ),
+        };
         OptState {
             id,
-            acc: vec![0.0; n],
-            mom: if cfg.momentum > 0.0 || cfg.optimizer == Optimizer::Adam {
-                vec![0.0; n]
-            } else {
-                Vec::new()
-            },
+            acc,
+            mom: if uses_mom { mom } else { Vec::new() },
             cols,
             stamp: vec![u64::MAX; rows],
             first: vec![(0, 0); rows],
@@ -262,9 +337,44 @@ pub fn train(
     popularity: &[u64],
     cfg: &TrainConfig,
     on_progress: impl FnMut(usize, u64, f64) + Send,
-    on_epoch: impl FnMut(&EpochStats) + Send,
+    mut on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<(Gru4Rec, Vec<EpochStats>), TrainError> {
+    let (model, epochs, _) = train_from(None, train, popularity, cfg, on_progress, |st, _| {
+        on_epoch(st)
+    })?;
+    Ok((model, epochs))
+}
+
+/// Where [`train_from`] starts: a model (see [`Gru4Rec::warm_start`]) and, if it was saved, the
+/// optimiser's state for it.
+pub struct Init {
+    pub model: Gru4Rec,
+    pub optimizer: Option<OptimizerState>,
+}
+
+/// [`train`] from `init` (a warm start; None: freshly drawn weights and an empty optimiser
+/// state), also returning the optimiser's state at the end. `on_epoch` also sees the model as
+/// the epoch left it (for a learning curve).
+pub fn train_from(
+    init: Option<Init>,
+    train: &Sessions,
+    popularity: &[u64],
+    cfg: &TrainConfig,
+    on_progress: impl FnMut(usize, u64, f64) + Send,
+    on_epoch: impl FnMut(&EpochStats, &Gru4Rec) + Send,
+) -> Result<(Gru4Rec, Vec<EpochStats>, OptimizerState), TrainError> {
     cfg.validate()?;
+    if let Some(Init { model: m, .. }) = &init
+        && (m.n_items != popularity.len() || m.hidden != cfg.hidden)
+    {
+        return Err(TrainError::Config(format!(
+            "the initial model has {} items and {} hidden units; training asks for {} and {}",
+            m.n_items,
+            m.hidden,
+            popularity.len(),
+            cfg.hidden
+        )));
+    }
     // One step is about a millisecond of small GEMMs. The output layer splits its columns over two
     // threads (a fixed split, so the result does not depend on the thread count): on an idle 2-core
     // machine that is ~1.2× faster than one thread (benches/RESULTS.md); more threads would cost more in
@@ -278,36 +388,43 @@ pub fn train(
         .thread_name(|i| format!("lambdarec-train-{i}"))
         .build()
         .map_err(|e| TrainError::Config(format!("cannot start the training thread: {e}")))?;
-    pool.install(|| train_loop(train, popularity, cfg, on_progress, on_epoch))
+    pool.install(|| train_loop(init, train, popularity, cfg, on_progress, on_epoch))
 }
 
 fn train_loop(
+    init: Option<Init>,
     train: &Sessions,
     popularity: &[u64],
     cfg: &TrainConfig,
     mut on_progress: impl FnMut(usize, u64, f64) + Send,
-    mut on_epoch: impl FnMut(&EpochStats) + Send,
-) -> Result<(Gru4Rec, Vec<EpochStats>), TrainError> {
+    mut on_epoch: impl FnMut(&EpochStats, &Gru4Rec) + Send,
+) -> Result<(Gru4Rec, Vec<EpochStats>, OptimizerState), TrainError> {
     let n_items = popularity.len();
     if train.is_empty() || n_items == 0 {
         return Err(TrainError::Config("the training set is empty".into()));
     }
-    let mut model = Gru4Rec::new(n_items, cfg.embed_dim, cfg.hidden, cfg.seed);
+    let (mut model, mut saved) = match init {
+        Some(i) => (i.model, i.optimizer.unwrap_or_default()),
+        None => (
+            Gru4Rec::new(n_items, cfg.embed_dim, cfg.hidden, cfg.seed),
+            OptimizerState::default(),
+        ),
+    };
     let sampler = Sampler::new(popularity, cfg.sample_alpha);
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
     let table_ids = [ParamId::ItemOut, ParamId::ItemBias]
         .into_iter()
         .chain((!model.tied()).then_some(ParamId::ItemIn));
     let mut tables: Vec<OptState> = table_ids
-        .map(|id| OptState::new(id, &model, cfg, false))
+        .map(|id| OptState::new(id, &model, cfg, false, saved.take(id)))
         .collect();
     let mut dense: Vec<OptState> = [ParamId::WIh, ParamId::WHh, ParamId::BIh, ParamId::BHh]
         .into_iter()
-        .map(|id| OptState::new(id, &model, cfg, true))
+        .map(|id| OptState::new(id, &model, cfg, true, saved.take(id)))
         .collect();
     let h = cfg.hidden;
     let mut stats = Vec::with_capacity(cfg.epochs);
-    let mut step: u64 = 0;
+    let mut step: u64 = saved.step;
     let mut negatives = Vec::with_capacity(cfg.n_sample);
     for epoch in 1..=cfg.epochs {
         let started = Instant::now();
@@ -416,11 +533,22 @@ fn train_loop(
             events,
             seconds,
             events_per_sec: events as f64 / seconds.max(1e-9),
+            test_recall: None,
+            test_mrr: None,
         };
-        on_epoch(&st);
+        on_epoch(&st, &model);
         stats.push(st);
     }
-    Ok((model, stats))
+    let params = tables
+        .into_iter()
+        .chain(dense)
+        .map(|o| ParamState {
+            id: o.id,
+            acc: o.acc,
+            mom: o.mom,
+        })
+        .collect();
+    Ok((model, stats, OptimizerState { step, params }))
 }
 
 #[cfg(test)]
@@ -451,7 +579,7 @@ mod tests {
         };
         let mut model = Gru4Rec::new(4, 0, 2, 1);
         let before = model.item_out.data.clone();
-        let mut st = OptState::new(ParamId::ItemOut, &model, &cfg, false);
+        let mut st = OptState::new(ParamId::ItemOut, &model, &cfg, false, None);
         // row 1 appears twice in the first source and once in the second; row 3 once
         let mut g1 = vec![1.0, 2.0, 0.5, 0.5, 3.0, 0.0];
         let mut g2 = vec![0.5, -1.0];
@@ -477,6 +605,80 @@ mod tests {
             before[0..2],
             "untouched rows stay"
         );
+    }
+
+    #[test]
+    fn training_continues_from_a_saved_optimiser_state() {
+        use crate::data::Sessions;
+        let sessions = Sessions {
+            offsets: vec![0, 3, 5, 9],
+            items: vec![0, 1, 2, 3, 1, 0, 2, 3, 1],
+            times: (0..9).map(f64::from).collect(),
+            keys: ["a", "b", "c"].map(String::from).to_vec(),
+        };
+        let cfg = TrainConfig {
+            hidden: 4,
+            epochs: 2,
+            batch_size: 2,
+            n_sample: 3,
+            threads: Some(1),
+            ..TrainConfig::default()
+        };
+        let pop = [3, 3, 2, 2];
+        let (full, _, _) =
+            train_from(None, &sessions, &pop, &cfg, |_, _, _| {}, |_, _| {}).unwrap();
+        // One epoch, then one more from its model and optimiser state: the same as two at once,
+        // but for the random draws, which restart from the seed. So compare the state's shape and
+        // that it carries on (non-zero accumulators, the step count).
+        let one = TrainConfig {
+            epochs: 1,
+            ..cfg.clone()
+        };
+        let (m1, _, o1) = train_from(None, &sessions, &pop, &one, |_, _, _| {}, |_, _| {}).unwrap();
+        assert!(o1.step > 0);
+        assert!(o1.params.iter().all(|p| p.acc.iter().any(|&a| a > 0.0)));
+        let tensors = crate::export::optimizer_tensors(&o1, &m1);
+        let back = crate::export::optimizer_of(&tensors);
+        let sorted = |mut o: OptimizerState| {
+            o.params.sort_by_key(|p| p.id.name());
+            o
+        };
+        assert_eq!(sorted(back.clone()), sorted(o1.clone()));
+        let (m2, _, o2) = train_from(
+            Some(Init {
+                model: m1.clone(),
+                optimizer: Some(back),
+            }),
+            &sessions,
+            &pop,
+            &one,
+            |_, _, _| {},
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(o2.step, 2 * o1.step);
+        let acc = |o: &OptimizerState| {
+            o.params
+                .iter()
+                .map(|p| p.acc.iter().sum::<f32>())
+                .sum::<f32>()
+        };
+        assert!(acc(&o2) > acc(&o1), "the accumulators grow on");
+        assert_ne!(m2.item_out.data, m1.item_out.data);
+        assert_eq!(m2.item_out.data.len(), full.item_out.data.len());
+
+        // A remap keeps known rows and zeroes new ones.
+        let r = o1.remap_items(4, &[Some(3), None]);
+        let out = |o: &OptimizerState| {
+            o.params
+                .iter()
+                .find(|p| p.id == ParamId::ItemOut)
+                .unwrap()
+                .acc
+                .clone()
+        };
+        assert_eq!(out(&r)[..4], out(&o1)[12..16]);
+        assert_eq!(out(&r)[4..], [0.0; 4]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! <store>/models/<name>/<version>/weights.safetensors named f32 tensors
 //! <store>/models/<name>/<version>/items.arrow         index -> item_id (Utf8), popularity (UInt64)
 //! <store>/models/<name>/<version>/sessions.arrow      optional: training sessions (speed-layer seed)
+//! <store>/models/<name>/<version>/optimizer.safetensors optional: optimiser state (for warm starts)
 //! <store>/models/<name>/LATEST                        the current version's name, written last
 //! ```
 //!
@@ -43,6 +44,7 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 pub const ITEMS_FILE: &str = "items.arrow";
 pub const SESSIONS_FILE: &str = "sessions.arrow";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// manifest.json: everything needed to trust and interpret the other files of a version.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -72,6 +74,44 @@ pub struct Manifest {
     /// written before it existed or trained without a validation split (then: the GRU alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blend: Option<Blend>,
+    /// Written by a continuous-training cycle (`train --follow`): how this version compared with
+    /// the one serving when it was trained, and whether it was published (LATEST moved to it) or
+    /// kept for inspection only. Absent for a version trained by a plain `train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+}
+
+/// A continuous-training cycle's verdict on a candidate version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Gate {
+    /// True when LATEST was moved to this version.
+    pub published: bool,
+    /// Why, in words ("no version was serving", "not worse than … within the margin", …).
+    pub reason: String,
+    /// The version LATEST named when the cycle started (the one compared against).
+    pub serving_version: Option<String>,
+    /// The version the candidate's weights started from (a warm start), if any.
+    pub warm_start_from: Option<String>,
+    /// Cut-off of the metrics.
+    pub k: u32,
+    /// The candidate passes when neither Recall@k nor MRR@k is below the serving version's by
+    /// more than this fraction of it.
+    pub margin: f64,
+    /// Held-out sessions and next-item predictions both versions were measured on.
+    pub sessions: u64,
+    pub predictions: u64,
+    pub candidate: GateArm,
+    /// Absent when nothing was serving.
+    pub serving: Option<GateArm>,
+}
+
+/// One version's result on the gate's held-out events, under the strategy it serves by default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GateArm {
+    /// `blend` or `gru`.
+    pub strategy: String,
+    pub recall: f64,
+    pub mrr: f64,
 }
 
 /// How the GRU, session-kNN and trending scores are combined: per request, over the pooled
@@ -150,6 +190,10 @@ pub struct Bundle {
     /// The training sessions the server seeds its speed layer with (sessions.arrow); None in bundles
     /// written without them.
     pub sessions: Option<SessionTable>,
+    /// The trainer's optimiser state (optimizer.safetensors), so that a later job can warm-start
+    /// from this version as if training had not stopped. Written when present; `read_bundle`
+    /// never fetches it (a server has no use for it): read it with `Store::read_optimizer`.
+    pub optimizer: Option<BTreeMap<String, Tensor>>,
 }
 
 /// Lower-case hex SHA-256.

@@ -13,8 +13,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use super::names::{LATEST, candidate_version, validate_file_name};
 use super::{
     Bundle, BundleError, FORMAT_VERSION, FileEntry, ITEMS_FILE, MANIFEST_FILE, Manifest,
-    SESSIONS_FILE, WEIGHTS_FILE, compare_versions, format_rfc3339_ms, format_version_stamp, items,
-    now_unix_ms, sessions, sha256_hex, validate, validate_model_name, validate_version, weights,
+    OPTIMIZER_FILE, SESSIONS_FILE, Tensor, WEIGHTS_FILE, compare_versions, format_rfc3339_ms,
+    format_version_stamp, items, now_unix_ms, sessions, sha256_hex, validate, validate_model_name,
+    validate_version, weights,
 };
 
 /// How many `-N` suffixes `write_bundle` tries within one millisecond before giving up.
@@ -78,6 +79,18 @@ impl Store {
         name: &str,
         bundle: &mut Bundle,
     ) -> Result<String, BundleError> {
+        self.write_version(name, bundle, true).await
+    }
+
+    /// [`Store::write_bundle`], moving LATEST only when `publish` is true: a version written with
+    /// `publish` false is complete and readable by its name, but no server following LATEST loads
+    /// it (a continuous-training candidate that failed its gate, kept for inspection).
+    pub async fn write_version(
+        &self,
+        name: &str,
+        bundle: &mut Bundle,
+        publish: bool,
+    ) -> Result<String, BundleError> {
         validate_model_name(name)?;
         let now = now_unix_ms();
         let m = &mut bundle.manifest;
@@ -116,6 +129,21 @@ impl Store {
             None => None,
         };
 
+        let optimizer = match &bundle.optimizer {
+            Some(tensors) => {
+                let bytes = Bytes::from(weights::encode(
+                    tensors,
+                    &format!("{model_display}/<new>/{OPTIMIZER_FILE}"),
+                )?);
+                bundle
+                    .manifest
+                    .files
+                    .insert(OPTIMIZER_FILE.to_owned(), file_entry(&bytes));
+                Some(bytes)
+            }
+            None => None,
+        };
+
         let version = self
             .claim_version(name, &format_version_stamp(now), weights)
             .await?;
@@ -126,6 +154,10 @@ impl Store {
             self.put(&["models", name, &version, SESSIONS_FILE], bytes)
                 .await?;
         }
+        if let Some(bytes) = optimizer {
+            self.put(&["models", name, &version, OPTIMIZER_FILE], bytes)
+                .await?;
+        }
         let (_, manifest_display) = self.locate(&["models", name, &version, MANIFEST_FILE]);
         let manifest =
             serde_json::to_vec_pretty(&bundle.manifest).map_err(|source| BundleError::Json {
@@ -134,9 +166,11 @@ impl Store {
             })?;
         self.put(&["models", name, &version, MANIFEST_FILE], manifest.into())
             .await?;
-        self.put(&["models", name, LATEST], Bytes::from(version.clone()))
-            .await?;
-        tracing::info!(store = %self.url, model = name, version, "bundle written");
+        if publish {
+            self.put(&["models", name, LATEST], Bytes::from(version.clone()))
+                .await?;
+        }
+        tracing::info!(store = %self.url, model = name, version, publish, "bundle written");
         Ok(version)
     }
 
@@ -324,7 +358,9 @@ impl Store {
         }
 
         let version_ref = version.as_str();
-        let fetches = manifest.files.keys().map(|file| async move {
+        // The optimiser's state is for trainers (`read_optimizer`), not worth a server's fetch.
+        let wanted = manifest.files.keys().filter(|f| *f != OPTIMIZER_FILE);
+        let fetches = wanted.map(|file| async move {
             validate_file_name(file)?;
             let what = format!("{file} of version {version_ref} of model {name}");
             let bytes = self
@@ -373,6 +409,7 @@ impl Store {
                 tensors,
                 items,
                 sessions,
+                optimizer: None,
             };
             validate::check_bundle(&bundle, &dir_display)?;
             Ok(bundle)
@@ -382,6 +419,37 @@ impl Store {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(BundleError::Io {
                 path: self.locate(&["models", name, &version]).1,
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+
+    /// The optimiser state a version was written with (None when it has none), checked against
+    /// the size and SHA-256 its manifest lists.
+    pub async fn read_optimizer(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<BTreeMap<String, Tensor>>, BundleError> {
+        let manifest = self.read_manifest(name, version).await?;
+        let Some(entry) = manifest.files.get(OPTIMIZER_FILE) else {
+            return Ok(None);
+        };
+        let what = format!("{OPTIMIZER_FILE} of version {version} of model {name}");
+        let bytes = self
+            .get(&["models", name, version, OPTIMIZER_FILE], &what)
+            .await?;
+        let (_, dir_display) = self.locate(&["models", name, version]);
+        let entry = entry.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            verify(&dir_display, OPTIMIZER_FILE, &entry, &bytes)?;
+            weights::decode(&bytes, &format!("{dir_display}/{OPTIMIZER_FILE}"))
+        });
+        match task.await {
+            Ok(result) => result.map(Some),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(BundleError::Io {
+                path: self.locate(&["models", name, version]).1,
                 source: std::io::Error::other(e),
             }),
         }

@@ -69,6 +69,7 @@ fn sample_bundle(n: usize, seed: u64) -> Bundle {
             metrics: serde_json::json!({"recall@20": 0.5, "mrr@20": 0.2}),
             files: BTreeMap::new(),
             blend: None,
+            gate: None,
         },
         tensors,
         items: ItemTable {
@@ -80,6 +81,7 @@ fn sample_bundle(n: usize, seed: u64) -> Bundle {
             items: vec![0, (n - 1) as u32, 1],
             times: vec![1.5, 2.5, 3.0],
         }),
+        optimizer: None,
     }
 }
 
@@ -191,6 +193,60 @@ async fn latest_follows_newest_and_rollback_moves_it() {
         store.latest_version("m").await.unwrap().as_ref(),
         Some(&versions[0])
     );
+}
+
+#[tokio::test]
+async fn an_unpublished_version_leaves_latest_and_optimizer_state_is_read_apart() {
+    let store = memory_store();
+    let first = store
+        .write_bundle("gru", &mut sample_bundle(5, 1))
+        .await
+        .unwrap();
+    let mut candidate = sample_bundle(5, 2);
+    let optimizer: BTreeMap<String, Tensor> = [
+        ("item_out.acc".to_string(), random_tensor(vec![5, 2], 9)),
+        ("step".to_string(), random_tensor(vec![1], 10)),
+    ]
+    .into();
+    candidate.optimizer = Some(optimizer.clone());
+    let kept = store
+        .write_version("gru", &mut candidate, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_version("gru").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.list_versions("gru").await.unwrap(),
+        [first.clone(), kept.clone()]
+    );
+    assert!(candidate.manifest.files.contains_key(OPTIMIZER_FILE));
+
+    // read_bundle does not fetch the optimiser state (a server never needs it): with the file
+    // corrupted, the bundle still reads; read_optimizer checks and decodes it.
+    let mut read = store.read_bundle("gru", Some(&kept)).await.unwrap();
+    assert_eq!(read.optimizer, None);
+    read.optimizer = candidate.optimizer.clone();
+    assert_eq!(read, candidate);
+    assert_eq!(
+        store.read_optimizer("gru", &kept).await.unwrap(),
+        Some(optimizer)
+    );
+    assert_eq!(store.read_optimizer("gru", &first).await.unwrap(), None);
+    let path = Path::from(format!("models/gru/{kept}/{OPTIMIZER_FILE}"));
+    store
+        .object_store()
+        .put(&path, Bytes::from_static(b"not safetensors").into())
+        .await
+        .unwrap();
+    assert!(store.read_bundle("gru", Some(&kept)).await.is_ok());
+    let err = store
+        .read_optimizer("gru", &kept)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(OPTIMIZER_FILE), "{err}");
 }
 
 #[tokio::test]

@@ -8,9 +8,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lambdarec_proto::archive::Date;
 use lambdarec_trainer::data::parse_date;
 
+use lambdarec_trainer::continuous::{
+    CycleOptions, CycleReport, Decision, parse_duration, run_cycle,
+};
 use lambdarec_trainer::data::PrepareOptions;
 use lambdarec_trainer::model::Loss;
-use lambdarec_trainer::pipeline::{TrainData, TrainJob, run_train};
+use lambdarec_trainer::pipeline::{TrainData, TrainJob, WarmStartFrom, run_train};
+use lambdarec_trainer::train::EpochStats;
 use lambdarec_trainer::train::{Optimizer, TrainConfig};
 
 use super::{EvalArgs, ReadArgs, StoreArgs, existing_file};
@@ -20,7 +24,12 @@ use super::{EvalArgs, ReadArgs, StoreArgs, existing_file};
     after_help = "Examples (the RSC15 sample split, paper settings are the defaults; then the event \
     archive a server wrote, one week of it):\n  \
     lambdarec train --data train_full.txt --test test.txt --store ./lambdarec-store --model rsc15\n  \
-    lambdarec train --data s3://bucket/lambdarec/events --since 2026-11-20 --until 2026-11-26"
+    lambdarec train --data s3://bucket/lambdarec/events --since 2026-11-20 --until 2026-11-26\n\n\
+    Continuous training: every hour, retrain on the archive's last 30 days, warm-started from \
+    LATEST, and publish only a candidate that is not worse than the serving version on held-out \
+    sessions of the most recent day (a rejected candidate is kept under its version, LATEST \
+    stays):\n  \
+    lambdarec train --data ./lambdarec-store/events --follow --every 1h --window 30d"
 )]
 pub struct TrainArgs {
     /// What to train on: an interaction log file (TSV/CSV/semicolon text with a header row, or
@@ -107,9 +116,47 @@ pub struct TrainArgs {
     pub train_threads: Option<usize>,
     #[command(flatten)]
     pub eval: EvalArgs,
-    /// Print the result as one JSON object on stdout.
+    /// Print the result as one JSON object on stdout (with --follow: one line per cycle).
     #[arg(long)]
     pub json: bool,
+    /// Where the weights start: `latest` (the version LATEST names; from scratch if there is
+    /// none), a version, or `none`. A warm start keeps the trained rows of items still in the
+    /// catalogue, gives new items fresh rows, drops retired ones, and keeps the blend weights
+    /// (see --refit-blend); it needs the same --hidden and --embed-dim. Default: none, or latest
+    /// with --follow.
+    #[arg(long, env = "LAMBDAREC_WARM_START", value_name = "latest|VERSION|none")]
+    pub warm_start: Option<WarmStartFrom>,
+    /// With a warm start: fit the blend weights again instead of keeping the previous version's.
+    #[arg(long)]
+    pub refit_blend: bool,
+    /// Evaluate the GRU on the test set after every epoch (a learning curve, in the log and in
+    /// the manifest's training.epochs).
+    #[arg(long)]
+    pub eval_every_epoch: bool,
+    /// Share of the sessions ending in the test window that are held out for testing (chosen by
+    /// a hash of the session id; the rest train). Default: 1, or 0.5 with --follow, so that a
+    /// published model knows the items first seen on the most recent day.
+    #[arg(long, value_name = "FRACTION")]
+    pub holdout_fraction: Option<f64>,
+    /// Continuous training: run a cycle now and then every --every: read the last --window of
+    /// the archive --data names, train warm-started from LATEST, and publish (move LATEST) only
+    /// if the candidate passes the gate. Stop with Ctrl-C (between cycles) or --cycles.
+    #[arg(long, requires = "data", conflicts_with_all = ["test", "until"])]
+    pub follow: bool,
+    /// Time from the start of one cycle to the start of the next: 30d, 1h, 15m, 90s.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, requires = "follow")]
+    pub every: f64,
+    /// Days of the archive each cycle trains on, ending with the newest day it holds (30d; a
+    /// duration is rounded up to whole days, the archive's partitions).
+    #[arg(long, default_value = "30d", value_parser = parse_duration, requires = "follow")]
+    pub window: f64,
+    /// Stop after this many cycles (default: run until stopped).
+    #[arg(long, requires = "follow", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cycles: Option<u64>,
+    /// The gate: a candidate whose Recall@k or MRR@k on the held-out sessions is below the
+    /// serving version's by more than this fraction of it is rejected (0.01 = 1% worse).
+    #[arg(long, default_value_t = 0.01, requires = "follow")]
+    pub gate_margin: f64,
 }
 
 /// `--data` as a training source, refusing flags that do not apply to it.
@@ -165,6 +212,17 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let min_item_support = a
         .min_item_support
         .unwrap_or(if a.test.is_some() { 1 } else { 5 });
+    let test_fraction = a
+        .holdout_fraction
+        .unwrap_or(if a.follow { 0.5 } else { 1.0 });
+    if !(test_fraction > 0.0 && test_fraction <= 1.0) {
+        anyhow::bail!("--holdout-fraction {test_fraction}: give a fraction in (0, 1]");
+    }
+    if a.holdout_fraction.is_some() && a.test.is_some() {
+        anyhow::bail!(
+            "--holdout-fraction splits the test window of --data; --test gives the test set"
+        );
+    }
     let job = TrainJob {
         data,
         test_path: a.test.clone(),
@@ -173,6 +231,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             min_session_len: a.min_session_len,
             min_item_support,
             test_window: a.test_window,
+            test_fraction,
         },
         config,
         eval: a.eval.options(),
@@ -180,42 +239,33 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         model_name: a.store.model.clone(),
         blend_validation: a.blend_validation.unwrap_or(a.test_window),
         trend_half_life_s: a.trend_half_life,
+        warm_start: a.warm_start.clone().unwrap_or(if a.follow {
+            WarmStartFrom::Latest
+        } else {
+            WarmStartFrom::Cold
+        }),
+        refit_blend: a.refit_blend,
+        eval_each_epoch: a.eval_every_epoch,
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} events {per_sec} {msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
+    if a.follow {
+        return follow(&a, job);
+    }
+    let bar = epoch_bar();
     let mut current_epoch = 0;
     let outcome = super::runtime()?
         .block_on(run_train(
             &job,
             |epoch, done, loss| {
-                if epoch != current_epoch {
-                    current_epoch = epoch;
-                    bar.reset();
-                    bar.set_prefix(format!("{epoch}/{}", job.config.epochs));
-                }
-                bar.set_position(done);
-                bar.set_message(format!("loss {loss:.4}"));
+                show_progress(
+                    &bar,
+                    &mut current_epoch,
+                    job.config.epochs,
+                    epoch,
+                    done,
+                    loss,
+                )
             },
-            |st| {
-                bar.set_length(st.events);
-                bar.set_position(st.events);
-                bar.suspend(|| {
-                    tracing::info!(
-                        epoch = st.epoch,
-                        loss = format!("{:.5}", st.loss),
-                        events = st.events,
-                        seconds = format!("{:.1}", st.seconds),
-                        events_per_sec = format!("{:.0}", st.events_per_sec),
-                        "epoch done"
-                    )
-                });
-            },
+            |st| show_epoch(&bar, st),
         ))
         .with_context(|| format!("training on {}", job.data))?;
     bar.finish_and_clear();
@@ -227,11 +277,20 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         v["store"] = job.store.clone().into();
         v["data_fingerprint"] = outcome.dataset.fingerprint().into();
         v["epochs"] = serde_json::to_value(&outcome.epochs)?;
+        if let Some((from, how)) = &outcome.warm_start {
+            v["warm_start"] = serde_json::json!({ "from": from, "items": how });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let eps = outcome.epochs.iter().map(|e| e.events_per_sec).sum::<f64>()
             / outcome.epochs.len() as f64;
         println!("{}", outcome.dataset.report);
+        if let Some((from, how)) = &outcome.warm_start {
+            println!(
+                "warm start from {from}: {} items kept their weights, {} new, {} retired",
+                how.reused, how.new, how.retired
+            );
+        }
         println!(
             "trained {} epochs, {:.0} events/s on average",
             outcome.epochs.len(),
@@ -242,6 +301,187 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             "wrote {}/models/{}/{} (LATEST)",
             job.store, job.model_name, outcome.version
         );
+    }
+    Ok(())
+}
+
+fn epoch_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} events {per_sec} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn show_progress(
+    bar: &ProgressBar,
+    current_epoch: &mut usize,
+    epochs: usize,
+    epoch: usize,
+    done: u64,
+    loss: f64,
+) {
+    if epoch != *current_epoch {
+        *current_epoch = epoch;
+        bar.reset();
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+    }
+    bar.set_position(done);
+    bar.set_message(format!("loss {loss:.4}"));
+}
+
+fn show_epoch(bar: &ProgressBar, st: &EpochStats) {
+    bar.set_length(st.events);
+    bar.set_position(st.events);
+    bar.suspend(|| {
+        tracing::info!(
+            epoch = st.epoch,
+            loss = format!("{:.5}", st.loss),
+            events = st.events,
+            seconds = format!("{:.1}", st.seconds),
+            events_per_sec = format!("{:.0}", st.events_per_sec),
+            test_recall = st.test_recall.map(|r| format!("{r:.4}")),
+            test_mrr = st.test_mrr.map(|r| format!("{r:.4}")),
+            "epoch done"
+        )
+    });
+}
+
+/// `train --follow`: cycles until Ctrl-C or --cycles. A failed cycle is logged and retried at the
+/// next one (the archive or store may be briefly unreachable), except a configuration error.
+fn follow(a: &TrainArgs, job: TrainJob) -> anyhow::Result<()> {
+    if !(a.gate_margin.is_finite() && (0.0..1.0).contains(&a.gate_margin)) {
+        anyhow::bail!(
+            "--gate-margin {}: give a fraction in [0, 1) (0.01 = 1% worse)",
+            a.gate_margin
+        );
+    }
+    if !matches!(job.data, TrainData::Archive(_)) {
+        anyhow::bail!(
+            "--follow trains on the event archive (<store>/events); {} is a log file",
+            job.data
+        );
+    }
+    let opts = CycleOptions {
+        window_days: (a.window / 86_400.0).ceil() as u32,
+        margin: a.gate_margin,
+        job,
+    };
+    let rt = super::runtime()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_flag = stop.clone();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let waker = wake.clone();
+    rt.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("stopping after this cycle (Ctrl-C again to stop now)");
+            stop_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            waker.notify_one();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                // A bundle is visible only once complete, so stopping mid-cycle loses nothing.
+                std::process::exit(130);
+            }
+        }
+    });
+    let every = std::time::Duration::from_secs_f64(a.every);
+    let mut cycle = 0u64;
+    tracing::info!(
+        data = %opts.job.data,
+        every_s = a.every,
+        window_days = opts.window_days,
+        margin = opts.margin,
+        "continuous training: a cycle now, then every {every:?}"
+    );
+    loop {
+        cycle += 1;
+        let started = std::time::Instant::now();
+        let bar = epoch_bar();
+        let mut current_epoch = 0;
+        let epochs = opts.job.config.epochs;
+        let result = rt.block_on(run_cycle(
+            &opts,
+            |epoch, done, loss| show_progress(&bar, &mut current_epoch, epochs, epoch, done, loss),
+            |st| show_epoch(&bar, st),
+        ));
+        bar.finish_and_clear();
+        match result {
+            Ok(report) => print_cycle(cycle, &report, a.json)?,
+            Err(e @ lambdarec_trainer::TrainError::Config(_)) => {
+                return Err(anyhow::Error::new(e).context(format!("cycle {cycle}")));
+            }
+            Err(e) => tracing::error!(
+                cycle,
+                error = format!("{e:#}"),
+                "cycle failed; trying again at the next one"
+            ),
+        }
+        if a.cycles.is_some_and(|n| cycle >= n) || stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let next = started + every;
+        tracing::info!(
+            in_s = format!(
+                "{:.0}",
+                next.saturating_duration_since(std::time::Instant::now())
+                    .as_secs_f64()
+            ),
+            "next cycle"
+        );
+        rt.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = wake.notified() => {}
+            }
+        });
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+    }
+}
+
+fn print_cycle(cycle: u64, r: &CycleReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        let mut v = serde_json::to_value(r)?;
+        v["cycle"] = cycle.into();
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    let what = match r.decision {
+        Decision::Published => "published",
+        Decision::Rejected => "rejected",
+        Decision::Skipped => "skipped",
+    };
+    println!(
+        "cycle {cycle} ({}, {:.0} s): {what}{}: {}",
+        r.range,
+        r.seconds,
+        r.version
+            .as_deref()
+            .map(|v| format!(" {v}"))
+            .unwrap_or_default(),
+        r.reason
+    );
+    if let Some(g) = &r.gate {
+        let row = |name: &str, arm: &lambdarec_proto::bundle::GateArm| {
+            println!(
+                "  {name:<28} {:<6} Recall@{k} {:.4}  MRR@{k} {:.4}",
+                arm.strategy,
+                arm.recall,
+                arm.mrr,
+                k = g.k
+            )
+        };
+        row(
+            &format!("candidate {}", r.version.as_deref().unwrap_or("")),
+            &g.candidate,
+        );
+        if let (Some(s), Some(v)) = (&g.serving, &g.serving_version) {
+            row(&format!("serving {v}"), s);
+        }
     }
     Ok(())
 }

@@ -18,6 +18,9 @@ pub struct PrepareOptions {
     pub min_item_support: usize,
     /// Seconds: sessions ending in this window before the last event form the test set (default one day).
     pub test_window: f64,
+    /// Share of the sessions ending in the test window that are held out (chosen by a hash of the
+    /// session key, so the same sessions each time); the others train. Default 1: all of them.
+    pub test_fraction: f64,
 }
 
 impl Default for PrepareOptions {
@@ -26,6 +29,7 @@ impl Default for PrepareOptions {
             min_session_len: 2,
             min_item_support: 5,
             test_window: 86_400.0,
+            test_fraction: 1.0,
         }
     }
 }
@@ -464,6 +468,24 @@ fn fill_final_counts(report: &mut PrepareReport, train: &Sessions, test: &Sessio
     report.test_items = test.n_distinct_items();
 }
 
+/// Whether the session `key` is in the held-out `fraction` of sessions: a hash of the key (FNV-1a,
+/// then MurmurHash3's finaliser, without which keys that differ only at the end share their high
+/// bits) against the fraction of the 64-bit range, so the choice depends on the key alone.
+fn held_out(key: &str, fraction: f64) -> bool {
+    if fraction >= 1.0 {
+        return true;
+    }
+    let mut h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h as f64) < fraction * u64::MAX as f64
+}
+
 /// Prepares a data set from a training log and, optionally, a separate test log.
 ///
 /// Without a test log, the test set is the sessions whose last event falls within
@@ -498,9 +520,11 @@ pub fn prepare(
                 .fold(f64::NEG_INFINITY, f64::max);
             let cut = t_max - opts.test_window;
             // Events are in time order, so a session ends at its last event.
-            let (test_work, train_work): (Vec<Work>, Vec<Work>) = sessions
-                .into_iter()
-                .partition(|s| s.events.last().is_some_and(|e| e.1 > cut));
+            let (test_work, train_work): (Vec<Work>, Vec<Work>) =
+                sessions.into_iter().partition(|s| {
+                    s.events.last().is_some_and(|e| e.1 > cut)
+                        && held_out(&train.sessions[s.key as usize], opts.test_fraction)
+                });
             if train_work.is_empty() {
                 return Err(empty(format!(
                     "the time split (every session ends within the last {} s)",

@@ -40,6 +40,7 @@ fn opts(min_session_len: usize, min_item_support: usize, test_window: f64) -> Pr
         min_session_len,
         min_item_support,
         test_window,
+        ..PrepareOptions::default()
     }
 }
 
@@ -107,6 +108,53 @@ fn time_split_by_session_end_and_unseen_test_items() {
     assert_eq!((r.test_events, r.test_sessions, r.test_items), (2, 1, 2));
     assert_eq!(ds.test.session_times(0), [13_000.0, 14_000.0]);
     assert_eq!(ds.test.n_predictions(), 1);
+}
+
+#[test]
+fn a_test_fraction_holds_out_the_same_share_of_the_window_every_time() {
+    // 400 sessions of two events on items a/b; the last 200 end within the test window.
+    let keys: Vec<String> = (0..400).map(|i| format!("s{i}")).collect();
+    let rows: Vec<(&str, &str, f64)> = keys
+        .iter()
+        .enumerate()
+        .flat_map(|(i, k)| {
+            let t = if i < 200 {
+                i as f64
+            } else {
+                10_000.0 + i as f64
+            };
+            [(k.as_str(), "a", t), (k.as_str(), "b", t + 0.5)]
+        })
+        .collect();
+    let base = opts(2, 1, 1_000.0);
+    let all = prepare(&log(&rows), None, &base).unwrap();
+    assert_eq!((all.train.len(), all.test.len()), (200, 200));
+    let half = PrepareOptions {
+        test_fraction: 0.5,
+        ..base
+    };
+    let a = prepare(&log(&rows), None, &half).unwrap();
+    assert!(
+        (70..=130).contains(&a.test.len()),
+        "{} held out",
+        a.test.len()
+    );
+    assert_eq!(a.train.len() + a.test.len(), 400);
+    // Only sessions of the window are held out, and the choice follows the key alone.
+    assert!(
+        a.test
+            .keys
+            .iter()
+            .all(|k| k[1..].parse::<usize>().unwrap() >= 200)
+    );
+    let mut reversed = rows.clone();
+    reversed.reverse();
+    let b = prepare(&log(&reversed), None, &half).unwrap();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(a.test.keys.clone()), sorted(b.test.keys.clone()));
 }
 
 #[test]
