@@ -77,6 +77,8 @@ enum Command {
     Synthetic(Box<commands::synthetic::SyntheticArgs>),
     /// Copy an event log's events into the archive (<store>/events, Parquet by day) that `train --data` reads.
     Archive(Box<commands::archive::ArchiveArgs>),
+    /// List a model's versions (with their gate verdicts), promote one to LATEST, or roll LATEST back.
+    Models(Box<commands::models::ModelsArgs>),
     /// Make a bearer token and its line of the `serve --auth-tokens` file (which holds only its SHA-256).
     Token(commands::token::TokenArgs),
 }
@@ -95,6 +97,7 @@ fn main() -> std::process::ExitCode {
         Command::Quickstart(args) => commands::quickstart::run(*args),
         Command::Synthetic(args) => commands::synthetic::run(*args),
         Command::Archive(args) => commands::archive::run(*args),
+        Command::Models(args) => commands::models::run(*args),
         Command::Token(args) => commands::token::run(args),
     };
     match result {

@@ -457,6 +457,81 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
 mod tests {
     use super::*;
 
+    async fn write(store: &Store, gate: Option<bool>) -> String {
+        let ids: Vec<String> = (0..4).map(|i| format!("i{i}")).collect();
+        let vocab = ItemVocab::new(ids, vec![4, 3, 2, 1]);
+        let w = crate::model::Gru4Rec::new(4, 0, 2, 1).to_weights();
+        let mut b = export::bundle_of(
+            &w,
+            &vocab,
+            "fp",
+            serde_json::json!({}),
+            serde_json::json!({}),
+        );
+        b.manifest.gate = gate.map(|published| Gate {
+            published,
+            reason: "test".into(),
+            serving_version: None,
+            warm_start_from: None,
+            k: 20,
+            margin: 0.01,
+            sessions: 0,
+            predictions: 0,
+            candidate: GateArm {
+                strategy: "gru".into(),
+                recall: 0.0,
+                mrr: 0.0,
+            },
+            serving: None,
+        });
+        let publish = gate.unwrap_or(true);
+        let v = store.write_version("m", &mut b, publish).await.unwrap();
+        // Versions are named by the millisecond: keep them apart.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        v
+    }
+
+    #[tokio::test]
+    async fn rollback_skips_rejected_candidates_and_promote_checks_the_version() {
+        let store = Store::open(&format!("memory://rollback-{}", std::process::id())).unwrap();
+        let err = rollback(&store, "m", None).await.unwrap_err().to_string();
+        assert!(err.contains("no LATEST"), "{err}");
+        let v1 = write(&store, None).await;
+        let err = rollback(&store, "m", None).await.unwrap_err().to_string();
+        assert!(err.contains("no published version older"), "{err}");
+        let v2 = write(&store, Some(true)).await;
+        let rejected = write(&store, Some(false)).await;
+        let v4 = write(&store, Some(true)).await;
+        let listed = list_versions(&store, "m").await.unwrap();
+        let names: Vec<_> = listed.iter().map(|v| v.version.clone()).collect();
+        assert_eq!(
+            names,
+            [v1.clone(), v2.clone(), rejected.clone(), v4.clone()]
+        );
+        assert_eq!(listed.iter().filter(|v| v.latest).count(), 1);
+        assert!(listed[3].latest && !listed[2].publishable());
+
+        assert_eq!(
+            rollback(&store, "m", None).await.unwrap(),
+            (v4.clone(), v2.clone())
+        );
+        assert_eq!(
+            rollback(&store, "m", None).await.unwrap(),
+            (v2.clone(), v1.clone())
+        );
+        // A rejected candidate can still be promoted by hand, after inspection.
+        assert_eq!(
+            promote(&store, "m", &rejected).await.unwrap(),
+            Some(v1.clone())
+        );
+        assert_eq!(
+            rollback(&store, "m", Some(&v4)).await.unwrap(),
+            (rejected, v4.clone())
+        );
+        assert!(promote(&store, "m", "20990101T000000000Z").await.is_err());
+        assert_eq!(store.latest_version("m").await.unwrap(), Some(v4));
+    }
+
     #[test]
     fn durations_read_with_units() {
         assert_eq!(parse_duration("30d"), Ok(30.0 * 86_400.0));
@@ -490,4 +565,98 @@ mod tests {
         assert_eq!(a.times, [0.0, 2.0, 5.0, 6.0]);
         assert_eq!(a.offsets, b.offsets);
     }
+}
+
+/// One version of a model, as `lambdarec models list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub created_at: String,
+    /// Whether LATEST names it.
+    pub latest: bool,
+    pub n_items: u64,
+    pub hidden: u32,
+    /// Recall@20 and MRR@20 of its own test set (the manifest's metrics), when recorded.
+    pub recall: Option<f64>,
+    pub mrr: Option<f64>,
+    /// The version its weights started from (a warm start).
+    pub warm_start_from: Option<String>,
+    /// A continuous-training cycle's verdict (absent for a plain `train`).
+    pub gate: Option<Gate>,
+}
+
+impl VersionInfo {
+    /// Whether it was ever meant to serve: written by a plain `train`, or published by a cycle.
+    pub fn publishable(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.published)
+    }
+}
+
+/// Every complete version of model `name`, oldest first.
+pub async fn list_versions(store: &Store, name: &str) -> Result<Vec<VersionInfo>, TrainError> {
+    let latest = store.latest_version(name).await?;
+    let mut out = Vec::new();
+    for version in store.list_versions(name).await? {
+        let m = store.read_manifest(name, &version).await?;
+        let metric = |key: &str| m.metrics.get(key).and_then(serde_json::Value::as_f64);
+        out.push(VersionInfo {
+            latest: latest.as_deref() == Some(version.as_str()),
+            created_at: m.created_at.clone(),
+            n_items: m.dims.n_items,
+            hidden: m.dims.hidden,
+            recall: metric("recall@20"),
+            mrr: metric("mrr@20"),
+            warm_start_from: m.training["warm_start"]["from"].as_str().map(str::to_owned),
+            gate: m.gate,
+            version,
+        });
+    }
+    Ok(out)
+}
+
+/// Points LATEST at `version` after reading it whole (checksums and shapes), so that servers
+/// following LATEST never meet a version they cannot load. Returns the version LATEST named before.
+pub async fn promote(
+    store: &Store,
+    name: &str,
+    version: &str,
+) -> Result<Option<String>, TrainError> {
+    let before = store.latest_version(name).await?;
+    store.read_bundle(name, Some(version)).await?;
+    store.set_latest(name, version).await?;
+    info!(model = name, from = ?before, to = version, "LATEST moved");
+    Ok(before)
+}
+
+/// Moves LATEST back: to `to`, or else to the newest version older than the current one that was
+/// meant to serve (a candidate its gate rejected never was). Returns (from, to).
+pub async fn rollback(
+    store: &Store,
+    name: &str,
+    to: Option<&str>,
+) -> Result<(String, String), TrainError> {
+    let Some(current) = store.latest_version(name).await? else {
+        return Err(TrainError::Refused(format!(
+            "model {name:?} has no LATEST in {}: nothing to roll back",
+            store.url()
+        )));
+    };
+    let target = match to {
+        Some(v) => v.to_owned(),
+        None => list_versions(store, name)
+            .await?
+            .into_iter()
+            .rfind(|v| {
+                lambdarec_proto::bundle::compare_versions(&v.version, &current).is_lt()
+                    && v.publishable()
+            })
+            .map(|v| v.version)
+            .ok_or_else(|| {
+                TrainError::Refused(format!(
+                    "model {name:?} has no published version older than LATEST ({current}) to roll back to"
+                ))
+            })?,
+    };
+    promote(store, name, &target).await?;
+    Ok((current, target))
 }

@@ -22,6 +22,9 @@ mod xe_op;
 pub enum TrainError {
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// A request about stored versions that cannot be carried out as asked (nothing to roll back).
+    #[error("{0}")]
+    Refused(String),
     #[error(
         "training diverged (non-finite loss) in epoch {epoch} at step {step}; try a lower learning rate"
     )]

@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod eval;
 pub mod load;
+pub mod models;
 pub mod quickstart;
 pub mod serve;
 pub mod synthetic;
