@@ -79,7 +79,7 @@ async fn a_new_item_is_taken_recommended_scored_and_a_burst_trends() {
         trend_half_life_s: Some(600.0),
         fit: serde_json::json!({}),
     });
-    publish(&store, bundle).await;
+    publish(&store, bundle.clone()).await;
     let server = lambdarec_server::start(speed_config(&store, SpeedConfig::default()))
         .await
         .unwrap();
@@ -173,6 +173,33 @@ async fn a_new_item_is_taken_recommended_scored_and_a_burst_trends() {
         .into_inner();
     assert_eq!(ids(&r)[0], burst_item, "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A new version (as a continuous-training cycle publishes) keeps trending's counts: the burst
+    // stays on top, and the new item keeps its count, rather than restarting from the bundle's
+    // training sessions.
+    let v2 = publish(&store, bundle).await;
+    c.reload(v1::ReloadRequest {
+        version: Some(v2.clone()),
+    })
+    .await
+    .unwrap();
+    let r = c
+        .recommend(recommend("someone-else", 3, Strategy::Trending))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.model_version.as_str(), ids(&r)[0]),
+        (v2.as_str(), burst_item.as_str()),
+        "{r:?}"
+    );
+    let s = c
+        .score(score(Strategy::Trending))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.scores[0].item_id, new);
+    assert!(s.scores[0].score > 0.0, "{s:?}");
 
     let info = c
         .model_info(v1::ModelInfoRequest {})

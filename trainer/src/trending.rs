@@ -87,6 +87,34 @@ impl Trending {
         self.order.insert((Key(new), std::cmp::Reverse(item)));
     }
 
+    /// The same counts under another numbering of the items: item `i` becomes `map(i)`, or is
+    /// dropped when that is None (two items mapped to one have their counts added).
+    pub fn remapped(&self, map: impl Fn(u32) -> Option<u32>) -> Trending {
+        let mut out = Trending {
+            keys: Vec::new(),
+            order: BTreeSet::new(),
+            ..*self
+        };
+        for &(Key(key), std::cmp::Reverse(item)) in &self.order {
+            let Some(j) = map(item) else { continue };
+            let j = j as usize;
+            if j >= out.keys.len() {
+                out.keys.resize(j + 1, f64::NEG_INFINITY);
+            }
+            let old = out.keys[j];
+            let new = if old == f64::NEG_INFINITY {
+                key
+            } else {
+                out.order.remove(&(Key(old), std::cmp::Reverse(j as u32)));
+                let (hi, lo) = if old > key { (old, key) } else { (key, old) };
+                hi + (lo - hi).exp().ln_1p()
+            };
+            out.keys[j] = new;
+            out.order.insert((Key(new), std::cmp::Reverse(j as u32)));
+        }
+        out
+    }
+
     fn top_key(&self) -> Option<f64> {
         self.order.last().map(|(k, _)| k.0)
     }
@@ -118,6 +146,25 @@ impl Trending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remapping_keeps_counts_under_new_numbers() {
+        let mut t = Trending::new(10.0);
+        t.observe(0, 0);
+        t.observe(1, 10_000);
+        t.observe(2, 10_000);
+        t.observe(2, 10_000);
+        // 2 → 0, 1 → 5, 0 dropped.
+        let r = t.remapped(|i| [None, Some(5), Some(0)][i as usize]);
+        assert_eq!(r.top(5, &[]), [(0, 1.0), (5, 0.5)]);
+        assert_eq!(r.half_life_s(), 10.0);
+        // Merged: 1 and 2 both → 3 (one plus two events at the same time).
+        let m = t.remapped(|i| (i > 0).then_some(3));
+        let mut want = Trending::new(10.0);
+        (0..3).for_each(|_| want.observe(3, 10_000));
+        assert!((m.keys[3] - want.keys[3]).abs() < 1e-12);
+        assert_eq!(m.len(), 1);
+    }
 
     #[test]
     fn decays_by_half_every_half_life() {

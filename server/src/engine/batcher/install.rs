@@ -188,6 +188,28 @@ impl Batcher {
         });
         // New items the new catalogue knows become catalogue items; the others are renumbered.
         let new_items = self.planner.speed.new.rebased(&view);
+        // Trending carries on: its counts hold every event this server has seen, which the new
+        // bundle's training sessions (an archive cut, less its held-out sessions) do not.
+        if let (Some(old), Some(layer)) = (&old, &self.planner.speed.layer) {
+            let same_rate = layer.trend.half_life_s() == speed.trend.half_life_s();
+            if same_rate && !layer.trend.is_empty() {
+                let old_new = &self.planner.speed.new;
+                speed.trend = layer.trend.remapped(|i| {
+                    let id = if (i as usize) < old.view.n_items() {
+                        old.view.item_id(i)
+                    } else {
+                        old_new.name(i)?
+                    };
+                    view.vocab.index(id).or_else(|| new_items.get(id))
+                });
+            } else if !same_rate {
+                info!(
+                    from_s = layer.trend.half_life_s(),
+                    to_s = speed.trend.half_life_s(),
+                    "trending's half-life changed: counts restart from the new bundle's sessions"
+                );
+            }
+        }
         if let Some(old) = old {
             self.backend.drop_model(old.id);
             let old_new = &self.planner.speed.new;
@@ -214,7 +236,7 @@ impl Batcher {
             }
         }
         // The live sessions join the new kNN index (oldest first, so the most recent stay the most
-        // recent); trending starts from the new bundle's training events.
+        // recent).
         Speed::index_sessions(&mut speed, &mut self.planner.sessions);
         self.planner.speed.install(*speed, new_items);
         *self
