@@ -18,7 +18,7 @@ use lambdarec_proto::archive::{ArchivedEvent, decode as decode_archive};
 use lambdarec_proto::bundle::{ITEMS_FILE, MANIFEST_FILE, Store, WEIGHTS_FILE};
 use lambdarec_proto::v1;
 use lambdarec_server::engine::ModelView;
-use lambdarec_server::engine::snapshot::{SessionImage, SnapshotImage, SnapshotStore};
+use lambdarec_server::engine::snapshot::{SessionImage, SnapshotImage, SnapshotStore, TrendImage};
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
 use lambdarec_trainer::data::{ItemVocab, ReadOptions, read_log};
 use prost::Message;
@@ -239,6 +239,10 @@ fn snapshot_file(dir: &Path) -> Vec<u8> {
         view,
         new_items: Vec::new(),
         sessions: vec![session("a", vec![4, 1, 4]), session("bé", vec![])],
+        trending: Some(TrendImage {
+            half_life_s: 3600.0,
+            entries: vec![(1, 12.5), (5, 9.0)],
+        }),
     };
     let mut store = SnapshotStore::open(dir.join("snapshots")).unwrap();
     store.write(&image).unwrap();

@@ -419,6 +419,19 @@ async fn new_items_survive_a_restart_and_a_crash() {
         }
     };
 
+    let trending_top =
+        |c: &mut v1::recommender_client::RecommenderClient<tonic::transport::Channel>| {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .recommend(recommend("nobody", 1, Strategy::Trending))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                ids(&r)[0].to_string()
+            }
+        };
+
     let a = start().await;
     let mut c = client(a.local_addr()).await;
     send(
@@ -426,12 +439,21 @@ async fn new_items_survive_a_restart_and_a_crash() {
         vec![event("s", &item(2), 1), event("s", "new-a", 2)],
     )
     .await;
+    // A burst on a rare item tops trending.
+    let burst_item = item(base().ids.len() - 2);
+    let burst = (0..30)
+        .map(|n| event(&format!("burst-{n}"), &burst_item, 10 + n))
+        .collect();
+    send(&mut c, burst).await;
+    assert_eq!(trending_top(&mut c).await, burst_item);
     a.shutdown().await.unwrap();
 
-    // Graceful stop: the snapshot holds the new item by id.
+    // Graceful stop: the snapshot holds the new item by id, and trending's counts (the log after
+    // the snapshot is empty, so they can come from nowhere else).
     let b = start().await;
     let mut c = client(b.local_addr()).await;
     assert_eq!(recent(&mut c, "s").await, [item(2), "new-a".to_string()]);
+    assert_eq!(trending_top(&mut c).await, burst_item);
     send(&mut c, vec![event("t", "new-a", 3), event("t", "new-b", 4)]).await;
     std::mem::forget(b);
 
@@ -445,6 +467,18 @@ async fn new_items_survive_a_restart_and_a_crash() {
         .unwrap()
         .into_inner();
     assert_eq!(info.new_items, 2);
+    // Trending: the first server's snapshot, then the second's events from the log.
+    assert_eq!(trending_top(&mut c).await, burst_item);
+    let s = c
+        .score(v1::ScoreRequest {
+            session_id: "nobody".into(),
+            candidates: vec!["new-a".into(), "new-b".into()],
+            strategy: Strategy::Trending.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.scores.iter().all(|x| x.score > 0.0), "{s:?}");
     // A session on new-b alone finds t as its neighbour, and so new-a.
     send(&mut c, vec![event("u", "new-b", 5)]).await;
     let r = c

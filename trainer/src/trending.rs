@@ -69,11 +69,15 @@ impl Trending {
 
     /// Counts one event on `item` at `at_ms` (Unix epoch ms; any order of times is fine).
     pub fn observe(&mut self, item: u32, at_ms: i64) {
+        self.add_key(item, at_ms as f64 * self.rate);
+    }
+
+    /// Adds `key` (a count in the log domain, see the module's documentation) to `item`'s.
+    fn add_key(&mut self, item: u32, add: f64) {
         let i = item as usize;
         if i >= self.keys.len() {
             self.keys.resize(i + 1, f64::NEG_INFINITY);
         }
-        let add = at_ms as f64 * self.rate;
         let old = self.keys[i];
         let new = if old == f64::NEG_INFINITY {
             add
@@ -87,32 +91,30 @@ impl Trending {
         self.order.insert((Key(new), std::cmp::Reverse(item)));
     }
 
+    /// Every item with a count, and its count in the log domain (what [`Trending::from_entries`]
+    /// takes back: a snapshot of the counts that survives a restart, however long ago the origin).
+    pub fn entries(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.order
+            .iter()
+            .map(|&(Key(k), std::cmp::Reverse(i))| (i, k))
+    }
+
+    /// Counts from [`Trending::entries`] (an item listed twice has its counts added).
+    pub fn from_entries(half_life_s: f64, entries: impl IntoIterator<Item = (u32, f64)>) -> Self {
+        let mut t = Trending::new(half_life_s);
+        for (item, key) in entries {
+            if key.is_finite() {
+                t.add_key(item, key);
+            }
+        }
+        t
+    }
+
     /// The same counts under another numbering of the items: item `i` becomes `map(i)`, or is
     /// dropped when that is None (two items mapped to one have their counts added).
     pub fn remapped(&self, map: impl Fn(u32) -> Option<u32>) -> Trending {
-        let mut out = Trending {
-            keys: Vec::new(),
-            order: BTreeSet::new(),
-            ..*self
-        };
-        for &(Key(key), std::cmp::Reverse(item)) in &self.order {
-            let Some(j) = map(item) else { continue };
-            let j = j as usize;
-            if j >= out.keys.len() {
-                out.keys.resize(j + 1, f64::NEG_INFINITY);
-            }
-            let old = out.keys[j];
-            let new = if old == f64::NEG_INFINITY {
-                key
-            } else {
-                out.order.remove(&(Key(old), std::cmp::Reverse(j as u32)));
-                let (hi, lo) = if old > key { (old, key) } else { (key, old) };
-                hi + (lo - hi).exp().ln_1p()
-            };
-            out.keys[j] = new;
-            out.order.insert((Key(new), std::cmp::Reverse(j as u32)));
-        }
-        out
+        let entries = self.entries().filter_map(|(i, k)| Some((map(i)?, k)));
+        Trending::from_entries(self.half_life_s, entries.collect::<Vec<_>>())
     }
 
     fn top_key(&self) -> Option<f64> {
@@ -164,6 +166,10 @@ mod tests {
         (0..3).for_each(|_| want.observe(3, 10_000));
         assert!((m.keys[3] - want.keys[3]).abs() < 1e-12);
         assert_eq!(m.len(), 1);
+        // Entries give the same counts back.
+        let back = Trending::from_entries(10.0, t.entries().collect::<Vec<_>>());
+        assert_eq!(back.keys, t.keys);
+        assert_eq!(back.top(5, &[]), t.top(5, &[]));
     }
 
     #[test]

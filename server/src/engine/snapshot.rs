@@ -6,8 +6,10 @@
 //! model, hidden width, counts); the item dictionary (every external item id the sessions mention,
 //! each u32-length-prefixed); then per session, least recently used first: id, events, last_seen_ms,
 //! idle_ms, state version, recent items (u32 indices into the dictionary), recent client_seqs, and
-//! `hidden` f32s; finally a CRC-32 of everything before it. Item ids are stored, never catalogue
-//! indices: the next model may number its catalogue differently.
+//! `hidden` f32s; then (format 2) the trending counts, per item its dictionary index and its count
+//! in the log domain (an f64); finally a CRC-32 of everything before it. Item ids are stored, never
+//! catalogue indices: the next model may number its catalogue differently. Format 1 (no trending
+//! counts) is still read.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -52,6 +54,15 @@ pub struct SnapshotImage {
     /// Ids of the new items (index `n_items + j` is `new_items[j]`).
     pub new_items: Vec<String>,
     pub sessions: Vec<SessionImage>,
+    /// Trending's counts (items as the sessions' are: indices under the image's model).
+    pub trending: Option<TrendImage>,
+}
+
+/// Trending's state: its half-life and `Trending::entries` (item, count in the log domain).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrendImage {
+    pub half_life_s: f64,
+    pub entries: Vec<(u32, f64)>,
 }
 
 impl SnapshotImage {
@@ -78,6 +89,12 @@ pub struct SnapshotHeader {
     pub hidden: usize,
     pub sessions: usize,
     pub items: usize,
+    /// Trending's half-life (format 2; None: no trending counts follow the sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trend_half_life_s: Option<f64>,
+    /// Items with a trending count.
+    #[serde(default)]
+    pub trending: usize,
 }
 
 /// A snapshot read back: sessions with their recent items as indices into `items`.
@@ -87,6 +104,8 @@ pub struct LoadedSnapshot {
     pub header: SnapshotHeader,
     pub items: Vec<String>,
     pub sessions: Vec<SessionImage>,
+    /// Trending's counts, items as indices into `items` (None in format 1).
+    pub trending: Option<TrendImage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,11 +204,12 @@ impl SnapshotStore {
         }
         decode(body)
             .map_err(invalid)
-            .map(|(header, items, sessions)| LoadedSnapshot {
+            .map(|(header, items, sessions, trending)| LoadedSnapshot {
                 path: path.to_path_buf(),
                 header,
                 items,
                 sessions,
+                trending,
             })
     }
 }
@@ -239,16 +259,23 @@ fn encode(image: &SnapshotImage, w: &mut impl Write) -> std::io::Result<()> {
     // The dictionary: every item the sessions mention, numbered in order of first mention.
     let mut dict: HashMap<u32, u32> = HashMap::new();
     let mut items: Vec<u32> = Vec::new();
-    for s in &image.sessions {
-        for &i in &s.recent {
-            dict.entry(i).or_insert_with(|| {
-                items.push(i);
-                items.len() as u32 - 1
-            });
-        }
+    let trend_items = image
+        .trending
+        .iter()
+        .flat_map(|t| t.entries.iter().map(|e| e.0));
+    for i in image
+        .sessions
+        .iter()
+        .flat_map(|s| s.recent.iter().copied())
+        .chain(trend_items)
+    {
+        dict.entry(i).or_insert_with(|| {
+            items.push(i);
+            items.len() as u32 - 1
+        });
     }
     let header = SnapshotHeader {
-        format: 1,
+        format: 2,
         position: image.position,
         taken_ms: image.taken_ms,
         model_name: image.view.name.clone(),
@@ -256,6 +283,8 @@ fn encode(image: &SnapshotImage, w: &mut impl Write) -> std::io::Result<()> {
         hidden: image.view.hidden,
         sessions: image.sessions.len(),
         items: items.len(),
+        trend_half_life_s: image.trending.as_ref().map(|t| t.half_life_s),
+        trending: image.trending.as_ref().map_or(0, |t| t.entries.len()),
     };
     w.write_all(MAGIC)?;
     let json = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
@@ -289,6 +318,10 @@ fn encode(image: &SnapshotImage, w: &mut impl Write) -> std::io::Result<()> {
         for v in &s.hidden {
             w.write_all(&v.to_le_bytes())?;
         }
+    }
+    for &(i, key) in image.trending.iter().flat_map(|t| &t.entries) {
+        w.write_all(&dict[&i].to_le_bytes())?;
+        w.write_all(&key.to_le_bytes())?;
     }
     Ok(())
 }
@@ -331,7 +364,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-type Decoded = (SnapshotHeader, Vec<String>, Vec<SessionImage>);
+type Decoded = (
+    SnapshotHeader,
+    Vec<String>,
+    Vec<SessionImage>,
+    Option<TrendImage>,
+);
 
 fn decode(body: &[u8]) -> Result<Decoded, String> {
     let mut c = Cursor { bytes: body, at: 0 };
@@ -341,7 +379,7 @@ fn decode(body: &[u8]) -> Result<Decoded, String> {
     let n = c.u32()? as usize;
     let header: SnapshotHeader =
         serde_json::from_slice(c.take(n)?).map_err(|e| format!("bad header: {e}"))?;
-    if header.format != 1 {
+    if !matches!(header.format, 1 | 2) {
         return Err(format!(
             "snapshot format {} is not supported",
             header.format
@@ -388,10 +426,37 @@ fn decode(body: &[u8]) -> Result<Decoded, String> {
             hidden,
         });
     }
+    let trending = match header.trend_half_life_s {
+        Some(h) if header.format >= 2 => {
+            if !(h > 0.0 && h.is_finite()) {
+                return Err(format!("trending half-life {h} is not a positive time"));
+            }
+            if header.trending.saturating_mul(12) > body.len() - c.at {
+                return Err(format!(
+                    "{} trending counts exceed the file",
+                    header.trending
+                ));
+            }
+            let mut entries = Vec::with_capacity(header.trending);
+            for _ in 0..header.trending {
+                let i = c.u32()?;
+                let key = f64::from_bits(c.u64()?);
+                if i as usize >= items.len() || !key.is_finite() {
+                    return Err(format!("bad trending count: item {i}, count {key}"));
+                }
+                entries.push((i, key));
+            }
+            Some(TrendImage {
+                half_life_s: h,
+                entries,
+            })
+        }
+        _ => None,
+    };
     if c.at != body.len() {
         return Err(format!("{} trailing bytes", body.len() - c.at));
     }
-    Ok((header, items, sessions))
+    Ok((header, items, sessions, trending))
 }
 
 #[cfg(test)]
@@ -436,6 +501,10 @@ mod tests {
             view: view(),
             new_items: Vec::new(),
             sessions: vec![session("a", vec![4, 1, 4]), session("bé", vec![])],
+            trending: Some(TrendImage {
+                half_life_s: 600.0,
+                entries: vec![(1, 12.5), (5, -3.0e9)],
+            }),
         }
     }
 
@@ -451,8 +520,16 @@ mod tests {
         let loaded = SnapshotStore::read(&files[1].1).unwrap();
         assert_eq!(loaded.header.position, 30);
         assert_eq!(loaded.header.model_version, "v7");
-        // Recent items come back as dictionary indices naming the same external ids.
-        assert_eq!(loaded.items, vec!["item-4", "item-1"]);
+        // Recent items come back as dictionary indices naming the same external ids, and so do
+        // trending's (after the sessions' in the dictionary).
+        assert_eq!(loaded.items, vec!["item-4", "item-1", "item-5"]);
+        assert_eq!(
+            loaded.trending,
+            Some(TrendImage {
+                half_life_s: 600.0,
+                entries: vec![(1, 12.5), (2, -3.0e9)],
+            })
+        );
         let want = image(30).sessions;
         assert_eq!(loaded.sessions[0].recent, vec![0, 1, 0]);
         assert_eq!(
@@ -464,6 +541,30 @@ mod tests {
         );
         assert_eq!(loaded.sessions[0].hidden, want[0].hidden);
         assert_eq!(loaded.sessions[0].seqs, want[0].seqs);
+    }
+
+    #[test]
+    fn format_1_without_trending_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SnapshotStore::open(dir.path()).unwrap();
+        let mut old = image(3);
+        old.trending = None;
+        store.write(&old).unwrap();
+        let path = store.positions().unwrap()[0].1.clone();
+        let bytes = fs::read(&path).unwrap();
+        let body = &bytes[..bytes.len() - 4];
+        let text = String::from_utf8_lossy(body).into_owned();
+        assert!(text.contains("\"format\":2") && !text.contains("trend_half_life_s"));
+        // The same bytes as format 1 wrote them: only the header's format differs.
+        let at = body.windows(10).position(|w| w == b"\"format\":2").unwrap();
+        let mut v1 = body.to_vec();
+        v1[at + 9] = b'1';
+        v1.extend_from_slice(&crc32fast::hash(&v1).to_le_bytes());
+        fs::write(&path, &v1).unwrap();
+        let loaded = SnapshotStore::read(&path).unwrap();
+        assert_eq!(loaded.header.format, 1);
+        assert_eq!(loaded.trending, None);
+        assert_eq!(loaded.sessions.len(), 2);
     }
 
     #[test]

@@ -310,6 +310,8 @@ pub struct RestoreStats {
     pub expired: u64,
     /// Recent items the serving model does not know (dropped from their sessions).
     pub dropped_items: u64,
+    /// Items whose trending counts came back from the snapshot.
+    pub trending_items: u64,
 }
 
 pub(super) enum Msg {

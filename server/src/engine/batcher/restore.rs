@@ -8,11 +8,12 @@ use lambdarec_proto::bundle::now_unix_ms;
 use tracing::{debug, info, warn};
 
 use super::Batcher;
-use crate::engine::snapshot::{SessionImage, SnapshotImage};
+use crate::engine::snapshot::{SessionImage, SnapshotImage, TrendImage};
 use crate::engine::speed::Speed;
 use crate::engine::types::{Restore, RestoreStats};
 use crate::engine::{EngineError, ModelView};
 use crate::registry::error_chain;
+use lambdarec_trainer::trending::Trending;
 
 impl Batcher {
     /// Captures every live session, least recently used first, and hands the image to the journal,
@@ -51,6 +52,10 @@ impl Batcher {
             view: active.view.clone(),
             new_items: self.planner.speed.new.ids().to_vec(),
             sessions,
+            trending: self.planner.speed.layer.as_ref().map(|l| TrendImage {
+                half_life_s: l.trend.half_life_s(),
+                entries: l.trend.entries().collect(),
+            }),
         });
         // The capture is the only part that holds up serving (the journal's thread writes it).
         debug!(
@@ -134,10 +139,27 @@ impl Batcher {
             let _ = reply.send(Err(e.into()));
             return;
         }
-        // The restored sessions join the kNN index, least recently used first (trending counts are
-        // not in snapshots: they restart from the bundle's and the replayed tail's events).
+        // The restored sessions join the kNN index, least recently used first; trending takes the
+        // snapshot's counts (the replayed tail then adds its events) unless the half-life changed.
         if let Some(layer) = &mut self.planner.speed.layer {
             Speed::index_sessions(layer, &mut self.planner.sessions);
+            match &snapshot.trending {
+                Some(t) if t.half_life_s == layer.trend.half_life_s() => {
+                    let entries = t
+                        .entries
+                        .iter()
+                        .filter_map(|&(d, key)| Some((map[d as usize]?, key)));
+                    layer.trend =
+                        Trending::from_entries(t.half_life_s, entries.collect::<Vec<_>>());
+                    stats.trending_items = layer.trend.len() as u64;
+                }
+                Some(t) => info!(
+                    snapshot_s = t.half_life_s,
+                    serving_s = layer.trend.half_life_s(),
+                    "trending's half-life changed: its counts restart from the bundle's sessions and the replayed events"
+                ),
+                None => {}
+            }
         }
         log_restore(&snapshot.header.model_version, &view, reuse, &stats);
         let _ = reply.send(Ok(stats));
@@ -148,6 +170,7 @@ fn log_restore(from_version: &str, view: &ModelView, reuse: bool, stats: &Restor
     info!(
         sessions = stats.sessions,
         expired = stats.expired,
+        trending_items = stats.trending_items,
         snapshot_model = from_version,
         serving_model = %view.version,
         states = if reuse { "reused" } else { "rebuilt from recent items (hidden size changed)" },
