@@ -61,6 +61,18 @@ const CASES: &[Case] = &[
         absent: Some("epoch done"),
         ..case("train: model name with a path", &["train", "--data", "good.tsv", "--store", "st", "--model", "../x"], 1, "invalid model name \"../x\"")
     },
+    case("train: follow a log file", &["train", "--data", "good.tsv", "--store", "st", "--follow"], 1, "--follow trains on the event archive (<store>/events); good.tsv is a log file"),
+    case("train: --every without --follow", &["train", "--data", "good.tsv", "--every", "1h"], 2, "the following required arguments were not provided"),
+    case("train: unknown duration unit", &["train", "--data", ".", "--follow", "--every", "3w"], 2, "the unit must be s, m, h or d"),
+    case("train: gate margin over 1", &["train", "--data", ".", "--store", "st", "--follow", "--gate-margin", "2"], 1, "--gate-margin 2: give a fraction in [0, 1)"),
+    case("train: zero holdout fraction", &["train", "--data", "good.tsv", "--store", "st", "--holdout-fraction", "0"], 1, "--holdout-fraction 0: give a fraction in (0, 1]"),
+    Case {
+        absent: Some("epoch done"),
+        ..case("train: warm start from a corrupt version", &["train", "--data", "good.tsv", "--store", "st", "--model", "m", "--warm-start", "latest"], 1, "models/m/v1/manifest.json")
+    },
+    case("models: list a corrupt version", &["models", "list", "--store", "st", "--model", "m"], 1, "models/m/v1/manifest.json"),
+    case("models: promote an unknown version", &["models", "promote", "v9", "--store", "st", "--model", "m"], 1, "not found: version v9 of model m"),
+    case("models: roll back a model with no LATEST", &["models", "rollback", "--store", "st", "--model", "nomodel"], 1, "model \"nomodel\" has no LATEST"),
     case("eval: missing file", &["eval", "--data", "missing.tsv", "--store", "st", "--model", "m"], 2, "missing.tsv: no such file"),
     case("eval: corrupt manifest", &["eval", "--data", "good.tsv", "--store", "st", "--model", "m"], 1, "models/m/v1/manifest.json"),
     case("eval: version with a path", &["eval", "--data", "good.tsv", "--store", "st", "--model", "m", "--version", "../x"], 1, "invalid version \"../x\""),
