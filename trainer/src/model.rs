@@ -232,6 +232,22 @@ impl Gru4Rec {
         model
     }
 
+    /// Multiplies every parameter by `by`: the "shrink" of Ash & Adams' shrink-and-perturb
+    /// (NeurIPS 2020), which lets a warm-started network train on as well as a fresh one.
+    pub fn shrink(&mut self, by: f32) {
+        let params = [
+            &mut self.item_out,
+            &mut self.item_bias,
+            &mut self.w_ih_t,
+            &mut self.w_hh_t,
+            &mut self.b_ih,
+            &mut self.b_hh,
+        ];
+        for p in params.into_iter().chain(self.item_in.as_mut()) {
+            p.data.iter_mut().for_each(|w| *w *= by);
+        }
+    }
+
     pub fn tied(&self) -> bool {
         self.item_in.is_none()
     }
@@ -519,6 +535,20 @@ mod tests {
             }
             assert_eq!(m.w_ih_t.data, prev.w_ih_t.data);
             assert_eq!(m.w_hh_t.data, prev.w_hh_t.data);
+            let mut half = m.clone();
+            half.shrink(0.5);
+            let (a, b) = (half.to_weights(), m.to_weights());
+            let pairs = [
+                (&a.item_out, &b.item_out),
+                (&a.w_ih, &b.w_ih),
+                (&a.w_hh, &b.w_hh),
+            ];
+            for (x, y) in pairs
+                .into_iter()
+                .chain(a.item_in.iter().zip(b.item_in.iter()))
+            {
+                assert!(x.iter().zip(y).all(|(x, y)| *x == 0.5 * y));
+            }
         }
     }
 

@@ -117,9 +117,17 @@ pub struct TrainJob {
     /// With a warm start from a bundle that has blend weights: fit them again (training a second,
     /// cold GRU) rather than keep them.
     pub refit_blend: bool,
+    /// A warm start multiplies the previous weights by this (1: as they are; see
+    /// [`Gru4Rec::shrink`]).
+    pub warm_shrink: f32,
     /// Evaluate the GRU on the test set after every epoch (a learning curve in the manifest).
     pub eval_each_epoch: bool,
 }
+
+/// The shrink of a warm start: halving the previous weights (with their optimiser state kept) lets
+/// the warm model learn on instead of settling where the previous training left it
+/// (`benches/RESULTS.md`, warm start against cold start).
+pub const DEFAULT_WARM_SHRINK: f32 = 0.5;
 
 /// Where a training job's weights start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,6 +177,7 @@ impl TrainJob {
             trend_half_life_s: blend::DEFAULT_TREND_HALF_LIFE_S,
             warm_start: WarmStartFrom::Cold,
             refit_blend: false,
+            warm_shrink: DEFAULT_WARM_SHRINK,
             eval_each_epoch: false,
         }
     }
@@ -436,7 +445,14 @@ pub async fn train_candidate(
             check_warm_start(&prev, &job.config)?;
             let rows = item_rows(&prev.vocab.ids, &dataset.vocab.ids);
             let how = WarmStart::of(&rows, prev.vocab.len());
-            let model = Gru4Rec::warm_start(&prev.weights, &rows, job.config.seed);
+            if !(job.warm_shrink > 0.0 && job.warm_shrink <= 1.0) {
+                return Err(TrainError::Config(format!(
+                    "warm shrink {}: give a factor in (0, 1]",
+                    job.warm_shrink
+                )));
+            }
+            let mut model = Gru4Rec::warm_start(&prev.weights, &rows, job.config.seed);
+            model.shrink(job.warm_shrink);
             let optimizer = saved_optimizer(store, &job.model_name, &prev, &job.config)
                 .await?
                 .map(|o| o.remap_items(prev.vocab.len(), &rows));
@@ -446,6 +462,7 @@ pub async fn train_candidate(
                 new_items = how.new,
                 retired = how.retired,
                 optimizer_state = optimizer.is_some(),
+                shrink = job.warm_shrink,
                 "warm start: weights from the previous version, fresh rows for new items"
             );
             (Some(Init { model, optimizer }), Some((prev, how)))
@@ -523,6 +540,7 @@ pub async fn train_candidate(
             "reused_items": how.reused,
             "new_items": how.new,
             "retired_items": how.retired,
+            "shrink": job.warm_shrink,
         });
     }
     bundle.manifest.blend = blend;

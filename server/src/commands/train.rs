@@ -129,6 +129,11 @@ pub struct TrainArgs {
     /// With a warm start: fit the blend weights again instead of keeping the previous version's.
     #[arg(long)]
     pub refit_blend: bool,
+    /// With a warm start: multiply the previous weights by this before training on (the shrink
+    /// of shrink-and-perturb; 1 keeps them as they are). Halving them lets the warm model learn
+    /// on rather than stay where the previous training settled.
+    #[arg(long, default_value_t = lambdarec_trainer::pipeline::DEFAULT_WARM_SHRINK)]
+    pub warm_shrink: f32,
     /// Evaluate the GRU on the test set after every epoch (a learning curve, in the log and in
     /// the manifest's training.epochs).
     #[arg(long)]
@@ -245,6 +250,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             WarmStartFrom::Cold
         }),
         refit_blend: a.refit_blend,
+        warm_shrink: a.warm_shrink,
         eval_each_epoch: a.eval_every_epoch,
     };
     if a.follow {
