@@ -250,15 +250,14 @@ pub fn compare(
     margin: f64,
 ) -> Result<Gate, TrainError> {
     let (sessions, _) = crate::data::prepare_eval(test, &candidate.vocab, 2);
-    let train = candidate.bundle.sessions.as_ref().map(export::sessions_of);
-    let empty = Sessions::default();
-    let view = CandidateView {
-        weights: &candidate.weights,
-        vocab: &candidate.vocab,
-        train: train.as_ref().unwrap_or(&empty),
-        blend: candidate.bundle.manifest.blend.as_ref(),
-    };
-    judge(&view, Some(serving), &sessions, eval, margin)
+    let seed = seed_of(candidate);
+    judge(
+        &CandidateView::of(candidate, &seed),
+        Some(serving),
+        &sessions,
+        eval,
+        margin,
+    )
 }
 
 /// What the gate needs of a version.
@@ -268,6 +267,27 @@ struct CandidateView<'a> {
     /// The sessions its speed layer is seeded with.
     train: &'a Sessions,
     blend: Option<&'a lambdarec_proto::bundle::Blend>,
+}
+
+impl<'a> CandidateView<'a> {
+    /// A stored version, its speed layer seeded with `seed` (its bundle's sessions, [`seed_of`]).
+    fn of(m: &'a LoadedModel, seed: &'a Sessions) -> Self {
+        CandidateView {
+            weights: &m.weights,
+            vocab: &m.vocab,
+            train: seed,
+            blend: m.bundle.manifest.blend.as_ref(),
+        }
+    }
+}
+
+/// The sessions a server seeds a stored version's speed layer with (none in older bundles).
+fn seed_of(m: &LoadedModel) -> Sessions {
+    m.bundle
+        .sessions
+        .as_ref()
+        .map(export::sessions_of)
+        .unwrap_or_default()
 }
 
 /// Compares the candidate with the serving version on the held-out sessions `test` (candidate
@@ -280,77 +300,82 @@ fn judge(
     margin: f64,
 ) -> Result<Gate, TrainError> {
     let k = eval.k as u32;
-    let Some(serving) = serving else {
-        let arm = served_metrics(candidate, test, eval)?;
-        return Ok(Gate {
-            published: true,
-            reason: "no version was serving".into(),
-            serving_version: None,
-            warm_start_from: None,
-            k,
-            margin,
-            sessions: test.len() as u64,
-            predictions: test.n_predictions() as u64,
-            candidate: arm,
-            serving: None,
-        });
-    };
-    let serving_sessions = serving.bundle.sessions.as_ref().map(export::sessions_of);
-    let empty = Sessions::default();
-    let serving_view = CandidateView {
-        weights: &serving.weights,
-        vocab: &serving.vocab,
-        train: serving_sessions.as_ref().unwrap_or(&empty),
-        blend: serving.bundle.manifest.blend.as_ref(),
-    };
-    let (ours, theirs) = shared_sessions(test, candidate.vocab, serving_view.vocab);
-    let version = serving.bundle.manifest.version.clone();
-    let c = served_metrics(candidate, &ours, eval)?;
-    let s = served_metrics(&serving_view, &theirs, eval)?;
-    let (published, reason) = if ours.n_predictions() == 0 {
-        (
-            false,
-            format!("no held-out events on items both this candidate and {version} know"),
-        )
-    } else {
-        let floor = |x: f64| x * (1.0 - margin);
-        let worse: Vec<String> = [("Recall", c.recall, s.recall), ("MRR", c.mrr, s.mrr)]
-            .into_iter()
-            .filter(|&(_, cand, serv)| cand < floor(serv))
-            .map(|(what, cand, serv)| format!("{what}@{k} {cand:.4} < {serv:.4}"))
-            .collect();
-        if worse.is_empty() {
+    let (shared, c, s, published, reason) = match serving {
+        None => {
+            let c = served_metrics(candidate, test, eval)?;
             (
+                test.clone(),
+                c,
+                None,
                 true,
-                format!(
-                    "not worse than {version} within {:.1}% on {} held-out predictions",
-                    margin * 100.0,
-                    ours.n_predictions()
-                ),
+                "no version was serving".to_string(),
             )
-        } else {
-            (
-                false,
-                format!(
-                    "worse than {version} by more than {:.1}%: {}",
-                    margin * 100.0,
-                    worse.join(", ")
-                ),
-            )
+        }
+        Some(serving) => {
+            let seed = seed_of(serving);
+            let serving_view = CandidateView::of(serving, &seed);
+            let (ours, theirs) = shared_sessions(test, candidate.vocab, serving_view.vocab);
+            let version = &serving.bundle.manifest.version;
+            let c = served_metrics(candidate, &ours, eval)?;
+            let s = served_metrics(&serving_view, &theirs, eval)?;
+            let (published, reason) = verdict(&c, &s, ours.n_predictions(), k, margin, version);
+            (ours, c, Some(s), published, reason)
         }
     };
     Ok(Gate {
         published,
         reason,
-        serving_version: Some(version),
+        serving_version: serving.map(|m| m.bundle.manifest.version.clone()),
         warm_start_from: None,
         k,
         margin,
-        sessions: ours.len() as u64,
-        predictions: ours.n_predictions() as u64,
+        sessions: shared.len() as u64,
+        predictions: shared.n_predictions() as u64,
         candidate: c,
-        serving: Some(s),
+        serving: s,
     })
+}
+
+/// Whether the candidate `c` passes against the serving version's `s` on `predictions` shared
+/// predictions, and why.
+fn verdict(
+    c: &GateArm,
+    s: &GateArm,
+    predictions: usize,
+    k: u32,
+    margin: f64,
+    version: &str,
+) -> (bool, String) {
+    if predictions == 0 {
+        return (
+            false,
+            format!("no held-out events on items both this candidate and {version} know"),
+        );
+    }
+    let floor = |x: f64| x * (1.0 - margin);
+    let worse: Vec<String> = [("Recall", c.recall, s.recall), ("MRR", c.mrr, s.mrr)]
+        .into_iter()
+        .filter(|&(_, cand, serv)| cand < floor(serv))
+        .map(|(what, cand, serv)| format!("{what}@{k} {cand:.4} < {serv:.4}"))
+        .collect();
+    if worse.is_empty() {
+        (
+            true,
+            format!(
+                "not worse than {version} within {:.1}% on {predictions} held-out predictions",
+                margin * 100.0
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "worse than {version} by more than {:.1}%: {}",
+                margin * 100.0,
+                worse.join(", ")
+            ),
+        )
+    }
 }
 
 /// A version's Recall and MRR on `test` under its default served strategy: the blend with its
