@@ -65,6 +65,7 @@ const CASES: &[Case] = &[
     case("train: --every without --follow", &["train", "--data", "good.tsv", "--every", "1h"], 2, "the following required arguments were not provided"),
     case("train: unknown duration unit", &["train", "--data", ".", "--follow", "--every", "3w"], 2, "the unit must be s, m, h or d"),
     case("train: gate margin over 1", &["train", "--data", ".", "--store", "st", "--follow", "--gate-margin", "2"], 1, "--gate-margin 2: give a fraction in [0, 1)"),
+    case("train: zero warm shrink", &["train", "--data", "good.tsv", "--store", "st", "--warm-shrink", "0"], 1, "--warm-shrink 0: give a factor in (0, 1]"),
     case("train: zero holdout fraction", &["train", "--data", "good.tsv", "--store", "st", "--holdout-fraction", "0"], 1, "--holdout-fraction 0: give a fraction in (0, 1]"),
     Case {
         absent: Some("epoch done"),

@@ -191,6 +191,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             a.trend_half_life
         );
     }
+    if !(a.warm_shrink > 0.0 && a.warm_shrink <= 1.0) {
+        anyhow::bail!(
+            "--warm-shrink {}: give a factor in (0, 1] (1 keeps the previous weights as they are)",
+            a.warm_shrink
+        );
+    }
     if let Some(w) = a.blend_validation
         && !(w.is_finite() && w >= 0.0)
     {
