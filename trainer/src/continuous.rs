@@ -300,16 +300,12 @@ fn judge(
     margin: f64,
 ) -> Result<Gate, TrainError> {
     let k = eval.k as u32;
+    // (sessions, predictions) both versions were measured on: all of `test` when nothing served.
     let (shared, c, s, published, reason) = match serving {
         None => {
             let c = served_metrics(candidate, test, eval)?;
-            (
-                test.clone(),
-                c,
-                None,
-                true,
-                "no version was serving".to_string(),
-            )
+            let counts = (test.len(), test.n_predictions());
+            (counts, c, None, true, "no version was serving".to_string())
         }
         Some(serving) => {
             let seed = seed_of(serving);
@@ -319,7 +315,8 @@ fn judge(
             let c = served_metrics(candidate, &ours, eval)?;
             let s = served_metrics(&serving_view, &theirs, eval)?;
             let (published, reason) = verdict(&c, &s, ours.n_predictions(), k, margin, version);
-            (ours, c, Some(s), published, reason)
+            let counts = (ours.len(), ours.n_predictions());
+            (counts, c, Some(s), published, reason)
         }
     };
     Ok(Gate {
@@ -329,8 +326,8 @@ fn judge(
         warm_start_from: None,
         k,
         margin,
-        sessions: shared.len() as u64,
-        predictions: shared.n_predictions() as u64,
+        sessions: shared.0 as u64,
+        predictions: shared.1 as u64,
         candidate: c,
         serving: s,
     })

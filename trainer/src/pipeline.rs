@@ -478,38 +478,21 @@ pub async fn train_candidate(
         None => fit_blend(&dataset, job)?,
     };
 
-    let mut curve: Vec<Metrics> = Vec::new();
-    let mut curve_error = None;
-    let (model, mut epochs, optimizer) = train_from(
+    let (model, epochs, optimizer) = train_from(
         init,
         &dataset.train,
         &dataset.vocab.popularity,
         &job.config,
         progress,
         |st, model| {
-            if !job.eval_each_epoch || curve_error.is_some() {
-                return on_epoch(st);
+            if job.eval_each_epoch {
+                let m = evaluate_gru(&model.to_weights(), &dataset.test, &job.eval)?;
+                (st.test_recall, st.test_mrr) = (Some(m.recall), Some(m.mrr));
             }
-            match evaluate_gru(&model.to_weights(), &dataset.test, &job.eval) {
-                Ok(m) => {
-                    let mut st = st.clone();
-                    (st.test_recall, st.test_mrr) = (Some(m.recall), Some(m.mrr));
-                    curve.push(m);
-                    on_epoch(&st);
-                }
-                Err(e) => {
-                    curve_error = Some(e);
-                    on_epoch(st);
-                }
-            }
+            on_epoch(st);
+            Ok(())
         },
     )?;
-    if let Some(e) = curve_error {
-        return Err(e);
-    }
-    for (st, m) in epochs.iter_mut().zip(&curve) {
-        (st.test_recall, st.test_mrr) = (Some(m.recall), Some(m.mrr));
-    }
     let weights = model.to_weights();
     let evaluation = evaluate(
         &weights,

@@ -340,7 +340,8 @@ pub fn train(
     mut on_epoch: impl FnMut(&EpochStats) + Send,
 ) -> Result<(Gru4Rec, Vec<EpochStats>), TrainError> {
     let (model, epochs, _) = train_from(None, train, popularity, cfg, on_progress, |st, _| {
-        on_epoch(st)
+        on_epoch(st);
+        Ok(())
     })?;
     Ok((model, epochs))
 }
@@ -354,14 +355,15 @@ pub struct Init {
 
 /// [`train`] from `init` (a warm start; None: freshly drawn weights and an empty optimiser
 /// state), also returning the optimiser's state at the end. `on_epoch` also sees the model as
-/// the epoch left it (for a learning curve).
+/// the epoch left it, may add to the epoch's statistics (a learning curve's point), and stops
+/// training with its error.
 pub fn train_from(
     init: Option<Init>,
     train: &Sessions,
     popularity: &[u64],
     cfg: &TrainConfig,
     on_progress: impl FnMut(usize, u64, f64) + Send,
-    on_epoch: impl FnMut(&EpochStats, &Gru4Rec) + Send,
+    on_epoch: impl FnMut(&mut EpochStats, &Gru4Rec) -> Result<(), TrainError> + Send,
 ) -> Result<(Gru4Rec, Vec<EpochStats>, OptimizerState), TrainError> {
     cfg.validate()?;
     if let Some(Init { model: m, .. }) = &init
@@ -397,7 +399,7 @@ fn train_loop(
     popularity: &[u64],
     cfg: &TrainConfig,
     mut on_progress: impl FnMut(usize, u64, f64) + Send,
-    mut on_epoch: impl FnMut(&EpochStats, &Gru4Rec) + Send,
+    mut on_epoch: impl FnMut(&mut EpochStats, &Gru4Rec) -> Result<(), TrainError> + Send,
 ) -> Result<(Gru4Rec, Vec<EpochStats>, OptimizerState), TrainError> {
     let n_items = popularity.len();
     if train.is_empty() || n_items == 0 {
@@ -527,7 +529,7 @@ fn train_loop(
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        let st = EpochStats {
+        let mut st = EpochStats {
             epoch,
             loss: loss_sum / events.max(1) as f64,
             events,
@@ -536,7 +538,7 @@ fn train_loop(
             test_recall: None,
             test_mrr: None,
         };
-        on_epoch(&st, &model);
+        on_epoch(&mut st, &model)?;
         stats.push(st);
     }
     let params = tables
@@ -626,7 +628,7 @@ mod tests {
         };
         let pop = [3, 3, 2, 2];
         let (full, _, _) =
-            train_from(None, &sessions, &pop, &cfg, |_, _, _| {}, |_, _| {}).unwrap();
+            train_from(None, &sessions, &pop, &cfg, |_, _, _| {}, |_, _| Ok(())).unwrap();
         // One epoch, then one more from its model and optimiser state: the same as two at once,
         // but for the random draws, which restart from the seed. So compare the state's shape and
         // that it carries on (non-zero accumulators, the step count).
@@ -634,7 +636,8 @@ mod tests {
             epochs: 1,
             ..cfg.clone()
         };
-        let (m1, _, o1) = train_from(None, &sessions, &pop, &one, |_, _, _| {}, |_, _| {}).unwrap();
+        let (m1, _, o1) =
+            train_from(None, &sessions, &pop, &one, |_, _, _| {}, |_, _| Ok(())).unwrap();
         assert!(o1.step > 0);
         assert!(o1.params.iter().all(|p| p.acc.iter().any(|&a| a > 0.0)));
         let tensors = crate::export::optimizer_tensors(&o1, &m1);
@@ -653,7 +656,7 @@ mod tests {
             &pop,
             &one,
             |_, _, _| {},
-            |_, _| {},
+            |_, _| Ok(()),
         )
         .unwrap();
         assert_eq!(o2.step, 2 * o1.step);

@@ -188,50 +188,38 @@ impl Batcher {
         });
         // New items the new catalogue knows become catalogue items; the others are renumbered.
         let new_items = self.planner.speed.new.rebased(&view);
-        // Trending carries on: its counts hold every event this server has seen, which the new
-        // bundle's training sessions (an archive cut, less its held-out sessions) do not.
-        if let (Some(old), Some(layer)) = (&old, &self.planner.speed.layer) {
-            let same_rate = layer.trend.half_life_s() == speed.trend.half_life_s();
-            if same_rate && !layer.trend.is_empty() {
-                let old_new = &self.planner.speed.new;
-                speed.trend = layer.trend.remapped(|i| {
-                    let id = if (i as usize) < old.view.n_items() {
-                        old.view.item_id(i)
-                    } else {
-                        old_new.name(i)?
-                    };
-                    view.vocab.index(id).or_else(|| new_items.get(id))
-                });
-            } else if !same_rate {
-                info!(
-                    from_s = layer.trend.half_life_s(),
-                    to_s = speed.trend.half_life_s(),
-                    "trending's half-life changed: counts restart from the new bundle's sessions"
-                );
-            }
-        }
         if let Some(old) = old {
             self.backend.drop_model(old.id);
             let old_new = &self.planner.speed.new;
-            let renumber = old.view.vocab.ids != view.vocab.ids || old_new.len() > 0;
-            if renumber {
+            // An item's index under the old catalogue (and new-item table) → under the new ones.
+            let renumber = |i: u32| {
+                let id = if (i as usize) < old.view.n_items() {
+                    old.view.item_id(i)
+                } else {
+                    old_new.name(i)?
+                };
+                view.vocab.index(id).or_else(|| new_items.get(id))
+            };
+            // Trending carries on: its counts hold every event this server has seen, which the
+            // new bundle's training sessions (an archive cut, less its held-out sessions) do not.
+            if let Some(layer) = &self.planner.speed.layer {
+                let same_rate = layer.trend.half_life_s() == speed.trend.half_life_s();
+                if same_rate && !layer.trend.is_empty() {
+                    speed.trend = layer.trend.remapped(renumber);
+                } else if !same_rate {
+                    info!(
+                        from_s = layer.trend.half_life_s(),
+                        to_s = speed.trend.half_life_s(),
+                        "trending's half-life changed: counts restart from the new bundle's sessions"
+                    );
+                }
+            }
+            if old.view.vocab.ids != view.vocab.ids || old_new.len() > 0 {
                 for e in self.planner.sessions.live_entries_mut() {
                     // A list waiting for its session's next event names items of the old
                     // catalogue: it is not scored (online evaluation).
                     e.pending = None;
-                    let recent = e
-                        .recent
-                        .iter()
-                        .filter_map(|&i| {
-                            let id = if (i as usize) < old.view.n_items() {
-                                old.view.item_id(i)
-                            } else {
-                                old_new.name(i)?
-                            };
-                            view.vocab.index(id).or_else(|| new_items.get(id))
-                        })
-                        .collect();
-                    e.recent = recent;
+                    e.recent = e.recent.iter().filter_map(|&i| renumber(i)).collect();
                 }
             }
         }
