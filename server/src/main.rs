@@ -77,7 +77,8 @@ enum Command {
     Synthetic(Box<commands::synthetic::SyntheticArgs>),
     /// Copy an event log's events into the archive (<store>/events, Parquet by day) that `train --data` reads.
     Archive(Box<commands::archive::ArchiveArgs>),
-    /// List a model's versions (with their gate verdicts), promote one to LATEST, or roll LATEST back.
+    /// List a model's versions (with their gate verdicts), promote one to LATEST, roll LATEST back,
+    /// or start, promote and stop a canary (CANARY).
     Models(Box<commands::models::ModelsArgs>),
     /// Make a bearer token and its line of the `serve --auth-tokens` file (which holds only its SHA-256).
     Token(commands::token::TokenArgs),

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use lambdarec_proto::bundle::Store;
+use lambdarec_proto::bundle::{Pointer, Store};
 use lambdarec_proto::v1::{self, Strategy, recommender_client::RecommenderClient};
 use lambdarec_server::archive::ArchiveOptions;
 use lambdarec_server::{DeviceChoice, LogConfig, ServeConfig};
@@ -304,6 +304,7 @@ async fn a_cycle_trains_gates_and_publishes_and_the_server_keeps_its_sessions() 
         },
         window_days: 30,
         margin: 0.02,
+        publish: Pointer::Latest,
     };
     cycle.job.prepare.test_fraction = 0.5;
     let report = run_cycle(&cycle, |_, _, _| {}, |_| {}).await.unwrap();

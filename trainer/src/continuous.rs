@@ -1,6 +1,7 @@
 //! Continuous training (`lambdarec train --follow`): one cycle reads a sliding window of the event
 //! archive, trains a candidate warm-started from the serving version, and publishes it (moves
-//! LATEST) only when it passes a gate against the serving version on held-out recent sessions.
+//! LATEST, or CANARY with `--publish canary`) only when it passes a gate against the serving
+//! version on held-out recent sessions. Moving the pointers by hand is [`versions`]'s.
 //!
 //! The gate's events are the sessions ending in the last `test_window` seconds of the window that
 //! preparation held out (a hash-chosen share of them, so that the candidate still learns the
@@ -11,6 +12,11 @@
 //!
 //! A rejected candidate is written under its version with its verdict in the manifest, and LATEST
 //! stays. A cycle whose window holds the same data as the serving version's is skipped.
+//!
+//! Published as the canary, a candidate is served beside LATEST's version to a share of new
+//! sessions (servers started with `serve --canary-fraction`) until someone promotes it
+//! (`models promote`) or stops it; the next passing candidate replaces it. With nothing serving
+//! there is nothing to run a canary beside, and a passing candidate becomes LATEST.
 
 use std::time::Instant;
 
@@ -19,7 +25,7 @@ use tracing::{info, warn};
 
 use lambdarec_kernels::{Backend, Dtype, cpu::CpuBackend};
 use lambdarec_proto::archive::{Archive, Date, DateRange};
-use lambdarec_proto::bundle::{Gate, GateArm, Store, validate_model_name};
+use lambdarec_proto::bundle::{Gate, GateArm, Pointer, Store, validate_model_name};
 
 use crate::TrainError;
 use crate::blend::{self, Scored};
@@ -31,6 +37,12 @@ use crate::pipeline::{
     train_candidate,
 };
 use crate::train::EpochStats;
+
+mod versions;
+
+pub use versions::{
+    Promotion, Rollback, VersionInfo, list_versions, promote, rollback, start_canary, stop_canary,
+};
 
 /// One cycle's settings besides the training job.
 #[derive(Clone, Debug)]
@@ -44,13 +56,15 @@ pub struct CycleOptions {
     /// A candidate passes when neither its Recall@k nor its MRR@k is below the serving version's
     /// by more than this fraction of it (0.01: up to 1% worse).
     pub margin: f64,
+    /// The pointer a passing candidate moves: LATEST, or CANARY (LATEST when nothing serves).
+    pub publish: Pointer,
 }
 
 /// What a cycle decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
-    /// The candidate was written and LATEST moved to it.
+    /// The candidate was written and LATEST (or CANARY: the gate's `published_as`) moved to it.
     Published,
     /// The candidate was written for inspection; LATEST did not move.
     Rejected,
@@ -182,10 +196,25 @@ pub async fn run_cycle(
             );
         }
     }
+    // A canary runs beside a serving version: with none, the candidate is published as LATEST.
+    let pointer = match serving_version {
+        Some(_) => opts.publish,
+        None => Pointer::Latest,
+    };
+    gate.published_as = gate.published.then_some(pointer);
     c.bundle.manifest.gate = Some(gate.clone());
     let version = store
-        .write_version(&job.model_name, &mut c.bundle, gate.published)
+        .write_version(
+            &job.model_name,
+            &mut c.bundle,
+            gate.published_as == Some(Pointer::Latest),
+        )
         .await?;
+    if gate.published_as == Some(Pointer::Canary) {
+        // After the manifest, as LATEST is: a crash in between leaves a complete version that no
+        // pointer names (its gate says published as the canary), which the next cycle replaces.
+        store.set_canary(&job.model_name, &version).await?;
+    }
     let decision = if gate.published {
         Decision::Published
     } else {
@@ -200,7 +229,7 @@ pub async fn run_cycle(
     );
     match &decision {
         Decision::Published => {
-            info!(%version, reason = %gate.reason, "{line}: published as LATEST")
+            info!(%version, reason = %gate.reason, "{line}: published as {pointer}")
         }
         _ => warn!(%version, reason = %gate.reason, "{line}: rejected, LATEST stays"),
     }
@@ -321,6 +350,7 @@ fn judge(
     };
     Ok(Gate {
         published,
+        published_as: None,
         reason,
         serving_version: serving.map(|m| m.bundle.manifest.version.clone()),
         warm_start_from: None,
@@ -477,81 +507,107 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use lambdarec_proto::archive::ArchivedEvent;
 
-    async fn write(store: &Store, gate: Option<bool>) -> String {
-        let ids: Vec<String> = (0..4).map(|i| format!("i{i}")).collect();
-        let vocab = ItemVocab::new(ids, vec![4, 3, 2, 1]);
-        let w = crate::model::Gru4Rec::new(4, 0, 2, 1).to_weights();
-        let mut b = export::bundle_of(
-            &w,
-            &vocab,
-            "fp",
-            serde_json::json!({}),
-            serde_json::json!({}),
-        );
-        b.manifest.gate = gate.map(|published| Gate {
-            published,
-            reason: "test".into(),
-            serving_version: None,
-            warm_start_from: None,
-            k: 20,
-            margin: 0.01,
-            sessions: 0,
-            predictions: 0,
-            candidate: GateArm {
-                strategy: "gru".into(),
-                recall: 0.0,
-                mrr: 0.0,
-            },
-            serving: None,
+    use super::*;
+    use crate::data::synthetic::{SyntheticOptions, generate};
+    use crate::pipeline::WarmStartFrom;
+    use crate::train::TrainConfig;
+
+    /// Four days of synthetic events as the archiver writes them, one slice per day, in order.
+    fn four_days() -> Vec<Vec<ArchivedEvent>> {
+        let log = generate(&SyntheticOptions {
+            n_items: 60,
+            n_sessions: 600,
+            days: 4.0,
+            start_time: 1_699_920_000.0, // a UTC midnight: the archive's days are the log's
+            seed: 3,
+            ..SyntheticOptions::default()
         });
-        let publish = gate.unwrap_or(true);
-        let v = store.write_version("m", &mut b, publish).await.unwrap();
-        // Versions are named by the millisecond: keep them apart.
-        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-        v
+        let mut events: Vec<ArchivedEvent> = log
+            .events
+            .iter()
+            .map(|e| {
+                let ms = (e.time * 1000.0).round() as i64;
+                ArchivedEvent {
+                    position: 0,
+                    session_id: log.sessions[e.session as usize].clone(),
+                    item_id: log.items[e.item as usize].clone(),
+                    timestamp_ms: ms,
+                    received_ms: ms,
+                    client_seq: None,
+                    model_version: String::new(),
+                }
+            })
+            .collect();
+        events.sort_by_key(|e| e.timestamp_ms);
+        for (n, e) in events.iter_mut().enumerate() {
+            e.position = n as u64 + 1;
+        }
+        let day = |e: &ArchivedEvent| Date::from_unix_ms(e.timestamp_ms);
+        events
+            .chunk_by(|a, b| day(a) == day(b))
+            .map(<[_]>::to_vec)
+            .collect()
     }
 
     #[tokio::test]
-    async fn rollback_skips_rejected_candidates_and_promote_checks_the_version() {
-        let store = Store::open(&format!("memory://rollback-{}", std::process::id())).unwrap();
-        let err = rollback(&store, "m", None).await.unwrap_err().to_string();
-        assert!(err.contains("no LATEST"), "{err}");
-        let v1 = write(&store, None).await;
-        let err = rollback(&store, "m", None).await.unwrap_err().to_string();
-        assert!(err.contains("no published version older"), "{err}");
-        let v2 = write(&store, Some(true)).await;
-        let rejected = write(&store, Some(false)).await;
-        let v4 = write(&store, Some(true)).await;
-        let listed = list_versions(&store, "m").await.unwrap();
-        let names: Vec<_> = listed.iter().map(|v| v.version.clone()).collect();
-        assert_eq!(
-            names,
-            [v1.clone(), v2.clone(), rejected.clone(), v4.clone()]
-        );
-        assert_eq!(listed.iter().filter(|v| v.latest).count(), 1);
-        assert!(listed[3].latest && !listed[2].publishable());
+    async fn a_passing_candidate_is_published_as_the_canary_beside_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().to_str().unwrap().to_owned();
+        let archive = Archive::in_store(&url).unwrap();
+        let days = four_days();
+        let (last, first) = days.split_last().unwrap();
+        let write = async |day: &[ArchivedEvent]| {
+            let date = Date::from_unix_ms(day[0].timestamp_ms);
+            archive.write_file(date, day).await.unwrap();
+        };
+        for day in first {
+            write(day).await;
+        }
+        let config = TrainConfig {
+            hidden: 8,
+            epochs: 1,
+            batch_size: 16,
+            n_sample: 16,
+            threads: Some(1),
+            ..TrainConfig::default()
+        };
+        let mut job = TrainJob {
+            data: TrainData::from_arg(&format!("{url}/events"), None, None).unwrap(),
+            warm_start: WarmStartFrom::Latest,
+            ..TrainJob::new(None, &url, "m", config)
+        };
+        job.blend_validation = 0.0;
+        job.prepare.test_fraction = 0.5;
+        // A margin that any candidate that learned something passes: the test is where it goes.
+        let opts = CycleOptions {
+            job,
+            window_days: 30,
+            margin: 0.99,
+            publish: Pointer::Canary,
+        };
+        let store = Store::open(&url).unwrap();
 
-        assert_eq!(
-            rollback(&store, "m", None).await.unwrap(),
-            (v4.clone(), v2.clone())
-        );
-        assert_eq!(
-            rollback(&store, "m", None).await.unwrap(),
-            (v2.clone(), v1.clone())
-        );
-        // A rejected candidate can still be promoted by hand, after inspection.
-        assert_eq!(
-            promote(&store, "m", &rejected).await.unwrap(),
-            Some(v1.clone())
-        );
-        assert_eq!(
-            rollback(&store, "m", Some(&v4)).await.unwrap(),
-            (rejected, v4.clone())
-        );
-        assert!(promote(&store, "m", "20990101T000000000Z").await.is_err());
-        assert_eq!(store.latest_version("m").await.unwrap(), Some(v4));
+        // Nothing serves yet: there is nothing to run a canary beside, so LATEST moves.
+        let r = run_cycle(&opts, |_, _, _| {}, |_| {}).await.unwrap();
+        assert_eq!(r.decision, Decision::Published, "{}", r.reason);
+        assert_eq!(r.gate.unwrap().published_as, Some(Pointer::Latest));
+        let v1 = r.version.unwrap();
+        assert_eq!(store.latest_version("m").await.unwrap(), Some(v1.clone()));
+        assert_eq!(store.canary_version("m").await.unwrap(), None);
+
+        // A new day: the next candidate passes and becomes the canary; LATEST stays.
+        write(last).await;
+        let r = run_cycle(&opts, |_, _, _| {}, |_| {}).await.unwrap();
+        assert_eq!(r.decision, Decision::Published, "{}", r.reason);
+        let v2 = r.version.unwrap();
+        assert_eq!(store.latest_version("m").await.unwrap(), Some(v1.clone()));
+        assert_eq!(store.canary_version("m").await.unwrap(), Some(v2.clone()));
+        let gate = store.read_manifest("m", &v2).await.unwrap().gate.unwrap();
+        assert!(gate.published);
+        assert_eq!(gate.published_as, Some(Pointer::Canary));
+        assert_eq!(gate.serving_version, Some(v1));
     }
 
     #[test]
@@ -587,98 +643,4 @@ mod tests {
         assert_eq!(a.times, [0.0, 2.0, 5.0, 6.0]);
         assert_eq!(a.offsets, b.offsets);
     }
-}
-
-/// One version of a model, as `lambdarec models list` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct VersionInfo {
-    pub version: String,
-    pub created_at: String,
-    /// Whether LATEST names it.
-    pub latest: bool,
-    pub n_items: u64,
-    pub hidden: u32,
-    /// Recall@20 and MRR@20 of its own test set (the manifest's metrics), when recorded.
-    pub recall: Option<f64>,
-    pub mrr: Option<f64>,
-    /// The version its weights started from (a warm start).
-    pub warm_start_from: Option<String>,
-    /// A continuous-training cycle's verdict (absent for a plain `train`).
-    pub gate: Option<Gate>,
-}
-
-impl VersionInfo {
-    /// Whether it was ever meant to serve: written by a plain `train`, or published by a cycle.
-    pub fn publishable(&self) -> bool {
-        self.gate.as_ref().is_none_or(|g| g.published)
-    }
-}
-
-/// Every complete version of model `name`, oldest first.
-pub async fn list_versions(store: &Store, name: &str) -> Result<Vec<VersionInfo>, TrainError> {
-    let latest = store.latest_version(name).await?;
-    let mut out = Vec::new();
-    for version in store.list_versions(name).await? {
-        let m = store.read_manifest(name, &version).await?;
-        let metric = |key: &str| m.metrics.get(key).and_then(serde_json::Value::as_f64);
-        out.push(VersionInfo {
-            latest: latest.as_deref() == Some(version.as_str()),
-            created_at: m.created_at.clone(),
-            n_items: m.dims.n_items,
-            hidden: m.dims.hidden,
-            recall: metric("recall@20"),
-            mrr: metric("mrr@20"),
-            warm_start_from: m.training["warm_start"]["from"].as_str().map(str::to_owned),
-            gate: m.gate,
-            version,
-        });
-    }
-    Ok(out)
-}
-
-/// Points LATEST at `version` after reading it whole (checksums and shapes), so that servers
-/// following LATEST never meet a version they cannot load. Returns the version LATEST named before.
-pub async fn promote(
-    store: &Store,
-    name: &str,
-    version: &str,
-) -> Result<Option<String>, TrainError> {
-    let before = store.latest_version(name).await?;
-    store.read_bundle(name, Some(version)).await?;
-    store.set_latest(name, version).await?;
-    info!(model = name, from = ?before, to = version, "LATEST moved");
-    Ok(before)
-}
-
-/// Moves LATEST back: to `to`, or else to the newest version older than the current one that was
-/// meant to serve (a candidate its gate rejected never was). Returns (from, to).
-pub async fn rollback(
-    store: &Store,
-    name: &str,
-    to: Option<&str>,
-) -> Result<(String, String), TrainError> {
-    let Some(current) = store.latest_version(name).await? else {
-        return Err(TrainError::Refused(format!(
-            "model {name:?} has no LATEST in {}: nothing to roll back",
-            store.url()
-        )));
-    };
-    let target = match to {
-        Some(v) => v.to_owned(),
-        None => list_versions(store, name)
-            .await?
-            .into_iter()
-            .rfind(|v| {
-                lambdarec_proto::bundle::compare_versions(&v.version, &current).is_lt()
-                    && v.publishable()
-            })
-            .map(|v| v.version)
-            .ok_or_else(|| {
-                TrainError::Refused(format!(
-                    "model {name:?} has no published version older than LATEST ({current}) to roll back to"
-                ))
-            })?,
-    };
-    promote(store, name, &target).await?;
-    Ok((current, target))
 }

@@ -7,11 +7,19 @@
 //! <store>/models/<name>/<version>/sessions.arrow      optional: training sessions (speed-layer seed)
 //! <store>/models/<name>/<version>/optimizer.safetensors optional: optimiser state (for warm starts)
 //! <store>/models/<name>/LATEST                        the current version's name, written last
+//! <store>/models/<name>/CANARY                        optional: the canary version's name
 //! ```
 //!
 //! A version directory is complete once its manifest exists (the manifest is written after the
 //! files it checksums), and LATEST is written after the manifest, so a reader following LATEST
 //! never sees half a bundle. Versions are never rewritten; rollback points LATEST back.
+//!
+//! CANARY (TF Serving's "canary" version label) names a complete version that servers started
+//! with `serve --canary-fraction F` serve to a stable, hash-chosen share F of new sessions beside
+//! LATEST's version. Promoting the canary points LATEST at it and then removes CANARY, so a
+//! crash between the two leaves LATEST and CANARY naming the same version, which servers treat as
+//! promoted (all traffic on it). Removing CANARY ends the canary: its sessions return to LATEST's
+//! version. Neither pointer can be a version's name.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +29,7 @@ mod error;
 mod items;
 mod names;
 mod open;
+mod pointers;
 mod sessions;
 mod store;
 pub(crate) mod time;
@@ -32,6 +41,7 @@ mod store_tests;
 
 pub use error::BundleError;
 pub use names::{compare_versions, validate_model_name, validate_version};
+pub use pointers::Pointer;
 pub use store::Store;
 pub use time::{format_rfc3339_ms, format_version_stamp, now_unix_ms};
 pub use validate::GRU4REC;
@@ -75,8 +85,8 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blend: Option<Blend>,
     /// Written by a continuous-training cycle (`train --follow`): how this version compared with
-    /// the one serving when it was trained, and whether it was published (LATEST moved to it) or
-    /// kept for inspection only. Absent for a version trained by a plain `train`.
+    /// the one serving when it was trained, and whether it was published (LATEST or CANARY moved
+    /// to it) or kept for inspection only. Absent for a version trained by a plain `train`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<Gate>,
 }
@@ -84,8 +94,12 @@ pub struct Manifest {
 /// A continuous-training cycle's verdict on a candidate version.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Gate {
-    /// True when LATEST was moved to this version.
+    /// True when LATEST (or CANARY, see `published_as`) was moved to this version.
     pub published: bool,
+    /// The pointer moved to this version when it was published. Absent when it was not, and in
+    /// manifests written before canaries existed (those published to LATEST).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_as: Option<Pointer>,
     /// Why, in words ("no version was serving", "not worse than … within the margin", …).
     pub reason: String,
     /// The version LATEST named when the cycle started (the one compared against).

@@ -10,20 +10,24 @@ use super::BundleError;
 /// The file holding the current version's name, beside the version directories.
 pub(crate) const LATEST: &str = "LATEST";
 
+/// The file naming the canary version, served beside LATEST's to a share of sessions by servers
+/// started with `--canary-fraction`; absent when no canary runs.
+pub(crate) const CANARY: &str = "CANARY";
+
 /// Model names: `[A-Za-z0-9._-]+`, not `.` or `..`.
 pub fn validate_model_name(name: &str) -> Result<(), BundleError> {
     validate_segment("model name", name)
 }
 
 /// Versions follow the model-name rules (what `write_bundle` assigns always does), and cannot be
-/// `LATEST`, whose name is taken by the pointer file.
+/// `LATEST` or `CANARY`, whose names are taken by the pointer files.
 pub fn validate_version(version: &str) -> Result<(), BundleError> {
     validate_segment("version", version)?;
-    if version == LATEST {
+    if version == LATEST || version == CANARY {
         return Err(invalid(
             "version",
             version,
-            "LATEST is the pointer file's name",
+            "LATEST and CANARY are the pointer files' names",
         ));
     }
     Ok(())
@@ -118,6 +122,7 @@ mod tests {
             );
         }
         assert!(validate_version("LATEST").is_err());
+        assert!(validate_version("CANARY").is_err());
         assert!(validate_version("v/1").is_err());
         assert!(validate_file_name("../weights").is_err());
     }

@@ -231,32 +231,8 @@ impl Store {
         })
     }
 
-    /// The version LATEST names, or `None` if the model has no LATEST.
-    pub async fn latest_version(&self, name: &str) -> Result<Option<String>, BundleError> {
-        validate_model_name(name)?;
-        let (path, display) = self.locate(&["models", name, LATEST]);
-        let bytes = match self.inner.get(&path).await {
-            Ok(got) => got.bytes().await,
-            Err(e) => Err(e),
-        };
-        let bytes = match bytes {
-            Ok(bytes) => bytes,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(source) => {
-                return Err(BundleError::ObjectStore {
-                    path: display,
-                    source,
-                });
-            }
-        };
-        let version = std::str::from_utf8(&bytes)
-            .map_err(|_| BundleError::format(&display, "LATEST is not UTF-8"))?
-            .trim();
-        validate_version(version).map_err(|e| BundleError::format(&display, e.to_string()))?;
-        Ok(Some(version.to_owned()))
-    }
-
-    /// The complete versions of model `name` (those with a manifest), oldest first.
+    /// The complete versions of model `name` (those with a manifest), oldest first. The pointer
+    /// files (LATEST, CANARY) are single objects beside the version directories, never listed.
     pub async fn list_versions(&self, name: &str) -> Result<Vec<String>, BundleError> {
         validate_model_name(name)?;
         let (dir, display) = self.locate(&["models", name]);
@@ -283,19 +259,6 @@ impl Store {
             .collect();
         versions.sort_by(|a, b| compare_versions(a, b));
         Ok(versions)
-    }
-
-    /// Points LATEST at an existing version (rollback or roll forward). Fails with NotFound if that
-    /// version has no manifest.
-    pub async fn set_latest(&self, name: &str, version: &str) -> Result<(), BundleError> {
-        validate_model_name(name)?;
-        validate_version(version)?;
-        let (path, display) = self.locate(&["models", name, version, MANIFEST_FILE]);
-        self.inner.head(&path).await.map_err(|e| {
-            BundleError::from_store(display, format!("version {version} of model {name}"), e)
-        })?;
-        self.put(&["models", name, LATEST], Bytes::from(version.to_owned()))
-            .await
     }
 
     /// Reads and parses one version's manifest.
@@ -456,7 +419,7 @@ impl Store {
     }
 
     /// The object path of `parts` under the prefix, and the URL-like string errors show for it.
-    fn locate(&self, parts: &[&str]) -> (Path, String) {
+    pub(super) fn locate(&self, parts: &[&str]) -> (Path, String) {
         let path = parts
             .iter()
             .fold(self.prefix.clone(), |p, part| p.join(*part));
@@ -475,7 +438,7 @@ impl Store {
             .map_err(|e| BundleError::from_store(display, what, e))
     }
 
-    async fn put(&self, parts: &[&str], bytes: Bytes) -> Result<(), BundleError> {
+    pub(super) async fn put(&self, parts: &[&str], bytes: Bytes) -> Result<(), BundleError> {
         let (path, display) = self.locate(parts);
         self.inner
             .put(&path, bytes.into())

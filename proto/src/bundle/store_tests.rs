@@ -1,5 +1,5 @@
 //! Store behaviour end to end on the in-memory and local-directory stores: round trips, LATEST,
-//! rollback, corruption and naming rules.
+//! CANARY, rollback, corruption and naming rules.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -195,6 +195,70 @@ async fn latest_follows_newest_and_rollback_moves_it() {
     );
 }
 
+/// CANARY on `store`: set, read back, refused for a missing version, never listed as a version,
+/// and removed idempotently; LATEST never moves.
+async fn canary_pointer(store: &Store) {
+    let v1 = store
+        .write_bundle("m", &mut sample_bundle(5, 1))
+        .await
+        .unwrap();
+    let v2 = store
+        .write_version("m", &mut sample_bundle(5, 2), false)
+        .await
+        .unwrap();
+    assert_eq!(store.canary_version("m").await.unwrap(), None);
+    assert!(!store.clear_canary("m").await.unwrap());
+
+    store.set_canary("m", &v2).await.unwrap();
+    assert_eq!(store.canary_version("m").await.unwrap(), Some(v2.clone()));
+    assert_eq!(store.latest_version("m").await.unwrap(), Some(v1.clone()));
+    assert_eq!(
+        store.list_versions("m").await.unwrap(),
+        [v1.clone(), v2.clone()]
+    );
+
+    let err = store
+        .set_canary("m", "19990101T000000000Z")
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains("19990101T000000000Z"), "{err}");
+    assert_eq!(store.canary_version("m").await.unwrap(), Some(v2.clone()));
+
+    assert!(store.clear_canary("m").await.unwrap());
+    assert!(!store.clear_canary("m").await.unwrap());
+    assert_eq!(store.canary_version("m").await.unwrap(), None);
+    assert_eq!(store.latest_version("m").await.unwrap(), Some(v1));
+    assert!(!store.clear_canary("no-such-model").await.unwrap());
+}
+
+#[tokio::test]
+async fn canary_pointer_in_memory() {
+    canary_pointer(&memory_store()).await;
+}
+
+#[tokio::test]
+async fn canary_pointer_in_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+    canary_pointer(&store).await;
+    assert!(!dir.path().join("models/m/CANARY").exists());
+}
+
+#[tokio::test]
+async fn an_unreadable_canary_is_a_format_error() {
+    let store = memory_store();
+    let path = Path::from("models/m/CANARY");
+    store
+        .object_store()
+        .put(&path, Bytes::from_static(b"../escape").into())
+        .await
+        .unwrap();
+    let err = store.canary_version("m").await.unwrap_err();
+    assert!(matches!(err, BundleError::Format { .. }), "{err}");
+    assert!(err.to_string().contains("models/m/CANARY"), "{err}");
+}
+
 #[tokio::test]
 async fn an_unpublished_version_leaves_latest_and_optimizer_state_is_read_apart() {
     let store = memory_store();
@@ -354,14 +418,17 @@ async fn bad_names_are_rejected_everywhere() {
         );
         assert!(store.read_bundle(name, None).await.is_err());
         assert!(store.latest_version(name).await.is_err());
+        assert!(store.canary_version(name).await.is_err());
+        assert!(store.clear_canary(name).await.is_err());
     }
-    for version in ["", "..", "../m", "a/b", "LATEST"] {
+    for version in ["", "..", "../m", "a/b", "LATEST", "CANARY"] {
         let err = store.read_bundle("m", Some(version)).await.unwrap_err();
         assert!(
             matches!(err, BundleError::InvalidName { .. }),
             "{version:?}: {err}"
         );
         assert!(store.set_latest("m", version).await.is_err());
+        assert!(store.set_canary("m", version).await.is_err());
     }
 }
 

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lambdarec_proto::archive::Date;
+use lambdarec_proto::bundle::Pointer;
 use lambdarec_trainer::data::parse_date;
 
 use lambdarec_trainer::continuous::{
@@ -28,8 +29,9 @@ use super::{EvalArgs, ReadArgs, StoreArgs, existing_file};
     Continuous training: every hour, retrain on the archive's last 30 days, warm-started from \
     LATEST, and publish only a candidate that is not worse than the serving version on held-out \
     sessions of the most recent day (a rejected candidate is kept under its version, LATEST \
-    stays):\n  \
-    lambdarec train --data ./lambdarec-store/events --follow --every 1h --window 30d"
+    stays); the second publishes as the canary instead, for `lambdarec models promote` later:\n  \
+    lambdarec train --data ./lambdarec-store/events --follow --every 1h --window 30d\n  \
+    lambdarec train --data ./lambdarec-store/events --follow --every 1h --publish canary"
 )]
 pub struct TrainArgs {
     /// What to train on: an interaction log file (TSV/CSV/semicolon text with a header row, or
@@ -162,6 +164,18 @@ pub struct TrainArgs {
     /// serving version's by more than this fraction of it is rejected (0.01 = 1% worse).
     #[arg(long, default_value_t = 0.01, requires = "follow")]
     pub gate_margin: f64,
+    /// Where a candidate that passes the gate goes: `latest` (every server serves it) or `canary`
+    /// (CANARY: servers started with `serve --canary-fraction F` serve it to a share F of new
+    /// sessions beside LATEST's version, until `lambdarec models promote` or
+    /// `models canary --stop`; a later passing candidate replaces it). With nothing serving yet,
+    /// a passing candidate becomes LATEST either way.
+    #[arg(
+        long,
+        value_name = "latest|canary",
+        default_value = "latest",
+        requires = "follow"
+    )]
+    pub publish: Pointer,
 }
 
 /// `--data` as a training source, refusing flags that do not apply to it.
@@ -381,6 +395,7 @@ fn follow(a: &TrainArgs, job: TrainJob) -> anyhow::Result<()> {
     let opts = CycleOptions {
         window_days: (a.window / 86_400.0).ceil() as u32,
         margin: a.gate_margin,
+        publish: a.publish,
         job,
     };
     let rt = super::runtime()?;
@@ -406,6 +421,7 @@ fn follow(a: &TrainArgs, job: TrainJob) -> anyhow::Result<()> {
         every_s = a.every,
         window_days = opts.window_days,
         margin = opts.margin,
+        publish = %opts.publish,
         "continuous training: a cycle now, then every {every:?}"
     );
     loop {
@@ -463,7 +479,10 @@ fn print_cycle(cycle: u64, r: &CycleReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let what = match r.decision {
-        Decision::Published => "published",
+        Decision::Published => match r.gate.as_ref().and_then(|g| g.published_as) {
+            Some(Pointer::Canary) => "published as CANARY",
+            _ => "published",
+        },
         Decision::Rejected => "rejected",
         Decision::Skipped => "skipped",
     };
