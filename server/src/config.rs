@@ -186,6 +186,9 @@ pub struct ServeConfig {
     pub queue_capacity: usize,
     /// How often LATEST is checked for a new version; None: never (Reload only).
     pub poll_interval: Option<Duration>,
+    /// Share of new sessions served by the version the store's CANARY names, beside LATEST's; None:
+    /// no canary is served (CANARY is ignored).
+    pub canary_fraction: Option<f64>,
     /// Where the HTTP endpoint listens: Prometheus metrics (`GET /metrics`) and health (`GET /healthz`);
     /// None: not served.
     pub metrics_listen: Option<SocketAddr>,
@@ -223,6 +226,7 @@ impl Default for ServeConfig {
             max_wait: Duration::from_micros(200),
             queue_capacity: 4096,
             poll_interval: Some(Duration::from_secs(30)),
+            canary_fraction: None,
             metrics_listen: None,
             limits: Limits::default(),
             log: LogConfig::None,

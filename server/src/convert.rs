@@ -234,6 +234,13 @@ pub fn model_info(
         trend_half_life_s: m.trend_half_life_s,
         new_items: speed.new_items,
         max_new_items: speed.max_new_items,
+        canary: speed.canary.as_ref().map(|c| v1::CanaryInfo {
+            version: c.version.to_string(),
+            fraction: c.fraction,
+            sessions: c.sessions,
+            n_items: c.n_items,
+            loaded_at: c.loaded_at.clone(),
+        }),
         online: speed
             .online
             .iter()
@@ -267,6 +274,20 @@ pub struct SpeedInfo {
         Strategy,
         crate::engine::online::OnlineFigures,
     )>,
+    /// Live sessions the canary serves (0 without one).
+    pub canary_sessions: u64,
+    /// Filled in by the service, which knows when the canary started.
+    pub canary: Option<CanaryInfo>,
+}
+
+/// The canary, for ModelInfo.
+#[derive(Clone, Debug)]
+pub struct CanaryInfo {
+    pub version: std::sync::Arc<str>,
+    pub fraction: f64,
+    pub sessions: u64,
+    pub n_items: u64,
+    pub loaded_at: String,
 }
 
 #[cfg(test)]

@@ -169,6 +169,8 @@ pub struct Metrics {
     pub knn_sessions: Gauge<u64, AtomicU64>,
     /// Items new since the bundle that the server holds.
     pub new_items: Gauge<u64, AtomicU64>,
+    /// Live sessions the canary version serves (0 without a canary).
+    pub canary_sessions: Gauge<u64, AtomicU64>,
     /// Indexed by `engine::Eviction`. The session store keeps the running totals; the batcher copies
     /// them here (`inner().store`), which keeps each series monotonic as a counter must be.
     pub evictions: [Counter; 2],
@@ -277,6 +279,12 @@ impl Metrics {
             "new_items",
             "Items new since the serving bundle that the server has taken (--new-items accept)",
             new_items.clone(),
+        );
+        let canary_sessions = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "canary_sessions",
+            "Live sessions served by the canary version (serve --canary-fraction); 0 without a canary",
+            canary_sessions.clone(),
         );
         let online_predictions = Family::<OnlineLabels, Counter>::default();
         r.register(
@@ -396,6 +404,7 @@ impl Metrics {
             live_sessions,
             knn_sessions,
             new_items,
+            canary_sessions,
             online_predictions,
             online_hits,
             online_rr,

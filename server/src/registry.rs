@@ -1,6 +1,14 @@
 //! The model registry: loads bundles from the store exactly as the evaluator does
 //! (`trainer::pipeline::load_model`, checksums verified by the store), hands them to the engine to be
-//! warmed up and swapped in, watches LATEST, and remembers recent failures for ModelInfo.
+//! warmed up and swapped in, watches LATEST (and, with `--canary-fraction`, CANARY), and remembers
+//! recent failures for ModelInfo.
+//!
+//! Canary rollout follows the store's two pointers: the version CANARY names is served to the
+//! configured share of new sessions beside LATEST's; when LATEST becomes the canary's version
+//! (`lambdarec models promote`, or a `Reload` naming it) the canary is promoted and serves every
+//! session; when CANARY goes away (`lambdarec models rollback` or `models canary --stop`) its sessions
+//! return to LATEST's version. CANARY naming LATEST's version counts as promoted (a promote that
+//! crashed between moving LATEST and removing CANARY).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,6 +34,12 @@ pub enum RegistryError {
     NoLatest { model: String, store: String },
     #[error("cannot read LATEST of model {model:?}: {source}")]
     Latest {
+        model: String,
+        #[source]
+        source: BundleError,
+    },
+    #[error("cannot read CANARY of model {model:?}: {source}")]
+    Canary {
         model: String,
         #[source]
         source: BundleError,
@@ -68,7 +82,13 @@ struct State {
     failures: VecDeque<LoadFailure>,
     /// The poller does not retry a version that failed until LATEST moves (Reload still does).
     last_failed: Option<String>,
+    /// The same for CANARY.
+    last_failed_canary: Option<String>,
     loaded_at: String,
+    /// When the canary was started (RFC 3339).
+    canary_loaded_at: String,
+    /// CANARY was seen without --canary-fraction (said once).
+    canary_ignored: Option<String>,
 }
 
 pub struct Registry {
@@ -76,6 +96,8 @@ pub struct Registry {
     model: String,
     dtype: Dtype,
     failures_kept: usize,
+    /// `--canary-fraction`: None serves no canary.
+    canary_fraction: Option<f64>,
     engine: Engine,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -99,6 +121,7 @@ impl Registry {
             model,
             dtype,
             failures_kept,
+            canary_fraction: None,
             engine,
             metrics,
             readiness,
@@ -107,8 +130,20 @@ impl Registry {
         }
     }
 
+    /// Serves the version CANARY names to `fraction` of new sessions (see the module docs).
+    pub fn with_canary_fraction(mut self, fraction: Option<f64>) -> Self {
+        self.canary_fraction = fraction;
+        self
+    }
+
     pub fn store_url(&self) -> &str {
         &self.store
+    }
+
+    /// The canary version, its share of new sessions and when it started (RFC 3339).
+    pub fn canary(&self) -> Option<(Arc<ModelView>, f64, String)> {
+        let (view, fraction) = self.engine.canary()?;
+        Some((view, fraction, self.lock().canary_loaded_at.clone()))
     }
 
     /// The serving model and when it was swapped in (RFC 3339).
@@ -140,7 +175,24 @@ impl Registry {
                 changed: false,
             });
         }
-        match self.load(&target).await {
+        let promote = self
+            .engine
+            .canary()
+            .is_some_and(|(c, _)| *c.version == *target);
+        let loaded = if promote {
+            match self.engine.end_canary(true).await {
+                Ok(Some(view)) => Ok(view),
+                // The canary ended meanwhile: load the version like any other.
+                Ok(None) => self.load(&target).await,
+                Err(source) => Err(RegistryError::Install {
+                    version: target.clone(),
+                    source,
+                }),
+            }
+        } else {
+            self.load(&target).await
+        };
+        match loaded {
             Ok(view) => {
                 {
                     let mut st = self.lock();
@@ -151,7 +203,8 @@ impl Registry {
                 self.readiness.model_loaded().await;
                 info!(
                     model = %view.name, version = %view.version, items = view.n_items(), hidden = view.hidden,
-                    device = %view.device, dtype = %view.dtype, store = %view.store, "serving model"
+                    device = %view.device, dtype = %view.dtype, store = %view.store, promoted_canary = promote,
+                    "serving model"
                 );
                 Ok(ReloadOutcome {
                     version: view.version.clone(),
@@ -180,27 +233,91 @@ impl Registry {
         let latest = match self.latest().await {
             Ok(v) => v,
             Err(e) => {
-                let message = error_chain(&e);
-                let repeat = self
-                    .lock()
-                    .failures
-                    .back()
-                    .is_some_and(|f| f.version.is_empty() && f.error == message);
-                if !repeat {
-                    self.failed("", e);
-                }
+                self.failed_once(e);
                 return;
             }
         };
         let serving = self.engine.model().map(|m| m.version.clone());
-        if serving.as_deref() == Some(latest.as_str())
-            || self.lock().last_failed.as_deref() == Some(latest.as_str())
+        if serving.as_deref() != Some(latest.as_str())
+            && self.lock().last_failed.as_deref() != Some(latest.as_str())
         {
-            return;
+            info!(version = %latest, "LATEST moved; loading");
+            // A failure is logged and recorded by `reload`.
+            let _ = self.reload(Some(&latest)).await;
         }
-        info!(version = %latest, "LATEST moved; loading");
-        // A failure is logged and recorded by `reload`.
-        let _ = self.reload(Some(&latest)).await;
+        let _ = self.sync_canary().await;
+    }
+
+    /// Brings the canary in line with CANARY: starts, replaces, promotes or ends it. Returns the
+    /// canary version serving afterwards. Without `--canary-fraction` it only says, once per
+    /// version, that CANARY is ignored.
+    pub async fn sync_canary(&self) -> Result<Option<Arc<str>>, RegistryError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let want = self
+            .canary_pointer()
+            .await
+            .map_err(|e| self.failed_once(e))?;
+        let Some(fraction) = self.canary_fraction else {
+            if let Some(v) = &want {
+                let mut st = self.lock();
+                if st.canary_ignored.as_deref() != Some(v.as_str()) {
+                    info!(version = %v, "CANARY names a version, but this server serves no canary without --canary-fraction");
+                    st.canary_ignored = Some(v.clone());
+                }
+            }
+            return Ok(None);
+        };
+        let serving = self.engine.model().map(|m| m.version.clone());
+        let running = self.engine.canary().map(|(v, _)| v.version.clone());
+        // CANARY naming the serving version: a promotion whose second step (removing CANARY) has
+        // not happened.
+        let want = want.filter(|v| serving.as_deref() != Some(v.as_str()));
+        if want.as_deref() == running.as_deref() {
+            return Ok(running);
+        }
+        let Some(version) = want else {
+            let control = self.engine.end_canary(false).await;
+            let control = control.map_err(|source| RegistryError::Install {
+                version: running.as_deref().unwrap_or_default().to_string(),
+                source,
+            })?;
+            info!(
+                canary = running.as_deref().unwrap_or_default(),
+                version = control.as_ref().map_or("", |v| &*v.version),
+                "CANARY removed: the canary's sessions are served by LATEST's version again"
+            );
+            return Ok(None);
+        };
+        if self.lock().last_failed_canary.as_deref() == Some(version.as_str()) {
+            return Ok(running);
+        }
+        match self.load_as(&version, Some(fraction)).await {
+            Ok(view) => {
+                {
+                    let mut st = self.lock();
+                    st.canary_loaded_at = format_rfc3339_ms(now_unix_ms());
+                    st.last_failed_canary = None;
+                }
+                info!(
+                    canary = %view.version, control = serving.as_deref().unwrap_or_default(),
+                    fraction, items = view.n_items(), "serving a canary"
+                );
+                Ok(Some(view.version.clone()))
+            }
+            Err(e) => {
+                self.lock().last_failed_canary = Some(version.clone());
+                Err(self.failed(&version, e))
+            }
+        }
+    }
+
+    async fn canary_pointer(&self) -> Result<Option<String>, RegistryError> {
+        let model = self.model.clone();
+        let canary = match Store::open(&self.store) {
+            Ok(store) => store.canary_version(&model).await,
+            Err(e) => Err(e),
+        };
+        canary.map_err(|source| RegistryError::Canary { model, source })
     }
 
     async fn latest(&self) -> Result<String, RegistryError> {
@@ -220,6 +337,16 @@ impl Registry {
     }
 
     async fn load(&self, version: &str) -> Result<Arc<ModelView>, RegistryError> {
+        self.load_as(version, None).await
+    }
+
+    /// Loads a version and installs it as the serving model, or (`canary`) as the canary serving
+    /// that share of new sessions.
+    async fn load_as(
+        &self,
+        version: &str,
+        canary: Option<f64>,
+    ) -> Result<Arc<ModelView>, RegistryError> {
         let (store, model, v) = (self.store.clone(), self.model.clone(), version.to_string());
         // Reading and verifying a bundle hashes and decodes every byte of it: run it off the async
         // workers so that serving latency does not suffer during a reload.
@@ -266,13 +393,30 @@ impl Registry {
             default_strategy,
             knn_capacity: speed.knn.params().capacity,
         };
-        self.engine
-            .install(loaded.weights, view, speed)
-            .await
-            .map_err(|source| RegistryError::Install {
-                version: version.to_string(),
-                source,
-            })
+        let installed = match canary {
+            None => self.engine.install(loaded.weights, view, speed).await,
+            Some(f) => {
+                self.engine
+                    .install_canary(loaded.weights, view, speed, f)
+                    .await
+            }
+        };
+        installed.map_err(|source| RegistryError::Install {
+            version: version.to_string(),
+            source,
+        })
+    }
+
+    /// [`Registry::failed`] for a pointer that could not be read, unless the last failure recorded
+    /// is the same (a store that is down fails every poll).
+    fn failed_once(&self, e: RegistryError) -> RegistryError {
+        let message = error_chain(&e);
+        let repeat = self
+            .lock()
+            .failures
+            .back()
+            .is_some_and(|f| f.version.is_empty() && f.error == message);
+        if repeat { e } else { self.failed("", e) }
     }
 
     /// Logs, counts and remembers a failure; returns it.

@@ -127,17 +127,24 @@ pub async fn start_with_backend(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let readiness = Arc::new(Readiness::new(health, pending.is_some()).await);
-    let registry = Arc::new(Registry::new(
-        config.store.clone(),
-        config.model.clone(),
-        config.dtype,
-        config.limits.failures_kept,
-        engine.clone(),
-        metrics.clone(),
-        readiness.clone(),
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            config.store.clone(),
+            config.model.clone(),
+            config.dtype,
+            config.limits.failures_kept,
+            engine.clone(),
+            metrics.clone(),
+            readiness.clone(),
+        )
+        .with_canary_fraction(config.canary_fraction),
+    );
     if let Err(e) = registry.reload(None).await {
         warn!(error = %error_chain(&e), "no model at startup: health is NOT_SERVING until Reload or the LATEST poller loads one");
+    }
+    // Before recovery, so that replayed and restored sessions return to the arm that served them.
+    if let Err(e) = registry.sync_canary().await {
+        warn!(error = %error_chain(&e), "no canary at startup; the poller retries when CANARY moves");
     }
 
     // Reflection in both versions: grpc.reflection.v1 for current tools, v1alpha for Python's

@@ -190,11 +190,22 @@ impl Recommender for RecommenderService {
             let serving = serving
                 .as_ref()
                 .map(|(view, at)| (view.as_ref(), at.as_str()));
+            let mut speed = self.engine.speed_info();
+            speed.canary =
+                self.registry
+                    .canary()
+                    .map(|(view, fraction, loaded_at)| convert::CanaryInfo {
+                        version: view.version.clone(),
+                        fraction,
+                        sessions: speed.canary_sessions,
+                        n_items: view.n_items() as u64,
+                        loaded_at,
+                    });
             Ok(convert::model_info(
                 serving,
                 self.registry.store_url(),
                 failures,
-                &self.engine.speed_info(),
+                &speed,
             ))
         })
         .await

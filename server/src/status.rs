@@ -82,6 +82,7 @@ fn engine_code(e: &EngineError) -> Code {
         | EngineError::Recovering
         | EngineError::LogFailed(_) => Code::Unavailable,
         EngineError::Superseded => Code::Aborted,
+        EngineError::Canary(_) => Code::FailedPrecondition,
         EngineError::Backend(_) => Code::Internal,
     }
 }
@@ -102,7 +103,9 @@ impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Status {
         let code = match &e {
             RegistryError::NoLatest { .. } => Code::NotFound,
-            RegistryError::Latest { source, .. } => bundle_code(source),
+            RegistryError::Latest { source, .. } | RegistryError::Canary { source, .. } => {
+                bundle_code(source)
+            }
             RegistryError::Load { source, .. } => match source.as_ref() {
                 TrainError::Bundle(b) => bundle_code(b),
                 // A bundle that parses but cannot become a model (bad shapes, wrong kind).
@@ -178,6 +181,7 @@ pub fn event_code(e: &EngineError) -> ErrorCode {
         | EngineError::BadStrategy(_)
         | EngineError::SessionNotFound(_)
         | EngineError::Superseded
+        | EngineError::Canary(_)
         | EngineError::LogFailed(_)
         | EngineError::Backend(_) => ErrorCode::Internal,
     }

@@ -16,8 +16,7 @@ use lambdarec_trainer::data::ReadOptions;
 use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate, write_tsv};
 use lambdarec_trainer::pipeline::{EvalJob, EvalOptions, TrainJob, run_eval, run_train};
 use lambdarec_trainer::train::TrainConfig;
-use server_common::{base, client, config, fresh_store, publish};
-use tokio_stream::StreamExt;
+use server_common::{base, client, config, fresh_store, publish, send_events as send};
 use tonic::Code;
 
 fn event(session: &str, item: &str, seq: u64) -> v1::SessionEvent {
@@ -27,25 +26,6 @@ fn event(session: &str, item: &str, seq: u64) -> v1::SessionEvent {
         timestamp_ms: None,
         client_seq: Some(seq),
     }
-}
-
-/// Sends `events` on one StreamEvents call and returns their acks.
-async fn send(
-    c: &mut v1::recommender_client::RecommenderClient<tonic::transport::Channel>,
-    events: Vec<v1::SessionEvent>,
-) -> Vec<v1::EventAck> {
-    let n = events.len();
-    let mut acks = c
-        .stream_events(tokio_stream::iter(events))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(ack) = acks.next().await {
-        out.push(ack.unwrap());
-    }
-    assert_eq!(out.len(), n);
-    out
 }
 
 fn recommend(session: &str, k: u32, strategy: Strategy) -> v1::RecommendRequest {

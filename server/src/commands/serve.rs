@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// Seconds between checks of the store's LATEST for a new version; 0 turns polling off.
     #[arg(long, env = "LAMBDAREC_POLL_INTERVAL", default_value_t = 30.0)]
     pub poll_interval: f64,
+    /// Canary rollout: serve the version the store's CANARY pointer names (`lambdarec models
+    /// canary VERSION`) to this share of new sessions, chosen by a hash of the session id, beside
+    /// LATEST's version; each session stays with its version for its whole life. Promote it with
+    /// `lambdarec models promote` (or Reload naming it), end it with `lambdarec models rollback`.
+    /// The canary must have the serving model's hidden size. Unset: CANARY is ignored.
+    #[arg(long, env = "LAMBDAREC_CANARY_FRACTION", value_name = "SHARE")]
+    pub canary_fraction: Option<f64>,
     /// Address of the HTTP admin endpoint: Prometheus metrics (GET /metrics) and health (GET
     /// /healthz); not served when unset.
     #[arg(long, env = "LAMBDAREC_METRICS_LISTEN")]
@@ -259,6 +266,14 @@ fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
 impl ServeArgs {
     pub fn config(&self) -> anyhow::Result<ServeConfig> {
         let poll = seconds("--poll-interval", self.poll_interval)?;
+        if let Some(f) = self.canary_fraction
+            && !(f > 0.0 && f < 1.0)
+        {
+            anyhow::bail!(
+                "--canary-fraction is the share of new sessions the canary serves: above 0 and \
+                 below 1 (e.g. 0.1), got {f}"
+            );
+        }
         let snapshot_every = seconds("--snapshot-interval", self.snapshot_interval)?;
         let archive_every = seconds("--archive-interval", self.archive_interval)?;
         let a = &self.abuse;
@@ -293,6 +308,7 @@ impl ServeArgs {
             max_wait: Duration::from_micros(self.max_wait_us),
             queue_capacity: self.queue_capacity,
             poll_interval: (!poll.is_zero()).then_some(poll),
+            canary_fraction: self.canary_fraction,
             metrics_listen: self.metrics_listen,
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,

@@ -30,16 +30,18 @@ use journal::Journal;
 pub use journal::LogStatus;
 pub use sessions::Eviction;
 use snapshot::{LoadedSnapshot, SnapshotStore};
+use types::{EndCanary, Envelope, Install, Job, Msg, Reply, Restore};
 pub use types::{
     EngineError, EventOutcome, EventRequest, ModelView, RecommendRequest, Recommendation,
     ReplayStats, RestoreStats, ScoreOutcome, ScoreRequest, SessionSnapshot,
 };
-use types::{Envelope, Install, Job, Msg, Reply, Restore};
 
 /// State shared between the handle and the batcher thread.
 struct Shared {
     /// The model handlers resolve items against; the batcher replaces it at each swap.
     model: RwLock<Option<Arc<ModelView>>>,
+    /// The canary version and its share of new sessions, while one is served.
+    canary: RwLock<Option<(Arc<ModelView>, f64)>>,
     /// Recent batch wall time (µs), for the retry-after hint.
     batch_micros: AtomicU64,
     next_generation: AtomicU64,
@@ -120,6 +122,7 @@ impl Engine {
     ) -> Result<Engine, DeviceError> {
         let shared = Arc::new(Shared {
             model: RwLock::new(None),
+            canary: RwLock::new(None),
             batch_micros: AtomicU64::new(0),
             next_generation: AtomicU64::new(1),
             metrics,
@@ -187,6 +190,16 @@ impl Engine {
             .clone()
     }
 
+    /// The canary version served beside [`Engine::model`] and its share of new sessions, if any.
+    pub fn canary(&self) -> Option<(Arc<ModelView>, f64)> {
+        self.inner
+            .shared
+            .canary
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The speed layer's and the online evaluation's figures, for ModelInfo.
     pub fn speed_info(&self) -> crate::convert::SpeedInfo {
         let m = &self.inner.shared.metrics;
@@ -199,6 +212,8 @@ impl Engine {
                 crate::config::NewItems::Reject => 0,
             },
             online: m.online_eval.figures(),
+            canary_sessions: m.canary_sessions.get(),
+            canary: None,
         }
     }
 
@@ -304,8 +319,9 @@ impl Engine {
         )?;
         let model = self.model().ok_or(EngineError::NoModel)?;
         let inline = model.resolve(&req.inline_events);
-        if inline.items.iter().any(Option::is_none) {
-            // Rejected here, before it queues; the batcher checks again if the model changed since.
+        if inline.items.iter().any(Option::is_none) && self.canary().is_none() {
+            // Rejected here, before it queues; the batcher checks again if the model changed since
+            // (and, while a canary runs, against the session's own arm).
             return Err(unknown_inline(&model, &req.inline_events, &inline.items));
         }
         let exclude = model.resolve(&req.exclude_items);
@@ -365,11 +381,55 @@ impl Engine {
 
     /// Uploads a model, warms up every batch shape and swaps it in; requests keep being served by
     /// the old model meanwhile. Control messages bypass the queue bound: a reload must not be shed.
+    /// A canary running beside the old model ends first (its sessions return to the old model, then
+    /// move to the new one like every other session).
     pub async fn install(
+        &self,
+        weights: ModelWeights,
+        view: ModelView,
+        speed: SpeedLayer,
+    ) -> Result<Arc<ModelView>, EngineError> {
+        self.upload(weights, view, speed, None).await
+    }
+
+    /// Uploads a model and, once warmed up, serves it as the canary to `fraction` of the sessions
+    /// created from now on, beside the serving model (which keeps every other session). Replaces any
+    /// canary before it. Refused without a serving model, or when the hidden sizes differ (the arms
+    /// share the session state table).
+    pub async fn install_canary(
+        &self,
+        weights: ModelWeights,
+        view: ModelView,
+        speed: SpeedLayer,
+        fraction: f64,
+    ) -> Result<Arc<ModelView>, EngineError> {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(EngineError::Canary(format!(
+                "the canary fraction must be above 0 and below 1, got {fraction}"
+            )));
+        }
+        self.upload(weights, view, speed, Some(fraction)).await
+    }
+
+    /// Ends the canary: `promote` makes it serve every session (the serving model is dropped, its
+    /// sessions keep their states and move to the canary's catalogue); otherwise the canary is
+    /// dropped and its sessions return to the serving model. Returns the version serving everything
+    /// now, or None when no canary was running.
+    pub async fn end_canary(&self, promote: bool) -> Result<Option<Arc<ModelView>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::EndCanary(EndCanary { promote, reply }))
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    async fn upload(
         &self,
         weights: ModelWeights,
         mut view: ModelView,
         speed: SpeedLayer,
+        canary: Option<f64>,
     ) -> Result<Arc<ModelView>, EngineError> {
         view.generation = self
             .inner
@@ -384,6 +444,7 @@ impl Engine {
                 weights,
                 view,
                 speed: Box::new(speed),
+                canary,
                 reply,
             })))
             .map_err(|_| EngineError::ShuttingDown)?;

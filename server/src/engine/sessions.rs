@@ -40,6 +40,16 @@ pub struct Entry {
     owner: Option<Arc<str>>,
     /// The list of the session's last Recommend, waiting for its next event (online evaluation).
     pub pending: Option<Box<PendingList>>,
+    /// Served by the canary arm (items numbered by the canary's catalogue, states stepped by its
+    /// model); set only through [`SessionStore::join_canary`], so the count stays exact.
+    canary: bool,
+}
+
+impl Entry {
+    /// Whether the canary arm serves this session.
+    pub fn canary(&self) -> bool {
+        self.canary
+    }
 }
 
 /// A served recommendation list awaiting the session's next event.
@@ -73,6 +83,8 @@ pub struct SessionStore {
     evicted_ttl: u64,
     /// Live sessions per owner (owners with none are removed).
     owned: HashMap<Arc<str>, usize>,
+    /// Live sessions the canary arm serves.
+    canary_live: usize,
 }
 
 impl SessionStore {
@@ -96,6 +108,7 @@ impl SessionStore {
                 touched: now,
                 owner: None,
                 pending: None,
+                canary: false,
             })
             .collect();
         SessionStore {
@@ -111,6 +124,7 @@ impl SessionStore {
             evicted_capacity: 0,
             evicted_ttl: 0,
             owned: HashMap::new(),
+            canary_live: 0,
         }
     }
 
@@ -304,6 +318,28 @@ impl SessionStore {
         }
     }
 
+    /// Moves the live session in `slot` to the canary arm (when it is created there).
+    pub fn join_canary(&mut self, slot: u32) {
+        let e = &mut self.entries[slot as usize];
+        if e.key.is_some() && !e.canary {
+            e.canary = true;
+            self.canary_live += 1;
+        }
+    }
+
+    /// Live sessions the canary arm serves.
+    pub fn canary_len(&self) -> usize {
+        self.canary_live
+    }
+
+    /// Ends the canary arm for every session: each is served by the one model left.
+    pub fn leave_canary(&mut self) {
+        for e in &mut self.entries {
+            e.canary = false;
+        }
+        self.canary_live = 0;
+    }
+
     /// Every live session's entry (for remapping item indices after a model swap).
     pub fn live_entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
         self.entries.iter_mut().filter(|e| e.key.is_some())
@@ -330,6 +366,9 @@ impl SessionStore {
         e.recent = VecDeque::new();
         e.seqs = VecDeque::new();
         e.state_version = None;
+        if std::mem::take(&mut e.canary) {
+            self.canary_live -= 1;
+        }
         if let Some(owner) = e.owner.take()
             && let Some(n) = self.owned.get_mut(&owner)
         {

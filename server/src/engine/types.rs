@@ -127,6 +127,8 @@ pub enum EngineError {
     LogFailed(String),
     #[error("model install superseded by a newer one")]
     Superseded,
+    #[error("canary refused: {0}")]
+    Canary(String),
     /// Shared so that one device failure can fail every request of its batch with its cause kept.
     #[error("compute backend failed")]
     Backend(#[source] Arc<BackendError>),
@@ -290,7 +292,17 @@ pub(super) struct Install {
     pub(super) view: ModelView,
     /// Seeded from the bundle's training sessions (built off the batcher thread).
     pub(super) speed: Box<SpeedLayer>,
+    /// Served as the canary to this share of new sessions, beside the serving model (None: it
+    /// replaces the serving model).
+    pub(super) canary: Option<f64>,
     pub(super) reply: Reply<Arc<ModelView>>,
+}
+
+/// Ends the canary: promoted to serve every session, or dropped (its sessions return to the control
+/// version). The reply names the version that serves everything (None: there was no canary).
+pub(super) struct EndCanary {
+    pub(super) promote: bool,
+    pub(super) reply: Reply<Option<Arc<ModelView>>>,
 }
 
 /// A snapshot to restore at start-up.
@@ -312,6 +324,8 @@ pub struct RestoreStats {
     pub dropped_items: u64,
     /// Items whose trending counts came back from the snapshot.
     pub trending_items: u64,
+    /// Of the sessions restored, those the canary version serves again.
+    pub canary: u64,
 }
 
 pub(super) enum Msg {
@@ -320,6 +334,7 @@ pub(super) enum Msg {
     /// Work of the server itself (recovery's replay), never shed.
     Internal(Envelope),
     Install(Box<Install>),
+    EndCanary(EndCanary),
     Restore(Box<Restore>),
     Stop,
 }

@@ -188,6 +188,26 @@ impl Offline {
     }
 }
 
+/// Sends `events` on one StreamEvents call and returns their acks (one per event, in order).
+pub async fn send_events(
+    c: &mut RecommenderClient<Channel>,
+    events: Vec<lambdarec_proto::v1::SessionEvent>,
+) -> Vec<lambdarec_proto::v1::EventAck> {
+    use tokio_stream::StreamExt;
+    let n = events.len();
+    let mut acks = c
+        .stream_events(tokio_stream::iter(events))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::with_capacity(n);
+    while let Some(ack) = acks.next().await {
+        out.push(ack.unwrap());
+    }
+    assert_eq!(out.len(), n);
+    out
+}
+
 /// Within 1e-4 relative (absolute near zero).
 pub fn assert_close(got: f32, want: f32, what: &str) {
     let tol = 1e-4 * want.abs().max(1.0);

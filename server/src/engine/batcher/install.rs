@@ -18,6 +18,8 @@ pub(super) struct Warming {
     id: ModelId,
     view: Arc<ModelView>,
     speed: Box<SpeedLayer>,
+    /// Served as the canary to this share of new sessions once warm (None: swapped in).
+    canary: Option<f64>,
     next_shape: usize,
     reply: Reply<Arc<ModelView>>,
 }
@@ -32,16 +34,37 @@ impl Batcher {
     }
 
     /// Uploads a new model. With the same hidden size it is warmed up between batches and swapped in
-    /// when done; otherwise (or for the first model) the state table is reallocated and it is warmed
-    /// up at once.
+    /// (or started as the canary) when done; otherwise (or for the first model) the state table is
+    /// reallocated and it is warmed up at once.
     pub(super) fn begin_install(&mut self, install: Install) {
         let Install {
             weights,
             view,
             speed,
+            canary,
             reply,
         } = install;
         self.cancel_install(EngineError::Superseded);
+        if canary.is_some() {
+            let refused = match &self.active {
+                None => Some(
+                    "no model is serving yet: a canary runs beside a serving model".to_string(),
+                ),
+                Some(a) if a.view.hidden != view.hidden => Some(format!(
+                    "its hidden size {} differs from the serving version {}'s ({}), and the two \
+                     arms share the session state table; promote it directly instead",
+                    view.hidden, a.view.version, a.view.hidden
+                )),
+                Some(a) if a.view.version == view.version => Some(format!(
+                    "version {} is the serving version already",
+                    view.version
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = refused {
+                return drop(reply.send(Err(EngineError::Canary(why))));
+            }
+        }
         let id = match self.backend.upload_model(&weights, view.dtype) {
             Ok(id) => id,
             Err(e) => return drop(reply.send(Err(e.into()))),
@@ -54,6 +77,7 @@ impl Batcher {
                 id,
                 view,
                 speed,
+                canary,
                 next_shape: 1,
                 reply,
             });
@@ -130,9 +154,10 @@ impl Batcher {
                 self.backend.drop_model(w.id);
                 let _ = w.reply.send(Err(e.into()));
             }
-            Ok(()) if w.next_shape >= self.config.max_batch => {
-                self.swap(w.id, w.view, w.speed, w.reply)
-            }
+            Ok(()) if w.next_shape >= self.config.max_batch => match w.canary {
+                Some(fraction) => self.start_canary(w.id, w.view, w.speed, fraction, w.reply),
+                None => self.swap(w.id, w.view, w.speed, w.reply),
+            },
             Ok(()) => {
                 w.next_shape += 1;
                 self.warming = Some(w);
@@ -182,6 +207,9 @@ impl Batcher {
         mut speed: Box<SpeedLayer>,
         reply: Reply<Arc<ModelView>>,
     ) {
+        // A canary ends with the version it was compared against: its sessions return to that
+        // version first, then move to the new one like all others.
+        self.end_canary(false);
         let old = self.active.replace(Active {
             id,
             view: view.clone(),

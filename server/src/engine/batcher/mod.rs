@@ -17,6 +17,7 @@ use super::{EngineConfig, EngineError, Envelope, Job, ModelView, Msg, Shared};
 /// How often expired sessions are swept when the server is idle.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
+mod canary;
 mod install;
 pub(super) mod plan;
 mod restore;
@@ -162,6 +163,13 @@ impl Batcher {
                 self.begin_install(*install);
                 true
             }
+            Msg::EndCanary(end) => {
+                // Between batches: the batch gathered so far runs on the arms it was planned on.
+                self.serve(batch);
+                let kept = self.end_canary(end.promote);
+                let _ = end.reply.send(Ok(kept));
+                true
+            }
             Msg::Stop => false,
         }
     }
@@ -237,6 +245,8 @@ impl Batcher {
             .inner()
             .store(ttl, Ordering::Relaxed);
         m.live_sessions.set(self.planner.sessions.len() as u64);
+        m.canary_sessions
+            .set(self.planner.sessions.canary_len() as u64);
         if let Some(every) = self.config.snapshot_interval
             && self.changes > 0
             && now.duration_since(self.last_snapshot) >= every

@@ -18,6 +18,7 @@ use lambdarec_kernels::{Backend, Event, ModelId, ScoreQuery, Scored, TopKQuery};
 use lambdarec_trainer::blend::{POOL, Pool, SpeedLayer, Strategy};
 use tracing::{debug, error};
 
+use super::canary::CanaryArm;
 use crate::engine::online::{ONLINE_K, rank};
 use crate::engine::sessions::PendingList;
 use crate::engine::sessions::SessionStore;
@@ -91,6 +92,8 @@ struct TopKPlan {
     session_events: u64,
     /// Applied inline events: the answer is also their acknowledgement.
     held: bool,
+    /// Answered by the canary arm.
+    canary: bool,
     strategy: Strategy,
     session: SessionView,
     reply: Reply<Recommendation>,
@@ -105,6 +108,7 @@ struct ScorePlan {
     known: Vec<u32>,
     strategy: Strategy,
     session: SessionView,
+    canary: bool,
     reply: Reply<ScoreOutcome>,
 }
 
@@ -113,6 +117,8 @@ struct ScorePlan {
 struct Plan {
     resets: Vec<u32>,
     events: Vec<Event>,
+    /// The canary arm's sessions' steps (its model steps them).
+    canary_events: Vec<Event>,
     records: Vec<LogRecord>,
     acks: Vec<Held>,
     topk: Vec<TopKPlan>,
@@ -123,6 +129,7 @@ impl Plan {
     fn is_empty(&self) -> bool {
         self.resets.is_empty()
             && self.events.is_empty()
+            && self.canary_events.is_empty()
             && self.acks.is_empty()
             && self.topk.is_empty()
             && self.scores.is_empty()
@@ -158,8 +165,10 @@ pub(super) struct Planner {
     planned: Vec<u64>,
     queried: Vec<u64>,
     out: Output,
-    /// Session-kNN, trending and new items.
+    /// Session-kNN, trending and new items (of the control arm when a canary runs).
     pub(super) speed: Speed,
+    /// The canary version served beside the control one, if any.
+    pub(in crate::engine) canary: Option<CanaryArm>,
     /// Online evaluation is recorded here.
     metrics: Arc<Metrics>,
 }
@@ -194,7 +203,53 @@ impl Planner {
             queried: vec![0; capacity + 1],
             out: Output::default(),
             speed: Speed::new(config.speed.clone(), stats),
+            canary: None,
             metrics,
+        }
+    }
+
+    /// Whether the canary serves `session_id`: a live session's own arm, else (a session created
+    /// now) the hash rule.
+    fn canary_for(&mut self, session_id: &str, now: Instant) -> bool {
+        let Some(c) = &self.canary else {
+            return false;
+        };
+        match self.sessions.peek(session_id, now) {
+            Some(slot) => self.sessions.entry(slot).canary(),
+            None => c.admits(session_id),
+        }
+    }
+
+    /// The view of the arm (`canary` or the control's, which `x` runs).
+    fn view_of(&self, x: &Exec<'_>, canary: bool) -> Arc<ModelView> {
+        match (&self.canary, canary) {
+            (Some(c), true) => c.view.clone(),
+            _ => x.view.clone(),
+        }
+    }
+
+    fn speed_of(&self, canary: bool) -> &Speed {
+        match (&self.canary, canary) {
+            (Some(c), true) => &c.speed,
+            _ => &self.speed,
+        }
+    }
+
+    fn speed_of_mut(&mut self, canary: bool) -> &mut Speed {
+        match (&mut self.canary, canary) {
+            (Some(c), true) => &mut c.speed,
+            _ => &mut self.speed,
+        }
+    }
+
+    /// Forgets a deleted session in every arm's kNN index.
+    fn forget(&mut self, session_id: &str) {
+        let key = owner(session_id);
+        if let Some(layer) = &mut self.speed.layer {
+            layer.forget(key);
+        }
+        if let Some(c) = &mut self.canary {
+            c.forget(key);
         }
     }
 
@@ -217,15 +272,13 @@ impl Planner {
                 req,
                 candidates,
                 reply,
-            } => self.plan_score(x.view, req, candidates, reply, now),
+            } => self.plan_score(x, req, candidates, reply, now),
             Job::GetSession { session_id, reply } => {
-                let _ = reply.send(self.describe(&session_id, x.view, now));
+                let _ = reply.send(self.describe(&session_id, x, now));
             }
             Job::DeleteSession { session_id, reply } => {
                 let existed = self.sessions.remove(&session_id);
-                if let Some(layer) = &mut self.speed.layer {
-                    layer.forget(owner(&session_id));
-                }
+                self.forget(&session_id);
                 if self.logging {
                     let version = &x.view.version;
                     self.out
@@ -251,7 +304,8 @@ impl Planner {
         now: Instant,
         now_ms: i64,
     ) {
-        let view = x.view;
+        let canary = self.canary_for(&req.session_id, now);
+        let view = &self.view_of(x, canary);
         let existing = self.sessions.peek(&req.session_id, now);
         if let (Some(slot), Some(seq)) = (existing, req.client_seq)
             && self.sessions.has_seq(slot, seq)
@@ -279,21 +333,22 @@ impl Planner {
         // An item the bundle does not know: a new item already taken, one to take now, or refused.
         let new = match known {
             Some(_) => None,
-            None => match self.speed.admit_new(&req.item_id, view) {
+            None => match self.speed_of(canary).admit_new(&req.item_id, view) {
                 Ok(taken) => Some(taken),
                 Err(e) => return reject(self, reply, e),
             },
         };
-        let slot = match self.session_for_events(x, &req.session_id, req.owner.as_ref(), now) {
+        let owner = req.owner.as_ref();
+        let slot = match self.session_for_events(x, &req.session_id, owner, canary, now) {
             Ok(slot) => slot,
             Err(e) => return reject(self, reply, e),
         };
         let item = match (known, new) {
             (Some(i), _) | (None, Some(Some(i))) => i,
-            _ => self.speed.take(&req.item_id, view),
+            _ => self.speed_of_mut(canary).take(&req.item_id, view),
         };
         let at_ms = req.timestamp_ms.unwrap_or(now_ms);
-        self.push_event(slot, item, at_ms, view, req.client_seq);
+        self.push_event(x.view, slot, item, at_ms, req.client_seq);
         if self.logging {
             // The request's strings move into the record: nothing else needs them now.
             self.plan.records.push(LogRecord {
@@ -326,7 +381,8 @@ impl Planner {
         now: Instant,
         now_ms: i64,
     ) {
-        let view = x.view;
+        let canary = self.canary_for(&req.session_id, now);
+        let view = &self.view_of(x, canary);
         let inline_items = inline.under(view, &req.inline_events);
         if inline_items.iter().any(Option::is_none) {
             let _ = reply.send(Err(unknown_inline(view, &req.inline_events, &inline_items)));
@@ -334,7 +390,8 @@ impl Planner {
         }
         let held = !inline_items.is_empty();
         let (slot, session_events) = if held {
-            let slot = match self.session_for_events(x, &req.session_id, req.owner.as_ref(), now) {
+            let owner = req.owner.as_ref();
+            let slot = match self.session_for_events(x, &req.session_id, owner, canary, now) {
                 Ok(slot) => slot,
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -342,7 +399,7 @@ impl Planner {
                 }
             };
             for (item, id) in inline_items.into_iter().flatten().zip(&req.inline_events) {
-                self.push_event(slot, item, now_ms, view, None);
+                self.push_event(x.view, slot, item, now_ms, None);
                 if self.logging {
                     let r = event_record(&req.session_id, id, now_ms, now_ms, None, &view.version);
                     self.plan.records.push(r);
@@ -356,14 +413,14 @@ impl Planner {
             .under(view, &req.exclude_items)
             .into_iter()
             .zip(&req.exclude_items)
-            .filter_map(|(i, id)| i.or_else(|| self.speed.new.get(id)))
+            .filter_map(|(i, id)| i.or_else(|| self.speed_of(canary).new.get(id)))
             .collect();
         if req.exclude_seen && slot != self.scratch {
             excluded.extend(self.sessions.entry(slot).recent.iter().copied());
         }
         excluded.sort_unstable();
         excluded.dedup();
-        let strategy = self.speed.strategy(req.strategy, view);
+        let strategy = self.speed_of(canary).strategy(req.strategy, view);
         let session = self.session_view(slot, &req.session_id, strategy);
         self.mark_query(slot);
         self.plan.topk.push(TopKPlan {
@@ -372,6 +429,7 @@ impl Planner {
             exclude: excluded,
             session_events,
             held,
+            canary,
             strategy,
             session,
             reply,
@@ -392,20 +450,22 @@ impl Planner {
 
     fn plan_score(
         &mut self,
-        view: &ModelView,
+        x: &Exec<'_>,
         req: ScoreRequest,
         candidates: Resolved,
         reply: Reply<ScoreOutcome>,
         now: Instant,
     ) {
-        let strategy = self.speed.strategy(req.strategy, view);
+        let canary = self.canary_for(&req.session_id, now);
+        let view = &self.view_of(x, canary);
+        let strategy = self.speed_of(canary).strategy(req.strategy, view);
         let mut items = candidates.under(view, &req.candidates);
         let known = items.iter().flatten().copied().collect();
         if strategy != Strategy::Gru {
             // The speed layer's scorers know the new items too.
             for (item, id) in items.iter_mut().zip(&req.candidates) {
                 if item.is_none() {
-                    *item = self.speed.new.get(id);
+                    *item = self.speed_of(canary).new.get(id);
                 }
             }
         }
@@ -419,6 +479,7 @@ impl Planner {
             known,
             strategy,
             session,
+            canary,
             reply,
         });
     }
@@ -426,7 +487,7 @@ impl Planner {
     fn describe(
         &mut self,
         session_id: &str,
-        view: &Arc<ModelView>,
+        x: &Exec<'_>,
         now: Instant,
     ) -> Result<SessionSnapshot, EngineError> {
         let slot = self
@@ -434,12 +495,14 @@ impl Planner {
             .peek(session_id, now)
             .ok_or_else(|| EngineError::SessionNotFound(session_id.to_string()))?;
         let e = self.sessions.entry(slot);
+        let view = &self.view_of(x, e.canary());
+        let speed = self.speed_of(e.canary());
         Ok(SessionSnapshot {
             events: e.events,
             recent: e
                 .recent
                 .iter()
-                .map(|&i| self.speed.name(i, view).to_string())
+                .map(|&i| speed.name(i, view).to_string())
                 .collect(),
             last_seen_ms: e.last_seen_ms,
             state_version: e.state_version.clone(),
@@ -457,7 +520,6 @@ impl Planner {
         now: Instant,
         now_ms: i64,
     ) -> ReplayStats {
-        let view = x.view;
         let mut stats = ReplayStats::default();
         for (position, r) in records {
             stats.last_position = Some(position);
@@ -468,23 +530,34 @@ impl Planner {
             match r.kind() {
                 RecordKind::Delete => {
                     self.sessions.remove(&r.session_id);
-                    if let Some(layer) = &mut self.speed.layer {
-                        layer.forget(owner(&r.session_id));
-                    }
+                    self.forget(&r.session_id);
                     stats.deletes += 1;
                 }
-                RecordKind::Event => match self.speed.resolve_recorded(&r.item_id, view) {
-                    Some(item) => {
-                        // Recovered sessions have no owner (the log does not record tokens), so
-                        // this cannot be refused.
-                        let Ok(slot) = self.session_for_events(x, &r.session_id, None, at) else {
-                            continue;
-                        };
-                        self.push_event(slot, item, r.timestamp_ms, view, r.client_seq);
-                        stats.events += 1;
-                    }
-                    None => stats.unknown_items += 1,
-                },
+                RecordKind::Event => {
+                    // A session keeps the arm it was served by: a live one its own, a new one the
+                    // arm whose version its record names.
+                    let canary = match &self.canary {
+                        None => false,
+                        Some(c) => match self.sessions.peek(&r.session_id, at) {
+                            Some(slot) => self.sessions.entry(slot).canary(),
+                            None => *c.view.version == *r.model_version,
+                        },
+                    };
+                    let view = &self.view_of(x, canary);
+                    let Some(item) = self.speed_of_mut(canary).resolve_recorded(&r.item_id, view)
+                    else {
+                        stats.unknown_items += 1;
+                        continue;
+                    };
+                    // Recovered sessions have no owner (the log does not record tokens), so this
+                    // cannot be refused.
+                    let Ok(slot) = self.session_for_events(x, &r.session_id, None, canary, at)
+                    else {
+                        continue;
+                    };
+                    self.push_event(x.view, slot, item, r.timestamp_ms, r.client_seq);
+                    stats.events += 1;
+                }
                 RecordKind::Unspecified => stats.skipped += 1,
             }
         }
@@ -498,6 +571,7 @@ impl Planner {
         x: &mut Exec<'_>,
         key: &str,
         owner: Option<&Arc<str>>,
+        canary: bool,
         now: Instant,
     ) -> Result<u32, EngineError> {
         if let Some(slot) = self.sessions.get(key, now) {
@@ -518,6 +592,9 @@ impl Planner {
         if let Some(cause) = evicted {
             debug!(?cause, slot, "evicted a session");
         }
+        if canary {
+            self.sessions.join_canary(slot);
+        }
         if self.planned[slot as usize] == self.epoch {
             // The evicted or deleted session that owned this slot still has planned work.
             self.flush(x);
@@ -534,11 +611,31 @@ impl Planner {
         }
     }
 
-    /// Records an event in the session and the speed layer, and plans its GRU step (none for a new
-    /// item: the GRU cannot embed it, so the session's state stays what its known items made it).
-    fn push_event(&mut self, slot: u32, item: u32, at_ms: i64, view: &ModelView, seq: Option<u64>) {
+    /// Records an event in the session and the speed layer (both arms' when a canary runs), and
+    /// plans its GRU step on the session's arm (none for a new item: the GRU cannot embed it, so the
+    /// session's state stays what its known items made it). `item` is numbered by the session's arm;
+    /// `control` is the control arm's view.
+    fn push_event(
+        &mut self,
+        control: &Arc<ModelView>,
+        slot: u32,
+        item: u32,
+        at_ms: i64,
+        seq: Option<u64>,
+    ) {
+        let canary = self.sessions.entry(slot).canary();
+        let view = match (&self.canary, canary) {
+            (Some(c), true) => &c.view,
+            _ => control,
+        };
+        let version = view.version.clone();
         if (item as usize) < view.n_items() {
-            self.plan.events.push(Event { slot, item });
+            let steps = if canary {
+                &mut self.plan.canary_events
+            } else {
+                &mut self.plan.events
+            };
+            steps.push(Event { slot, item });
         }
         self.planned[slot as usize] = self.epoch;
         // Online evaluation: this event is what the session's last Recommend list predicted.
@@ -546,12 +643,18 @@ impl Planner {
             let at = rank(&list.items, item);
             self.metrics.online(&list.version, list.strategy, at);
         }
-        self.sessions
-            .record_event(slot, item, at_ms, &view.version, seq);
-        if let Some(layer) = &mut self.speed.layer {
-            let key = owner(self.sessions.key(slot).map_or("", |k| k));
-            let recent = self.sessions.entry_mut(slot).recent.make_contiguous();
+        self.sessions.record_event(slot, item, at_ms, &version, seq);
+        let key = owner(self.sessions.key(slot).map_or("", |k| k));
+        let recent = self.sessions.entry_mut(slot).recent.make_contiguous();
+        let own = match (&mut self.canary, canary) {
+            (Some(c), true) => &mut c.speed,
+            _ => &mut self.speed,
+        };
+        if let Some(layer) = &mut own.layer {
             layer.observe(key, recent, item, at_ms);
+        }
+        if let Some(c) = &mut self.canary {
+            c.mirror(canary, &mut self.speed, control, key, recent, (item, at_ms));
         }
     }
 
@@ -567,11 +670,16 @@ impl Planner {
         }
         let mut plan = std::mem::take(&mut self.plan);
         self.epoch += 1;
+        let canary = self.canary.as_ref().map(|c| c.id);
         let stepped = x.backend.reset_states(&plan.resets).and_then(|()| {
-            if plan.events.is_empty() {
-                Ok(())
-            } else {
-                x.backend.gru_step(x.model, &plan.events)
+            if !plan.events.is_empty() {
+                x.backend.gru_step(x.model, &plan.events)?;
+            }
+            match canary {
+                Some(id) if !plan.canary_events.is_empty() => {
+                    x.backend.gru_step(id, &plan.canary_events)
+                }
+                _ => Ok(()),
             }
         });
         if let Err(e) = stepped {
@@ -582,52 +690,23 @@ impl Planner {
         if plan.topk.is_empty() && plan.scores.is_empty() {
             return;
         }
-        let view = x.view;
-        let Speed { layer, new, .. } = &mut self.speed;
-        let Some(layer) = layer.as_mut() else {
-            // Not reached: a model is installed with its speed layer.
-            return Plan::fail_queries(plan.topk, plan.scores, || EngineError::NoModel);
+        let mut to = Delivery {
+            sessions: &mut self.sessions,
+            scratch: self.scratch,
+            held: &mut self.out.held,
         };
-        match answer(x, layer, &plan.topk, &plan.scores) {
-            Ok(Answers { lists, scores }) => {
-                for (p, items) in plan.topk.into_iter().zip(lists) {
-                    if p.slot != self.scratch {
-                        self.sessions.entry_mut(p.slot).pending = Some(Box::new(PendingList {
-                            items: items.iter().take(ONLINE_K).map(|s| s.item).collect(),
-                            version: view.version.clone(),
-                            strategy: p.strategy,
-                        }));
-                    }
-                    let new_items = items
-                        .iter()
-                        .filter_map(|s| Some((s.item, new.name(s.item)?.to_string())))
-                        .collect();
-                    let answer = Recommendation {
-                        items,
-                        new_items,
-                        model: view.clone(),
-                        session_events: p.session_events,
-                    };
-                    if p.held {
-                        self.out.held.push(Held::Recommend(p.reply, answer));
-                    } else {
-                        let _ = p.reply.send(Ok(answer));
-                    }
-                }
-                for (p, scores) in plan.scores.into_iter().zip(scores) {
-                    let _ = p.reply.send(Ok(ScoreOutcome {
-                        candidates: p.candidates,
-                        items: p.items,
-                        scores,
-                        model: view.clone(),
-                    }));
-                }
-            }
-            Err(e) => {
-                let e = EngineError::from(e);
-                Plan::fail_queries(plan.topk, plan.scores, || e.clone());
-            }
-        }
+        let Some(c) = &self.canary else {
+            return to.answer(x, &self.speed, plan.topk, plan.scores);
+        };
+        let (canary_topk, topk) = plan.topk.into_iter().partition(|p| p.canary);
+        let (canary_scores, scores) = plan.scores.into_iter().partition(|p| p.canary);
+        to.answer(x, &self.speed, topk, scores);
+        let mut cx = Exec {
+            backend: &mut *x.backend,
+            model: c.id,
+            view: &c.view,
+        };
+        to.answer(&mut cx, &c.speed, canary_topk, canary_scores);
     }
 
     /// A failed state update. The backend validates before it changes anything, so this is a device
@@ -636,7 +715,7 @@ impl Planner {
     fn drop_failed(&mut self, x: &mut Exec<'_>, plan: Plan, e: lambdarec_kernels::BackendError) {
         error!(error = %crate::registry::error_chain(&e), "session update failed; dropping the sessions of this batch");
         let now_ms = lambdarec_proto::bundle::now_unix_ms() as i64;
-        for ev in &plan.events {
+        for ev in plan.events.iter().chain(&plan.canary_events) {
             if let Some(key) = self.sessions.key(ev.slot).cloned() {
                 self.sessions.remove_slot(ev.slot);
                 if self.logging {
@@ -647,6 +726,77 @@ impl Planner {
         }
         let e = EngineError::from(e);
         plan.fail(|| e.clone());
+    }
+}
+
+/// Where a flush's answers go: the sessions (whose lists wait for their next event) and the replies
+/// held until the log has the changes they acknowledge.
+struct Delivery<'a> {
+    sessions: &'a mut SessionStore,
+    scratch: u32,
+    held: &'a mut Vec<Held>,
+}
+
+impl Delivery<'_> {
+    /// Answers one arm's queries (`x` runs that arm's model, `speed` is its speed layer).
+    fn answer(
+        &mut self,
+        x: &mut Exec<'_>,
+        speed: &Speed,
+        topk: Vec<TopKPlan>,
+        scores: Vec<ScorePlan>,
+    ) {
+        if topk.is_empty() && scores.is_empty() {
+            return;
+        }
+        let view = x.view;
+        let Some(layer) = speed.layer.as_ref() else {
+            // Not reached: a model is installed with its speed layer.
+            return Plan::fail_queries(topk, scores, || EngineError::NoModel);
+        };
+        match answer(x, layer, &topk, &scores) {
+            Ok(Answers {
+                lists,
+                scores: values,
+            }) => {
+                for (p, items) in topk.into_iter().zip(lists) {
+                    if p.slot != self.scratch {
+                        self.sessions.entry_mut(p.slot).pending = Some(Box::new(PendingList {
+                            items: items.iter().take(ONLINE_K).map(|s| s.item).collect(),
+                            version: view.version.clone(),
+                            strategy: p.strategy,
+                        }));
+                    }
+                    let new_items = items
+                        .iter()
+                        .filter_map(|s| Some((s.item, speed.new.name(s.item)?.to_string())))
+                        .collect();
+                    let answer = Recommendation {
+                        items,
+                        new_items,
+                        model: view.clone(),
+                        session_events: p.session_events,
+                    };
+                    if p.held {
+                        self.held.push(Held::Recommend(p.reply, answer));
+                    } else {
+                        let _ = p.reply.send(Ok(answer));
+                    }
+                }
+                for (p, scores) in scores.into_iter().zip(values) {
+                    let _ = p.reply.send(Ok(ScoreOutcome {
+                        candidates: p.candidates,
+                        items: p.items,
+                        scores,
+                        model: view.clone(),
+                    }));
+                }
+            }
+            Err(e) => {
+                let e = EngineError::from(e);
+                Plan::fail_queries(topk, scores, || e.clone());
+            }
+        }
     }
 }
 

@@ -17,13 +17,16 @@ use lambdarec_trainer::trending::Trending;
 
 impl Batcher {
     /// Captures every live session, least recently used first, and hands the image to the journal,
-    /// which writes it once the records before it are durable.
+    /// which writes it once the records before it are durable. Items are named by the control
+    /// version's catalogue (a canary session's are translated); a canary session keeps its state
+    /// version, by which a restore puts it back in the canary's arm.
     pub(super) fn snapshot(&mut self) {
         let (Some(journal), Some(active)) = (&self.journal, &self.active) else {
             return;
         };
         let now = Instant::now();
-        let store = &self.planner.sessions;
+        let planner = &mut self.planner;
+        let store = &mut planner.sessions;
         let mut sessions = Vec::with_capacity(store.len());
         for slot in store.lru_order() {
             let hidden = match self.backend.read_state(slot) {
@@ -34,10 +37,17 @@ impl Batcher {
                 }
             };
             let e = store.entry(slot);
+            let recent = match &mut planner.canary {
+                Some(c) if e.canary() => {
+                    let recent = e.recent.iter().copied();
+                    c.translate(true, &mut planner.speed, &active.view, recent)
+                }
+                _ => e.recent.iter().copied().collect(),
+            };
             sessions.push(SessionImage {
                 id: store.key(slot).expect("a live slot has a key").clone(),
                 events: e.events,
-                recent: e.recent.iter().copied().collect(),
+                recent,
                 seqs: e.seqs.iter().copied().collect(),
                 last_seen_ms: e.last_seen_ms,
                 idle_ms: now.duration_since(store.touched(slot)).as_millis() as u64,
@@ -50,9 +60,9 @@ impl Batcher {
             position: 0,
             taken_ms: now_unix_ms() as i64,
             view: active.view.clone(),
-            new_items: self.planner.speed.new.ids().to_vec(),
+            new_items: planner.speed.new.ids().to_vec(),
             sessions,
-            trending: self.planner.speed.layer.as_ref().map(|l| TrendImage {
+            trending: planner.speed.layer.as_ref().map(|l| TrendImage {
                 half_life_s: l.trend.half_life_s(),
                 entries: l.trend.entries().collect(),
             }),
@@ -85,10 +95,11 @@ impl Batcher {
             .collect();
         let n_items = view.n_items();
         let reuse = snapshot.header.hidden == view.hidden;
+        let canary = self.planner.canary.as_ref().map(|c| (c.id, c.view.clone()));
         let ttl = self.config.session_ttl.as_millis() as u64;
         let now = Instant::now();
         let mut stats = RestoreStats::default();
-        let (mut resets, mut steps) = (Vec::new(), Vec::new());
+        let (mut resets, mut steps, mut canary_steps) = (Vec::new(), Vec::new(), Vec::new());
         for s in snapshot.sessions {
             if s.idle_ms > ttl {
                 stats.expired += 1;
@@ -98,8 +109,19 @@ impl Batcher {
                 .checked_sub(Duration::from_millis(s.idle_ms))
                 .unwrap_or(now);
             let (slot, _) = self.planner.sessions.insert(&s.id, None, at);
-            let recent: Vec<u32> = s.recent.iter().filter_map(|&i| map[i as usize]).collect();
+            let mut recent: Vec<u32> = s.recent.iter().filter_map(|&i| map[i as usize]).collect();
             stats.dropped_items += (s.recent.len() - recent.len()) as u64;
+            // A session the canary served goes back to it (its state came from the canary's model).
+            let mut n_items = n_items;
+            let in_canary = canary
+                .as_ref()
+                .is_some_and(|(_, v)| s.state_version.as_deref() == Some(&*v.version));
+            if let (true, Some(c)) = (in_canary, &mut self.planner.canary) {
+                self.planner.sessions.join_canary(slot);
+                recent = c.translate(false, &mut self.planner.speed, &view, recent);
+                n_items = c.view.n_items();
+                stats.canary += 1;
+            }
             if reuse {
                 if let Err(e) = self.backend.write_state(slot, &s.hidden) {
                     self.planner.sessions.remove_slot(slot);
@@ -108,6 +130,11 @@ impl Batcher {
                 }
             } else {
                 resets.push(slot);
+                let steps = if in_canary {
+                    &mut canary_steps
+                } else {
+                    &mut steps
+                };
                 steps.extend(
                     recent
                         .iter()
@@ -121,18 +148,22 @@ impl Batcher {
             e.recent = recent.into();
             e.seqs = s.seqs.into();
             e.last_seen_ms = s.last_seen_ms;
-            e.state_version = if reuse {
-                s.state_version
-            } else {
-                Some(view.version.clone())
+            e.state_version = match (reuse, &canary) {
+                (true, _) => s.state_version,
+                (false, Some((_, v))) if in_canary => Some(v.version.clone()),
+                (false, _) => Some(view.version.clone()),
             };
             stats.sessions += 1;
         }
         let rebuilt = self.backend.reset_states(&resets).and_then(|()| {
-            if steps.is_empty() {
-                Ok(())
-            } else {
-                self.backend.gru_step(model, &steps)
+            if !steps.is_empty() {
+                self.backend.gru_step(model, &steps)?;
+            }
+            match &canary {
+                Some((id, _)) if !canary_steps.is_empty() => {
+                    self.backend.gru_step(*id, &canary_steps)
+                }
+                _ => Ok(()),
             }
         });
         if let Err(e) = rebuilt {
@@ -161,6 +192,10 @@ impl Batcher {
                 None => {}
             }
         }
+        // The canary's speed layer learns what the control's now holds.
+        if let Some(c) = &mut self.planner.canary {
+            c.sync_from(&mut self.planner.speed, &view, &mut self.planner.sessions);
+        }
         log_restore(&snapshot.header.model_version, &view, reuse, &stats);
         let _ = reply.send(Ok(stats));
     }
@@ -169,6 +204,7 @@ impl Batcher {
 fn log_restore(from_version: &str, view: &ModelView, reuse: bool, stats: &RestoreStats) {
     info!(
         sessions = stats.sessions,
+        canary_sessions = stats.canary,
         expired = stats.expired,
         trending_items = stats.trending_items,
         snapshot_model = from_version,

@@ -147,6 +147,7 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
     };
     let shared = Arc::new(Shared {
         model: RwLock::new(None),
+        canary: RwLock::new(None),
         batch_micros: AtomicU64::new(0),
         next_generation: AtomicU64::new(1),
         metrics: Arc::new(Metrics::default()),
@@ -198,6 +199,7 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
         weights,
         view,
         speed: Box::new(speed),
+        canary: None,
         reply,
     });
     let view = rx.try_recv().expect("installed").expect("install succeeds");
