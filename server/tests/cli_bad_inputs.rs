@@ -95,6 +95,8 @@ const CASES: &[Case] = &[
     case("serve: corrupt log segment", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--log", "badlog"], 1, "corrupt log data at byte offset 0: not a lambdarec log segment"),
     case("serve: bad segment name", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--log", "badname"], 1, "segment file name is not a 20-digit first position"),
     case("serve: unknown log scheme", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--log", "ftp://x"], 1, "unknown scheme `ftp`"),
+    case("serve: canary share of 1", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--canary-fraction", "1"], 1, "--canary-fraction is the share of new sessions the canary serves: above 0 and below 1 (e.g. 0.1), got 1"),
+    case("serve: negative canary share", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--canary-fraction=-0.1"], 1, "--canary-fraction is the share of new sessions the canary serves: above 0 and below 1 (e.g. 0.1), got -0.1"),
     case("serve: zero sessions", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--max-sessions", "0"], 1, "--max-sessions must be at least 1"),
     case("serve: message size not a number", &["serve", "--max-message-bytes", "abc"], 2, "invalid value 'abc' for '--max-message-bytes"),
     case("load: nothing listening", &["load", "--target", "http://127.0.0.1:1", "--data", "good.tsv"], 1, "Connection refused"),

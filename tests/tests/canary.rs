@@ -10,20 +10,10 @@ use std::collections::HashMap;
 use lambdarec_kernels::ModelWeights;
 use lambdarec_proto::bundle::{Bundle, Store};
 use lambdarec_proto::v1::{self, Strategy};
-use rand::{Rng, SeedableRng, rngs::SmallRng};
 use server_common::{
-    MODEL, Offline, assert_close, base, bundle_with, client, config, fresh_store, send_events,
+    MODEL, Offline, assert_close, base, bundle_with, client, config, fresh_store, random_weights,
+    send_events,
 };
-
-/// Random weights of the base model's shape (hidden 24, tied embedding).
-fn random_weights(seed: u64) -> ModelWeights {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut w = base().weights.clone();
-    for v in [&mut w.w_ih, &mut w.w_hh, &mut w.item_out, &mut w.item_bias] {
-        v.iter_mut().for_each(|x| *x = rng.random::<f32>() - 0.5);
-    }
-    w
-}
 
 /// `w` with its catalogue reversed: the same model, every item numbered differently.
 fn reversed_weights(w: &ModelWeights) -> ModelWeights {
@@ -102,7 +92,7 @@ async fn a_canary_serves_a_stable_tenth_and_is_promoted_then_ended_keeping_every
     let b = base();
     let (url, v1) = fresh_store("canary").await;
     let store = Store::open(&url).unwrap();
-    let w2 = random_weights(11);
+    let w2 = random_weights(24, 11);
     let v2 = store
         .write_version(MODEL, &mut reversed_bundle(&w2), false)
         .await
@@ -274,7 +264,7 @@ async fn a_canary_serves_a_stable_tenth_and_is_promoted_then_ended_keeping_every
     );
 
     // A new canary (v3, base numbering), then ended: its sessions return to v2 intact.
-    let w3 = random_weights(13);
+    let w3 = random_weights(24, 13);
     let v3 = store
         .write_version(MODEL, &mut bundle_with(&w3), false)
         .await
@@ -354,7 +344,7 @@ async fn canary_sessions_return_to_the_canary_after_a_graceful_restart_and_a_cra
     let (url, v1) = fresh_store("canary-restart").await;
     let store = Store::open(&url).unwrap();
     let v2 = store
-        .write_version(MODEL, &mut reversed_bundle(&random_weights(17)), false)
+        .write_version(MODEL, &mut reversed_bundle(&random_weights(24, 17)), false)
         .await
         .unwrap();
     store.set_canary(MODEL, &v2).await.unwrap();
@@ -420,4 +410,46 @@ async fn canary_sessions_return_to_the_canary_after_a_graceful_restart_and_a_cra
     assert_eq!(info.version, v1);
     assert_eq!(info.canary.unwrap().sessions, (canary + q_canary) as u64);
     cs.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_of_another_hidden_size_is_refused_and_not_retried() {
+    let (url, v1) = fresh_store("canary-hidden").await;
+    let store = Store::open(&url).unwrap();
+    let v2 = store
+        .write_version(MODEL, &mut bundle_with(&random_weights(8, 5)), false)
+        .await
+        .unwrap();
+    store.set_canary(MODEL, &v2).await.unwrap();
+    let server = lambdarec_server::start(lambdarec_server::ServeConfig {
+        canary_fraction: Some(0.1),
+        ..config(&url)
+    })
+    .await
+    .unwrap();
+    let registry = server.registry().clone();
+    let mut c = client(server.local_addr()).await;
+    // Refused at start-up (the server serves LATEST alone), and not tried again for the same CANARY.
+    let failures = registry.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].version, v2);
+    let why = &failures[0].error;
+    assert!(
+        why.contains("canary refused")
+            && why.contains("hidden size 8 differs")
+            && why.contains("(24)"),
+        "{why}"
+    );
+    assert_eq!(registry.sync_canary().await.unwrap(), None);
+    assert_eq!(registry.failures().len(), 1);
+    let info = c
+        .model_info(v1::ModelInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.version, v1);
+    assert!(info.canary.is_none());
+    let acks = send_events(&mut c, vec![event("s", &base().ids[0])]).await;
+    assert_eq!(acks[0].model_version, v1);
+    server.shutdown().await.unwrap();
 }

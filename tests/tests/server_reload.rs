@@ -13,9 +13,9 @@ use lambdarec_kernels::{Backend, CpuBackend, ModelWeights};
 use lambdarec_proto::bundle::Store;
 use lambdarec_proto::v1::{self, ErrorCode};
 use object_store::{ObjectStoreExt, PutPayload, path::Path};
-use rand::{Rng, SeedableRng, rngs::SmallRng};
 use server_common::{
     MODEL, Offline, assert_close, base, bundle_with, client, config, fresh_store, publish,
+    random_weights,
 };
 use tonic::{Code, Request};
 
@@ -25,29 +25,6 @@ fn recommend(session: &str, inline: Vec<String>) -> v1::RecommendRequest {
         k: 10,
         inline_events: inline,
         ..Default::default()
-    }
-}
-
-/// Random tied-embedding weights of another hidden size (the catalogue stays the base one).
-fn random_weights(hidden: usize, seed: u64) -> ModelWeights {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let n = base().ids.len();
-    let mut v = |len: usize| {
-        (0..len)
-            .map(|_| rng.random::<f32>() - 0.5)
-            .collect::<Vec<f32>>()
-    };
-    ModelWeights {
-        n_items: n,
-        embed_dim: hidden,
-        hidden,
-        item_in: None,
-        w_ih: v(3 * hidden * hidden),
-        w_hh: v(3 * hidden * hidden),
-        b_ih: v(3 * hidden),
-        b_hh: v(3 * hidden),
-        item_out: v(n * hidden),
-        item_bias: v(n),
     }
 }
 

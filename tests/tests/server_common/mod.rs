@@ -188,6 +188,30 @@ impl Offline {
     }
 }
 
+/// Random tied-embedding weights over the base catalogue, of any hidden size.
+pub fn random_weights(hidden: usize, seed: u64) -> ModelWeights {
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let n = base().ids.len();
+    let mut v = |len: usize| {
+        (0..len)
+            .map(|_| rng.random::<f32>() - 0.5)
+            .collect::<Vec<f32>>()
+    };
+    ModelWeights {
+        n_items: n,
+        embed_dim: hidden,
+        hidden,
+        item_in: None,
+        w_ih: v(3 * hidden * hidden),
+        w_hh: v(3 * hidden * hidden),
+        b_ih: v(3 * hidden),
+        b_hh: v(3 * hidden),
+        item_out: v(n * hidden),
+        item_bias: v(n),
+    }
+}
+
 /// Sends `events` on one StreamEvents call and returns their acks (one per event, in order).
 pub async fn send_events(
     c: &mut RecommenderClient<Channel>,

@@ -258,8 +258,9 @@ impl Batcher {
     /// otherwise its sessions return to the control version the same way. Returns the version that
     /// serves everything now (None: there was no canary).
     pub(super) fn end_canary(&mut self, promote: bool) -> Option<Arc<ModelView>> {
-        let mut arm = self.planner.canary.take()?;
+        // A canary only ever runs beside a serving model.
         let control = self.active.as_ref()?.view.clone();
+        let mut arm = self.planner.canary.take()?;
         let sessions = &mut self.planner.sessions;
         // The sessions of the arm that goes, renumbered into the one that stays.
         let mut moved = 0usize;
