@@ -6,8 +6,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lambdarec_proto::archive::{Archive, ArchivedEvent, Date};
-use lambdarec_trainer::data::synthetic::{SyntheticOptions, generate};
+use lambdarec_proto::archive::{Archive, Date};
+use lambdarec_trainer::data::synthetic::{SyntheticOptions, archive_days, generate};
 
 fn lambdarec(args: &[&str]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lambdarec"))
@@ -47,33 +47,12 @@ fn follow_publishes_then_skips_and_models_shows_it() {
         seed: 8,
         ..SyntheticOptions::default()
     });
-    let mut events: Vec<ArchivedEvent> = log
-        .events
-        .iter()
-        .enumerate()
-        .map(|(n, e)| {
-            let ms = (e.time * 1000.0).round() as i64;
-            ArchivedEvent {
-                position: n as u64,
-                session_id: log.sessions[e.session as usize].clone(),
-                item_id: log.items[e.item as usize].clone(),
-                timestamp_ms: ms,
-                received_ms: ms,
-                client_seq: None,
-                model_version: String::new(),
-            }
-        })
-        .collect();
-    events.sort_by_key(|e| e.timestamp_ms);
-    for (n, e) in events.iter_mut().enumerate() {
-        e.position = n as u64 + 1;
-    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let archive = Archive::in_store(store).unwrap();
-        let day = |e: &ArchivedEvent| Date::from_unix_ms(e.timestamp_ms);
-        for chunk in events.chunk_by(|a, b| day(a) == day(b)) {
-            archive.write_file(day(&chunk[0]), chunk).await.unwrap();
+        for day in archive_days(&log) {
+            let date = Date::from_unix_ms(day[0].timestamp_ms);
+            archive.write_file(date, &day).await.unwrap();
         }
     });
 

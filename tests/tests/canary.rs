@@ -78,6 +78,13 @@ fn offline_top(w: &ModelWeights, ids: &[String], items: &[&str]) -> Vec<(String,
         .collect()
 }
 
+async fn model_info(
+    c: &mut v1::recommender_client::RecommenderClient<tonic::transport::Channel>,
+) -> v1::ModelInfoResponse {
+    let info = c.model_info(v1::ModelInfoRequest {}).await.unwrap();
+    info.into_inner()
+}
+
 fn assert_same_list(got: &v1::RecommendResponse, want: &[(String, f32)], what: &str) {
     let ids: Vec<&str> = got.items.iter().map(|i| i.item_id.as_str()).collect();
     let want_ids: Vec<&str> = want.iter().map(|(id, _)| id.as_str()).collect();
@@ -115,11 +122,7 @@ async fn a_canary_serves_a_stable_tenth_and_is_promoted_then_ended_keeping_every
 
     store.set_canary(MODEL, &v2).await.unwrap();
     assert_eq!(registry.sync_canary().await.unwrap().as_deref(), Some(&*v2));
-    let info = c
-        .model_info(v1::ModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut c).await;
     assert_eq!(info.version, v1);
     let canary = info.canary.expect("ModelInfo describes the canary");
     assert_eq!(
@@ -158,11 +161,7 @@ async fn a_canary_serves_a_stable_tenth_and_is_promoted_then_ended_keeping_every
         acks.iter()
             .all(|a| a.model_version == v1 && a.session_events == 2)
     );
-    let info = c
-        .model_info(v1::ModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut c).await;
     assert_eq!(info.canary.unwrap().sessions, in_canary as u64);
 
     // Each arm answers as the offline evaluator does with its own model and numbering.
@@ -196,11 +195,7 @@ async fn a_canary_serves_a_stable_tenth_and_is_promoted_then_ended_keeping_every
         .map(|j| event(&format!("s{j}"), &hot))
         .collect();
     send_events(&mut c, burst).await;
-    let info = c
-        .model_info(v1::ModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut c).await;
     let online: HashMap<&str, u64> = info
         .online
         .iter()
@@ -236,11 +231,7 @@ async fn a_canary_serves_a_stable_tenth_and_is_promoted_then_ended_keeping_every
     store.set_latest(MODEL, &v2).await.unwrap();
     let outcome = registry.reload(None).await.unwrap();
     assert_eq!(&*outcome.version, v2.as_str());
-    let info = c
-        .model_info(v1::ModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut c).await;
     assert_eq!(info.version, v2);
     assert!(info.canary.is_none());
     assert_eq!(
@@ -299,11 +290,7 @@ async fn a_canary_serves_a_stable_tenth_and_is_promoted_then_ended_keeping_every
         (acks[0].model_version.as_str(), acks[0].session_events),
         (v2.as_str(), 2)
     );
-    let info = c
-        .model_info(v1::ModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut c).await;
     assert!(info.canary.is_none());
     assert_eq!(info.version, v2);
 
@@ -402,11 +389,7 @@ async fn canary_sessions_return_to_the_canary_after_a_graceful_restart_and_a_cra
     let mut cc = client(cs.local_addr()).await;
     let on_c = (views(&mut cc, "r", n).await, views(&mut cc, "q", n).await);
     assert_eq!(on_c, on_b);
-    let info = cc
-        .model_info(v1::ModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut cc).await;
     assert_eq!(info.version, v1);
     assert_eq!(info.canary.unwrap().sessions, (canary + q_canary) as u64);
     cs.shutdown().await.unwrap();
@@ -442,11 +425,7 @@ async fn a_canary_of_another_hidden_size_is_refused_and_not_retried() {
     );
     assert_eq!(registry.sync_canary().await.unwrap(), None);
     assert_eq!(registry.failures().len(), 1);
-    let info = c
-        .model_info(v1::ModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut c).await;
     assert_eq!(info.version, v1);
     assert!(info.canary.is_none());
     let acks = send_events(&mut c, vec![event("s", &base().ids[0])]).await;

@@ -12,11 +12,10 @@ use std::time::Duration;
 use lambdarec_eventlog::memory::MemoryStorage;
 use lambdarec_proto::v1::recommender_client::RecommenderClient;
 use lambdarec_proto::v1::{
-    DeleteSessionRequest, EventAck, GetSessionRequest, RecommendRequest, SessionEvent,
+    DeleteSessionRequest, GetSessionRequest, RecommendRequest, SessionEvent,
 };
 use lambdarec_server::{LogConfig, RunningServer, ServeConfig};
-use server_common::{base, client, config, fresh_store};
-use tokio_stream::wrappers::ReceiverStream;
+use server_common::{base, client, config, fresh_store, random_weights, send_events};
 use tonic::transport::Channel;
 
 fn logged(store: &str, log: &MemoryStorage, snapshots: &std::path::Path) -> ServeConfig {
@@ -36,26 +35,6 @@ async fn start(config: ServeConfig) -> RunningServer {
         server.not_serving_reason()
     );
     server
-}
-
-/// Streams `events` on one StreamEvents call and returns their acks.
-async fn stream(c: &mut RecommenderClient<Channel>, events: Vec<SessionEvent>) -> Vec<EventAck> {
-    let n = events.len();
-    let (tx, rx) = tokio::sync::mpsc::channel(n.max(1));
-    for e in events {
-        tx.send(e).await.unwrap();
-    }
-    drop(tx);
-    let mut acks = c
-        .stream_events(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::with_capacity(n);
-    while let Some(ack) = acks.message().await.unwrap() {
-        out.push(ack);
-    }
-    out
 }
 
 /// Events of the first `n` test sessions, each with a client_seq, interleaved across sessions.
@@ -155,7 +134,7 @@ async fn sessions_survive_a_graceful_restart_and_a_crash() {
     let mut ca = client(a.local_addr()).await;
     let events = workload(40, "s");
     let ids: Vec<String> = (0..40).map(|i| format!("s-{i}")).collect();
-    let acks = stream(&mut ca, events.clone()).await;
+    let acks = send_events(&mut ca, events.clone()).await;
     assert!(
         acks.iter().all(|a| a.applied && !a.duplicate),
         "every event applied once"
@@ -186,7 +165,7 @@ async fn sessions_survive_a_graceful_restart_and_a_crash() {
             e
         })
         .collect();
-    let acks = stream(&mut cb, fresh.clone()).await;
+    let acks = send_events(&mut cb, fresh.clone()).await;
     assert!(acks.iter().all(|a| a.applied && !a.duplicate));
     let ids: Vec<String> = (0..60).map(|i| format!("s-{i}")).collect();
     let on_b = views(&mut cb, &ids).await;
@@ -197,38 +176,10 @@ async fn sessions_survive_a_graceful_restart_and_a_crash() {
     assert_same(&views(&mut cc, &ids).await, &on_b);
 
     // Exactly once across the crash: re-sent events are acknowledged as duplicates, not applied.
-    let again = stream(&mut cc, fresh[..50].to_vec()).await;
+    let again = send_events(&mut cc, fresh[..50].to_vec()).await;
     assert!(again.iter().all(|a| a.applied && a.duplicate), "{again:?}");
     assert_same(&views(&mut cc, &ids).await, &on_b);
     c.shutdown().await.unwrap();
-}
-
-/// Random weights over the base catalogue with another hidden size.
-fn other_hidden(hidden: usize) -> lambdarec_kernels::ModelWeights {
-    let n = base().weights.n_items;
-    let mut x: u64 = 0x1234_5678_9abc_def1;
-    let mut rand = |len: usize| -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
-            })
-            .collect()
-    };
-    lambdarec_kernels::ModelWeights {
-        n_items: n,
-        embed_dim: hidden,
-        hidden,
-        item_in: None,
-        w_ih: rand(3 * hidden * hidden),
-        w_hh: rand(3 * hidden * hidden),
-        b_ih: rand(3 * hidden),
-        b_hh: rand(3 * hidden),
-        item_out: rand(n * hidden),
-        item_bias: rand(n),
-    }
 }
 
 /// A server that never stopped, on the store's LATEST, fed `events`; its views of `ids`.
@@ -242,7 +193,7 @@ async fn reference_views(
     cfg.limits.history = history;
     let r = start(cfg).await;
     let mut c = client(r.local_addr()).await;
-    let acks = stream(&mut c, events).await;
+    let acks = send_events(&mut c, events).await;
     assert!(acks.iter().all(|a| a.applied));
     let v = views(&mut c, ids).await;
     r.shutdown().await.unwrap();
@@ -267,14 +218,14 @@ async fn a_snapshot_of_another_hidden_size_is_replayed_from_the_log_or_rebuilt_f
     let events = workload(30, "h");
     let ids: Vec<String> = (0..30).map(|i| format!("h-{i}")).collect();
     assert!(
-        stream(&mut ca, events.clone())
+        send_events(&mut ca, events.clone())
             .await
             .iter()
             .all(|a| a.applied)
     );
     a.shutdown().await.unwrap(); // snapshot at hidden 24
 
-    server_common::publish(&store, server_common::bundle_with(&other_hidden(16))).await;
+    server_common::publish(&store, server_common::bundle_with(&random_weights(16, 7))).await;
     let want = reference_views(&store, events.clone(), &ids, HISTORY).await;
 
     // The log still holds everything: the snapshot is set aside and the whole log replayed.
@@ -293,7 +244,7 @@ async fn a_snapshot_of_another_hidden_size_is_replayed_from_the_log_or_rebuilt_f
     let a = start(cfg.clone()).await;
     let mut ca = client(a.local_addr()).await;
     assert!(
-        stream(&mut ca, events.clone())
+        send_events(&mut ca, events.clone())
             .await
             .iter()
             .all(|a| a.applied)
@@ -302,7 +253,7 @@ async fn a_snapshot_of_another_hidden_size_is_replayed_from_the_log_or_rebuilt_f
     let mut l = lambdarec_eventlog::memory::MemoryLog::new(log2.clone());
     let next = lambdarec_eventlog::EventLog::bounds(&l).unwrap().next;
     lambdarec_eventlog::EventLog::release_before(&mut l, next).unwrap();
-    server_common::publish(&store2, server_common::bundle_with(&other_hidden(16))).await;
+    server_common::publish(&store2, server_common::bundle_with(&random_weights(16, 7))).await;
     let b = start(cfg).await;
     let mut cb = client(b.local_addr()).await;
     let got = views(&mut cb, &ids).await;

@@ -510,7 +510,7 @@ mod tests {
     use lambdarec_proto::archive::ArchivedEvent;
 
     use super::*;
-    use crate::data::synthetic::{SyntheticOptions, generate};
+    use crate::data::synthetic::{SyntheticOptions, archive_days, generate};
     use crate::pipeline::WarmStartFrom;
     use crate::train::TrainConfig;
 
@@ -524,31 +524,7 @@ mod tests {
             seed: 3,
             ..SyntheticOptions::default()
         });
-        let mut events: Vec<ArchivedEvent> = log
-            .events
-            .iter()
-            .map(|e| {
-                let ms = (e.time * 1000.0).round() as i64;
-                ArchivedEvent {
-                    position: 0,
-                    session_id: log.sessions[e.session as usize].clone(),
-                    item_id: log.items[e.item as usize].clone(),
-                    timestamp_ms: ms,
-                    received_ms: ms,
-                    client_seq: None,
-                    model_version: String::new(),
-                }
-            })
-            .collect();
-        events.sort_by_key(|e| e.timestamp_ms);
-        for (n, e) in events.iter_mut().enumerate() {
-            e.position = n as u64 + 1;
-        }
-        let day = |e: &ArchivedEvent| Date::from_unix_ms(e.timestamp_ms);
-        events
-            .chunk_by(|a, b| day(a) == day(b))
-            .map(<[_]>::to_vec)
-            .collect()
+        archive_days(&log)
     }
 
     #[tokio::test]

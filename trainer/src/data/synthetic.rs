@@ -187,6 +187,37 @@ pub fn write_tsv(log: &RawLog, path: &Path) -> std::io::Result<()> {
     w.flush()
 }
 
+/// A log's events as a server's archiver writes them: in time order, numbered from position 1, one
+/// slice per UTC day (the archive's files), oldest first.
+pub fn archive_days(log: &RawLog) -> Vec<Vec<lambdarec_proto::archive::ArchivedEvent>> {
+    use lambdarec_proto::archive::{ArchivedEvent, Date};
+    let mut events: Vec<ArchivedEvent> = log
+        .events
+        .iter()
+        .map(|e| {
+            let ms = (e.time * 1000.0).round() as i64;
+            ArchivedEvent {
+                position: 0,
+                session_id: log.sessions[e.session as usize].clone(),
+                item_id: log.items[e.item as usize].clone(),
+                timestamp_ms: ms,
+                received_ms: ms,
+                client_seq: None,
+                model_version: String::new(),
+            }
+        })
+        .collect();
+    events.sort_by_key(|e| e.timestamp_ms);
+    for (n, e) in events.iter_mut().enumerate() {
+        e.position = n as u64 + 1;
+    }
+    let day = |e: &ArchivedEvent| Date::from_unix_ms(e.timestamp_ms);
+    events
+        .chunk_by(|a, b| day(a) == day(b))
+        .map(<[_]>::to_vec)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
