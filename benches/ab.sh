@@ -4,8 +4,11 @@
 # (closed loop), each run against a freshly started `serve` (CPU, --log none). Used to price a change
 # that has no off switch, e.g. online evaluation (issue 13): A = the commit before it, B = after.
 #
+# The two sides may also be one binary run two ways: SERVE_ARGS_A / SERVE_ARGS_B add `serve` flags
+# to one side (e.g. SERVE_ARGS_B="--canary-fraction 0.5" prices serving a canary).
+#
 # Usage: bash benches/ab.sh BIN_A BIN_B STORE MODEL LOG [OUT_DIR]
-# Knobs: ROUNDS (3), DURATION (20 s), CONCURRENCY (16), STRATEGY (gru).
+# Knobs: ROUNDS (3), DURATION (20 s), CONCURRENCY (16), STRATEGY (gru), SERVE_ARGS_A, SERVE_ARGS_B.
 set -euo pipefail
 a=$1 b=$2 store=$3 model=$4 log=$5 out=${6:-/tmp/ab-bench}
 rounds=${ROUNDS:-3}; duration=${DURATION:-20}; concurrency=${CONCURRENCY:-16}; strategy=${STRATEGY:-gru}
@@ -15,10 +18,11 @@ trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true' EXIT
 echo "== $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$rounds"); do
   for side in A B; do
-    bin=$a; [ "$side" = B ] && bin=$b
+    bin=$a; extra=${SERVE_ARGS_A:-}
+    [ "$side" = B ] && bin=$b && extra=${SERVE_ARGS_B:-}
     port=$((51200 + RANDOM % 1000)); mport=$((port + 1000))
     "$bin" serve --store "$store" --model "$model" --device cpu --listen "127.0.0.1:$port" \
-      --metrics-listen "127.0.0.1:$mport" --poll-interval 0 --log none >"$out/serve-$side-$r.log" 2>&1 &
+      --metrics-listen "127.0.0.1:$mport" --poll-interval 0 --log none $extra >"$out/serve-$side-$r.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$mport/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
     "$bin" load --target "127.0.0.1:$port" --data "$log" --duration "$duration" \
