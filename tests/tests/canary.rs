@@ -432,3 +432,46 @@ async fn a_canary_of_another_hidden_size_is_refused_and_not_retried() {
     assert_eq!(acks[0].model_version, v1);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_starts_promotes_and_ends_canaries_as_the_pointers_move() {
+    let (url, v1) = fresh_store("canary-poll").await;
+    let store = Store::open(&url).unwrap();
+    let server = lambdarec_server::start(lambdarec_server::ServeConfig {
+        canary_fraction: Some(0.2),
+        poll_interval: Some(std::time::Duration::from_millis(50)),
+        ..config(&url)
+    })
+    .await
+    .unwrap();
+    let mut c = client(server.local_addr()).await;
+    // Waits until ModelInfo shows `serving` and `canary`.
+    let mut until = async |serving: &str, canary: Option<&str>| {
+        for _ in 0..200 {
+            let info = model_info(&mut c).await;
+            if info.version == serving && info.canary.as_ref().map(|c| c.version.as_str()) == canary
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the server never served {serving} with canary {canary:?}");
+    };
+    let new = async |seed| {
+        let mut b = bundle_with(&random_weights(24, seed));
+        store.write_version(MODEL, &mut b, false).await.unwrap()
+    };
+    let (v2, v3) = (new(21).await, new(22).await);
+    store.set_canary(MODEL, &v2).await.unwrap();
+    until(&v1, Some(&v2)).await;
+    // `models promote`: LATEST moves to the canary, then CANARY goes.
+    store.set_latest(MODEL, &v2).await.unwrap();
+    until(&v2, None).await;
+    store.clear_canary(MODEL).await.unwrap();
+    store.set_canary(MODEL, &v3).await.unwrap();
+    until(&v2, Some(&v3)).await;
+    // `models rollback` with a canary running: CANARY goes, LATEST stays.
+    store.clear_canary(MODEL).await.unwrap();
+    until(&v2, None).await;
+    server.shutdown().await.unwrap();
+}
