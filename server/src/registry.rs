@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lambdarec_kernels::Dtype;
-use lambdarec_proto::bundle::{BundleError, Store, format_rfc3339_ms, now_unix_ms};
+use lambdarec_proto::bundle::{BundleError, Pointer, Store, format_rfc3339_ms, now_unix_ms};
 use lambdarec_trainer::TrainError;
 use lambdarec_trainer::blend::{SpeedLayer, Strategy};
 use lambdarec_trainer::pipeline::{LoadedModel, load_model, served_speed_layer};
@@ -311,22 +311,24 @@ impl Registry {
         }
     }
 
+    /// The version `pointer` names in the store.
+    async fn pointer(&self, pointer: Pointer) -> Result<Option<String>, BundleError> {
+        Store::open(&self.store)?
+            .pointer_version(&self.model, pointer)
+            .await
+    }
+
     async fn canary_pointer(&self) -> Result<Option<String>, RegistryError> {
-        let model = self.model.clone();
-        let canary = match Store::open(&self.store) {
-            Ok(store) => store.canary_version(&model).await,
-            Err(e) => Err(e),
-        };
-        canary.map_err(|source| RegistryError::Canary { model, source })
+        let canary = self.pointer(Pointer::Canary).await;
+        canary.map_err(|source| RegistryError::Canary {
+            model: self.model.clone(),
+            source,
+        })
     }
 
     async fn latest(&self) -> Result<String, RegistryError> {
         let model = self.model.clone();
-        let latest = match Store::open(&self.store) {
-            Ok(store) => store.latest_version(&model).await,
-            Err(e) => Err(e),
-        };
-        match latest {
+        match self.pointer(Pointer::Latest).await {
             Ok(Some(v)) => Ok(v),
             Ok(None) => Err(RegistryError::NoLatest {
                 model,

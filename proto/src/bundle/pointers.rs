@@ -53,9 +53,18 @@ impl FromStr for Pointer {
 }
 
 impl Store {
+    /// The version `pointer` names, or `None` if the model has no such pointer.
+    pub async fn pointer_version(
+        &self,
+        name: &str,
+        pointer: Pointer,
+    ) -> Result<Option<String>, BundleError> {
+        self.read_pointer(name, pointer.file_name()).await
+    }
+
     /// The version LATEST names, or `None` if the model has no LATEST.
     pub async fn latest_version(&self, name: &str) -> Result<Option<String>, BundleError> {
-        self.read_pointer(name, LATEST).await
+        self.pointer_version(name, Pointer::Latest).await
     }
 
     /// Points LATEST at an existing version (rollback or roll forward). Fails with NotFound if that
@@ -66,7 +75,7 @@ impl Store {
 
     /// The version CANARY names, or `None` if no canary runs.
     pub async fn canary_version(&self, name: &str) -> Result<Option<String>, BundleError> {
-        self.read_pointer(name, CANARY).await
+        self.pointer_version(name, Pointer::Canary).await
     }
 
     /// Points CANARY at an existing version (starts or replaces the canary). Fails with NotFound

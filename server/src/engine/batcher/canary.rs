@@ -140,33 +140,34 @@ impl CanaryArm {
         control_view: &ModelView,
         sessions: &mut SessionStore,
     ) {
-        if let (Some(ours), Some(theirs)) = (&self.speed.layer, &control.layer)
-            && ours.trend.half_life_s() == theirs.trend.half_life_s()
-            && !theirs.trend.is_empty()
-        {
-            let to_canary = &self.to_canary;
-            let (view, new) = (&self.view, &self.speed.new);
-            let trend = theirs.trend.remapped(|i| {
-                let j = to_canary.get(i as usize).copied().unwrap_or(NONE);
-                if j != NONE {
-                    return Some(j);
-                }
-                let id = control.new.name(i)?;
-                view.vocab.index(id).or_else(|| new.get(id))
-            });
-            if let Some(layer) = &mut self.speed.layer {
-                layer.trend = trend;
+        let same_rate = match (&self.speed.layer, &control.layer) {
+            (Some(ours), Some(theirs)) => {
+                ours.trend.half_life_s() == theirs.trend.half_life_s() && !theirs.trend.is_empty()
+            }
+            _ => false,
+        };
+        if same_rate {
+            // Every control index (catalogue and new items) in the canary's numbering, taking the
+            // new items the canary lacks as an event would.
+            let n = (control_view.n_items() + control.new.len()) as u32;
+            let index: Vec<Option<u32>> = {
+                let mut bridge = self.bridge(control, control_view, false);
+                (0..n).map(|i| bridge.cross(i)).collect()
+            };
+            if let (Some(ours), Some(theirs)) = (&mut self.speed.layer, &control.layer) {
+                ours.trend = theirs
+                    .trend
+                    .remapped(|i| index.get(i as usize).copied().flatten());
             }
         }
         for slot in sessions.lru_order() {
             let key = owner(sessions.key(slot).map_or("", |k| k));
             let from_canary = sessions.entry(slot).canary();
             let recent = sessions.entry_mut(slot).recent.make_contiguous();
-            let items: Vec<u32> = if from_canary {
+            let items = if from_canary {
                 recent.to_vec()
             } else {
-                let mut bridge = self.bridge(control, control_view, false);
-                recent.iter().filter_map(|&i| bridge.cross(i)).collect()
+                self.translate(false, control, control_view, recent.iter().copied())
             };
             if let Some(layer) = &mut self.speed.layer {
                 layer.knn.upsert(key, &items);
@@ -268,11 +269,12 @@ impl Batcher {
             if sessions.entry(slot).canary() == promote {
                 continue;
             }
-            let mut bridge = arm.bridge(&mut self.planner.speed, &control, !promote);
             let e = sessions.entry_mut(slot);
             // A waiting list names the other catalogue's items: it is not scored.
             e.pending = None;
-            e.recent = e.recent.iter().filter_map(|&i| bridge.cross(i)).collect();
+            let recent = e.recent.iter().copied();
+            let recent = arm.translate(!promote, &mut self.planner.speed, &control, recent);
+            e.recent = recent.into();
             moved += 1;
         }
         sessions.leave_canary();

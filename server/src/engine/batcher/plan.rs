@@ -628,7 +628,6 @@ impl Planner {
             (Some(c), true) => &c.view,
             _ => control,
         };
-        let version = view.version.clone();
         if (item as usize) < view.n_items() {
             let steps = if canary {
                 &mut self.plan.canary_events
@@ -643,7 +642,8 @@ impl Planner {
             let at = rank(&list.items, item);
             self.metrics.online(&list.version, list.strategy, at);
         }
-        self.sessions.record_event(slot, item, at_ms, &version, seq);
+        self.sessions
+            .record_event(slot, item, at_ms, &view.version, seq);
         let key = owner(self.sessions.key(slot).map_or("", |k| k));
         let recent = self.sessions.entry_mut(slot).recent.make_contiguous();
         let own = match (&mut self.canary, canary) {

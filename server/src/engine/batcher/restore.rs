@@ -120,7 +120,6 @@ impl Batcher {
                 self.planner.sessions.join_canary(slot);
                 recent = c.translate(false, &mut self.planner.speed, &view, recent);
                 n_items = c.view.n_items();
-                stats.canary += 1;
             }
             if reuse {
                 if let Err(e) = self.backend.write_state(slot, &s.hidden) {
@@ -154,6 +153,7 @@ impl Batcher {
                 (false, _) => Some(view.version.clone()),
             };
             stats.sessions += 1;
+            stats.canary += u64::from(in_canary);
         }
         let rebuilt = self.backend.reset_states(&resets).and_then(|()| {
             if !steps.is_empty() {
