@@ -116,8 +116,9 @@ pub(crate) fn decode(bytes: bytes::Bytes, path: &str) -> Result<ItemTable, Bundl
 
 /// The Arrow IPC reader trusts the sizes and offsets a file declares: one past the end panics
 /// (slicing) or allocates what it says (found by fuzzing, `fuzz/` target `bundle`). Checks the
-/// footer length, every block and every buffer of every batch against the bytes there are; what
-/// else is wrong with the file the reader reports itself.
+/// footer length, every block and every buffer of every batch against the bytes there are, that
+/// every column is flat, and that each of its offsets and values buffers holds whole values (the
+/// reader asserts that too, by panicking); what else is wrong with the file the reader reports itself.
 pub(crate) fn check_layout(b: &[u8]) -> Result<(), String> {
     let size = |v: i64| usize::try_from(v).ok();
     let tail = b
@@ -136,6 +137,28 @@ pub(crate) fn check_layout(b: &[u8]) -> Result<(), String> {
     let Ok(footer) = arrow::ipc::root_as_footer(&b[footer_at..tail]) else {
         return Ok(());
     };
+    // Per column, the byte multiple each of its buffers must be (after its validity bitmap).
+    let mut widths: Vec<(String, &'static [usize])> = Vec::new();
+    if let Some(Ok(schema)) = footer.schema().map(arrow::ipc::convert::try_fb_to_schema) {
+        for field in schema.fields() {
+            let w = buffer_widths(field.data_type()).ok_or_else(|| {
+                format!(
+                    "column {:?} is {}: bundle files hold flat columns only",
+                    field.name(),
+                    field.data_type()
+                )
+            })?;
+            widths.push((field.name().clone(), w));
+        }
+    }
+    let expected: Vec<(&str, usize)> = widths
+        .iter()
+        .flat_map(|(name, w)| {
+            std::iter::once(1)
+                .chain(w.iter().copied())
+                .map(|w| (name.as_str(), w))
+        })
+        .collect();
     let blocks = footer.recordBatches().into_iter().flatten();
     for block in blocks.chain(footer.dictionaries().into_iter().flatten()) {
         let (offset, meta, body) = (block.offset(), block.metaDataLength(), block.bodyLength());
@@ -159,13 +182,13 @@ pub(crate) fn check_layout(b: &[u8]) -> Result<(), String> {
         let Ok(message) = arrow::ipc::root_as_message(&message[skip..]) else {
             continue;
         };
-        let batch = message
-            .header_as_record_batch()
-            .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
-        for buffer in batch
+        let record = message.header_as_record_batch();
+        let batch = record.or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        for (k, buffer) in batch
             .and_then(|batch| batch.buffers())
             .into_iter()
             .flatten()
+            .enumerate()
         {
             let (at, len) = (buffer.offset(), buffer.length());
             let end = size(at)
@@ -176,9 +199,37 @@ pub(crate) fn check_layout(b: &[u8]) -> Result<(), String> {
                     "a buffer at {at} of {len} bytes does not fit in its block's {body}-byte body"
                 ));
             }
+            // The reader views offsets and values as typed slices and panics on a ragged end
+            // (found by fuzzing: a Utf8 column's offsets declared 31 bytes long).
+            if let (Some(_), Some(&(column, w))) = (record, expected.get(k))
+                && len % w as i64 != 0
+            {
+                return Err(format!(
+                    "a buffer of column {column:?} is {len} bytes, not a whole number of {w}-byte values"
+                ));
+            }
         }
     }
     Ok(())
+}
+
+/// The byte multiple of each buffer of a flat column of type `t` after its validity bitmap (1: any
+/// length); None for the types bundle files never hold (nested, dictionary, view and null columns).
+fn buffer_widths(t: &DataType) -> Option<&'static [usize]> {
+    Some(match t {
+        DataType::Utf8 | DataType::Binary => &[4, 1],
+        DataType::LargeUtf8 | DataType::LargeBinary => &[8, 1],
+        DataType::Boolean => &[1],
+        t => match t.primitive_width()? {
+            1 => &[1],
+            2 => &[2],
+            4 => &[4],
+            8 => &[8],
+            16 => &[16],
+            32 => &[32],
+            _ => return None,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -237,6 +288,45 @@ mod tests {
             matches!(&err, BundleError::Format { .. }) && err.to_string().contains("buffer at"),
             "{err}"
         );
+    }
+
+    /// Fuzzing (`fuzz/` target `bundle`) found that an item_id offsets buffer declared 31 bytes long
+    /// (not a whole number of 4-byte offsets) made the Arrow reader panic.
+    #[test]
+    fn a_ragged_offsets_buffer_is_an_error_not_a_panic() {
+        let items = table(&["i0", "i1", "i2", "i3", "i4", "i5"], &[5, 4, 3, 2, 1, 0]);
+        let mut bytes = encode(&items, "i").unwrap();
+        // The buffer table entry (offset 0, length 28) of the 7 offsets, followed by the data's.
+        let entry = [0i64.to_le_bytes(), 28i64.to_le_bytes()].concat();
+        let at = bytes
+            .windows(16)
+            .position(|w| w == entry.as_slice())
+            .expect("the offsets buffer's entry");
+        bytes[at + 8] = 31;
+        let err = decode(bytes.into(), "i").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a whole number of 4-byte values"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_nested_column_is_refused() {
+        use arrow::array::ListArray;
+        use arrow::datatypes::Int32Type;
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1)])]);
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "item_id",
+            list.data_type().clone(),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(list)]).unwrap();
+        let mut writer = FileWriter::try_new(Vec::new(), &schema).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let err = decode(writer.into_inner().unwrap().into(), "i").unwrap_err();
+        assert!(err.to_string().contains("flat columns only"), "{err}");
     }
 
     #[test]
