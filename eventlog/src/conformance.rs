@@ -66,6 +66,10 @@ pub const ALL: &[(&str, Test)] = &[
         "an_acknowledged_append_is_readable_at_once",
         an_acknowledged_append_is_readable_at_once,
     ),
+    (
+        "sessions_read_back_by_id_after_a_position",
+        sessions_read_back_by_id_after_a_position,
+    ),
 ];
 
 /// `n` varied records: events with and without client_seq, unicode ids, deletes in between.
@@ -367,4 +371,51 @@ pub fn an_acknowledged_append_is_readable_at_once(h: &mut dyn Harness) {
             "append {i} is read back by the very next batch"
         );
     }
+}
+
+/// A log that can be shared reads each session's records back, in order, from any position; one that
+/// cannot (the embedded log) says so with None.
+pub fn sessions_read_back_by_id_after_a_position(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let Some(mut sessions) = log.session_reader() else {
+        return;
+    };
+    let records = sample_records(60, "by-id");
+    let positions = log.append(&records).unwrap();
+    let written: Vec<(Position, LogRecord)> = positions.into_iter().zip(records).collect();
+    let of = |id: &str, after: Position| -> Vec<(Position, LogRecord)> {
+        let mine = written
+            .iter()
+            .filter(|(p, r)| r.session_id == id && *p > after);
+        mine.cloned().collect()
+    };
+    let (a, b) = (
+        written[0].1.session_id.clone(),
+        written[1].1.session_id.clone(),
+    );
+    let middle = written[30].0;
+    let queries = [(a.as_str(), 0), (b.as_str(), middle), ("never-seen", 0)];
+    let got = sessions.records_after(&queries).unwrap();
+    assert_eq!(got.len(), 3, "one answer per query");
+    assert!(!got[0].is_empty() && !got[1].is_empty());
+    assert_eq!(got[0], of(&a, 0), "all of a session's records, in order");
+    assert_eq!(
+        got[1],
+        of(&b, middle),
+        "only the records after the position"
+    );
+    assert!(got[2].is_empty(), "a session without records has none");
+    // A record appended now is read by the very next call.
+    let more = [event_record(
+        &a,
+        "item-new",
+        9_000,
+        9_001,
+        Some(999_999),
+        "v1",
+    )];
+    let p = log.append(&more).unwrap()[0];
+    let last = got[0].last().unwrap().0;
+    let again = sessions.records_after(&[(a.as_str(), last)]).unwrap();
+    assert_eq!(again[0], [(p, more[0].clone())]);
 }

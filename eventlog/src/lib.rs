@@ -121,7 +121,25 @@ pub trait EventLog: Send {
 
     /// Bytes of storage the log uses now (for the log-size metric).
     fn stored_bytes(&self) -> u64;
+
+    /// A reader of single sessions' records, for servers that share this log as replicas; None when
+    /// the log cannot be shared (the embedded log lives in one machine's directory).
+    fn session_reader(&self) -> Option<Box<dyn SessionReader>> {
+        None
+    }
 }
+
+/// Reads the records of given sessions, for replicas that share one log: a replica that receives a
+/// session it does not hold (or holds from before another replica served it) catches it up from here
+/// before answering (`serve --replica`).
+pub trait SessionReader: Send {
+    /// For each `(session_id, after)`, that session's records at positions after `after`, in order,
+    /// as durable at the time of the call. Every query is answered, or the call fails as a whole.
+    fn records_after(&mut self, queries: &[(&str, Position)]) -> Result<Vec<SessionRecords>>;
+}
+
+/// One session's records with their positions, oldest first.
+pub type SessionRecords = Vec<(Position, LogRecord)>;
 
 /// Reads a log in order from a position. Readers may run on other threads while the log appends.
 pub trait LogReader: Send {
@@ -148,6 +166,7 @@ pub fn event_record(
         received_ms,
         client_seq,
         model_version: model_version.to_string(),
+        ..LogRecord::default()
     }
 }
 
@@ -161,6 +180,7 @@ pub fn delete_record(session_id: &str, received_ms: i64, model_version: &str) ->
         received_ms,
         client_seq: None,
         model_version: model_version.to_string(),
+        ..LogRecord::default()
     }
 }
 

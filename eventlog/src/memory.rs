@@ -3,7 +3,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::{Bounds, EventLog, LogError, LogReader, LogRecord, Position, Result};
+use crate::{
+    Bounds, EventLog, LogError, LogReader, LogRecord, Position, Result, SessionReader,
+    SessionRecords,
+};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -100,6 +103,28 @@ impl EventLog for MemoryLog {
 
     fn stored_bytes(&self) -> u64 {
         self.storage.lock().bytes
+    }
+
+    fn session_reader(&self) -> Option<Box<dyn SessionReader>> {
+        Some(Box::new(self.storage.clone()))
+    }
+}
+
+/// A scan of the whole log per call: the memory log is for tests.
+impl SessionReader for MemoryStorage {
+    fn records_after(&mut self, queries: &[(&str, Position)]) -> Result<Vec<SessionRecords>> {
+        let g = self.lock();
+        let at = |i: usize| g.first + i as Position;
+        Ok(queries
+            .iter()
+            .map(|&(id, after)| {
+                let records = g.records.iter().enumerate();
+                records
+                    .filter(|&(i, r)| at(i) > after && r.session_id == id)
+                    .map(|(i, r)| (at(i), r.clone()))
+                    .collect()
+            })
+            .collect())
     }
 }
 

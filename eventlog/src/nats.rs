@@ -25,6 +25,7 @@
 
 mod reader;
 mod runtime;
+mod sessions;
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 
+use crate::SessionReader;
 use crate::{Bounds, EventLog, LogError, LogReader, LogRecord, OpenOptions, Position, RecordKind};
 use crate::{Result, encode, session_hash};
 use runtime::Runtime;
@@ -277,6 +279,15 @@ impl EventLog for JetStreamLog {
     fn stored_bytes(&self) -> u64 {
         let _ = self.info(self.op_timeout.min(Duration::from_secs(1)));
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn session_reader(&self) -> Option<Box<dyn SessionReader>> {
+        Some(Box::new(sessions::JetStreamSessions {
+            at: self.at.clone(),
+            stream: self.stream.clone(),
+            op_timeout: self.op_timeout,
+            rt: self.rt.clone(),
+        }))
     }
 }
 
