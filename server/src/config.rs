@@ -200,6 +200,10 @@ pub struct ServeConfig {
     pub log_segment_bytes: u64,
     /// Directory of session snapshots (with a log); None: recovery replays the whole retained log.
     pub snapshot_dir: Option<PathBuf>,
+    /// One of several replicas sharing the event log: sessions are caught up from the log before
+    /// they are served, nothing is replayed at start-up, and the log is never released (see
+    /// `docs/replicas.md`). Needs a log that can be shared (JetStream, or memory in tests).
+    pub replica: bool,
     /// How often the sessions are snapshotted; None: only at a graceful stop.
     pub snapshot_interval: Option<Duration>,
     /// Copy the log's events into `<store>/events` (the master dataset the trainer reads); None:
@@ -232,6 +236,7 @@ impl Default for ServeConfig {
             log: LogConfig::None,
             log_segment_bytes: 64 << 20,
             snapshot_dir: None,
+            replica: false,
             snapshot_interval: Some(Duration::from_secs(60)),
             archive: None,
             security: SecurityConfig::default(),

@@ -208,6 +208,13 @@ pub struct Metrics {
     pub archive_bytes: Counter,
     /// Archive batches that failed (and were retried).
     pub archive_errors: Counter,
+    /// Replicas: seconds per catch-up read of a batch's sessions from the shared log.
+    pub handoff_seconds: Histogram,
+    /// Replicas: sessions caught up from the shared log because this replica did not hold them
+    /// (`[0]`, moved here) or held them behind records another replica wrote (`[1]`).
+    pub handoff_sessions: [Counter; 2],
+    /// Replicas: records applied from the shared log by catch-ups.
+    pub handoff_records: Counter,
     /// Connections, TLS, tokens and resource limits.
     pub security: SecurityMetrics,
 }
@@ -393,8 +400,34 @@ impl Metrics {
             "Archive batches that failed (each is retried)",
             archive_errors.clone(),
         );
+        let handoff_seconds = Histogram::new(LATENCY_BOUNDS);
+        r.register(
+            "handoff_seconds",
+            "Replicas: seconds per read of a batch's sessions from the shared event log",
+            handoff_seconds.clone(),
+        );
+        let handoff_family = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        r.register(
+            "handoff_sessions",
+            "Replicas: sessions caught up from the shared event log, by why (moved: not held here; behind: another replica wrote to it)",
+            handoff_family.clone(),
+        );
+        let handoff_sessions = ["moved", "behind"].map(|why| {
+            handoff_family
+                .get_or_create(&vec![("why", why)])
+                .clone()
+        });
+        let handoff_records = Counter::default();
+        r.register(
+            "handoff_records",
+            "Replicas: records applied from the shared event log by catch-ups",
+            handoff_records.clone(),
+        );
         let security = SecurityMetrics::register(&mut r);
         Metrics {
+            handoff_seconds,
+            handoff_sessions,
+            handoff_records,
             registry: r,
             requests,
             latency,

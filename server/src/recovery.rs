@@ -38,6 +38,11 @@ pub enum RecoveryError {
     },
     #[error("cannot apply the event log")]
     Apply(#[source] EngineError),
+    #[error(
+        "--replica needs an event log the replicas share, such as nats://HOST:PORT/STREAM; {url} is \
+         local to one server"
+    )]
+    NotShared { url: String },
 }
 
 /// What recovery will restore and replay once the engine runs.
@@ -97,6 +102,9 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
         source,
     };
     let bounds = log.bounds().map_err(open_err)?;
+    if config.replica {
+        return replica(config, url, log, bounds).map(Some);
+    }
     let snapshots = match &config.snapshot_dir {
         Some(dir) => Some(SnapshotStore::open(dir).map_err(RecoveryError::Snapshots)?),
         None => None,
@@ -147,6 +155,7 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
         snapshots,
         last: bounds.next - 1,
         status,
+        replica: None,
     };
     let pending = Pending {
         snapshot,
@@ -156,6 +165,64 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
         whole,
     };
     Ok(Some((setup, pending)))
+}
+
+/// A replica's start: nothing to restore or replay (each session is caught up from the shared log
+/// when a request for it first arrives), no snapshots, and no releases of the shared log.
+fn replica(
+    config: &ServeConfig,
+    url: String,
+    log: Box<dyn EventLog>,
+    bounds: lambdarec_eventlog::Bounds,
+) -> Result<(LogSetup, Pending), RecoveryError> {
+    let Some(sessions) = log.session_reader() else {
+        return Err(RecoveryError::NotShared { url });
+    };
+    let open_err = |source| RecoveryError::Open {
+        url: url.clone(),
+        source,
+    };
+    let reader = log.reader(bounds.next).map_err(open_err)?;
+    let writer = replica_name(config);
+    info!(
+        log = %log.describe(), first = bounds.first, next = bounds.next, writer = %writer,
+        "event log opened as a replica: sessions are caught up from it on demand"
+    );
+    if config.snapshot_dir.is_some() {
+        info!("replicas take no snapshots: the shared log holds every session");
+    }
+    let setup = LogSetup {
+        log,
+        snapshots: None,
+        last: bounds.next - 1,
+        // Nothing archives through a replica and nothing is released: the stream's own limits
+        // (max age) bound it.
+        status: Arc::new(LogStatus::default()),
+        replica: Some((sessions, writer)),
+    };
+    let pending = Pending {
+        snapshot: None,
+        reader,
+        from: bounds.next,
+        end: bounds.next,
+        whole: None,
+    };
+    Ok((setup, pending))
+}
+
+/// This server's name in the records it writes: its listen port, process id and start time, so
+/// that a restarted replica is a new writer.
+fn replica_name(config: &ServeConfig) -> Arc<str> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!(
+        "{}-{}-{:x}",
+        config.listen.port(),
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    );
+    Arc::from(name)
 }
 
 /// The newest snapshot that reads back intact and that the log continues (its position is at or

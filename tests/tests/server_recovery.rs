@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lambdarec_eventlog::memory::MemoryStorage;
-use lambdarec_proto::v1::recommender_client::RecommenderClient;
 use lambdarec_proto::v1::{
-    DeleteSessionRequest, GetSessionRequest, RecommendRequest, SessionEvent,
+    DeleteSessionRequest, SessionEvent,
 };
 use lambdarec_server::{LogConfig, RunningServer, ServeConfig};
-use server_common::{base, client, config, fresh_store, random_weights, send_events};
-use tonic::transport::Channel;
+use server_common::{
+    View, assert_same, base, client, config, fresh_store, random_weights, send_events, views,
+};
 
 fn logged(store: &str, log: &MemoryStorage, snapshots: &std::path::Path) -> ServeConfig {
     ServeConfig {
@@ -56,71 +56,6 @@ fn workload(n: usize, tag: &str) -> Vec<SessionEvent> {
         }
     }
     out
-}
-
-/// What a server holds for a session: (events, recent items, top-10 (item, score)).
-type View = (u64, Vec<String>, Vec<(String, f32)>);
-
-async fn view_of(c: &mut RecommenderClient<Channel>, session: &str) -> Option<View> {
-    let info = match c
-        .get_session(GetSessionRequest {
-            session_id: session.into(),
-        })
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) if s.code() == tonic::Code::NotFound => return None,
-        Err(s) => panic!("GetSession {session}: {s}"),
-    };
-    let rec = c
-        .recommend(RecommendRequest {
-            session_id: session.into(),
-            k: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let top = rec
-        .items
-        .into_iter()
-        .map(|i| (i.item_id, i.score))
-        .collect();
-    Some((info.events, info.recent_items, top))
-}
-
-async fn views(
-    c: &mut RecommenderClient<Channel>,
-    ids: &[String],
-) -> HashMap<String, Option<View>> {
-    let mut out = HashMap::new();
-    for id in ids {
-        out.insert(id.clone(), view_of(c, id).await);
-    }
-    out
-}
-
-/// Same events and recent items; the same top-10 up to float noise (an item may trade places only
-/// with one of an equal score).
-fn assert_same(got: &HashMap<String, Option<View>>, want: &HashMap<String, Option<View>>) {
-    for (id, w) in want {
-        let g = &got[id];
-        match (g, w) {
-            (None, None) => {}
-            (Some((ge, gr, gt)), Some((we, wr, wt))) => {
-                assert_eq!((ge, gr), (we, wr), "session {id}: events and recent items");
-                assert_eq!(gt.len(), wt.len(), "session {id}");
-                for (rank, (a, b)) in gt.iter().zip(wt).enumerate() {
-                    let close = (a.1 - b.1).abs() <= 1e-4 * b.1.abs().max(1.0);
-                    assert!(
-                        close && (a.0 == b.0 || (a.1 - b.1).abs() <= 1e-6),
-                        "session {id} rank {rank}: {a:?} vs {b:?}"
-                    );
-                }
-            }
-            _ => panic!("session {id}: present on one server only: {g:?} vs {w:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

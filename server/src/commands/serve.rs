@@ -97,6 +97,13 @@ pub struct ServeArgs {
     /// Most log records per archive batch (one Parquet file per day of the batch's events).
     #[arg(long, env = "LAMBDAREC_ARCHIVE_MAX_RECORDS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub archive_max_records: u64,
+    /// Run as one of several replicas behind a proxy that routes calls by their `x-session-id`
+    /// header (deploy/haproxy): the replicas share one event log (`--log nats://...`), and a session
+    /// that moves between them (a replica dies, is drained, or joins) is caught up from that log
+    /// before it is served. Replicas replay nothing at start-up, take no snapshots and do not
+    /// archive (run one `lambdarec archive` for the shared log); see docs/replicas.md.
+    #[arg(long, env = "LAMBDAREC_REPLICA")]
+    pub replica: bool,
     /// Exactly-once window: the client_seqs remembered per session; an event re-sent with one of them
     /// is acknowledged again (duplicate = true) and not applied twice.
     #[arg(long, env = "LAMBDAREC_DEDUP_WINDOW", default_value_t = 64)]
@@ -287,7 +294,23 @@ impl ServeArgs {
             "none" => LogConfig::None,
             url => LogConfig::Url(url.to_string()),
         };
+        if self.replica {
+            if !self.event_log.starts_with("nats://") {
+                anyhow::bail!(
+                    "--replica needs the event log the replicas share: --log nats://HOST:PORT/STREAM, \
+                     not {:?}",
+                    self.event_log
+                );
+            }
+            if self.snapshot_dir.is_some() {
+                anyhow::bail!(
+                    "--snapshot-dir is not used with --replica: a replica rebuilds its sessions from \
+                     the shared log"
+                );
+            }
+        }
         let snapshot_dir = match &log {
+            _ if self.replica => None,
             LogConfig::None => None,
             _ => Some(
                 self.snapshot_dir
@@ -324,8 +347,9 @@ impl ServeArgs {
             log,
             log_segment_bytes: self.log_segment_bytes,
             snapshot_dir,
+            replica: self.replica,
             snapshot_interval: (!snapshot_every.is_zero()).then_some(snapshot_every),
-            archive: (!archive_every.is_zero()).then_some(ArchiveOptions {
+            archive: (!archive_every.is_zero() && !self.replica).then_some(ArchiveOptions {
                 max_records: self.archive_max_records as usize,
                 interval: archive_every,
             }),

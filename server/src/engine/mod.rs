@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lambdarec_eventlog::{EventLog, LogRecord, Position};
+use lambdarec_eventlog::{EventLog, LogRecord, Position, SessionReader};
 use lambdarec_kernels::{Backend, ModelWeights};
 use lambdarec_trainer::blend::SpeedLayer;
 use tokio::sync::oneshot;
@@ -61,6 +61,9 @@ pub struct LogSetup {
     pub last: Position,
     /// Shared with the archiver (its `archived` position) and the server.
     pub status: Arc<LogStatus>,
+    /// Replicas (`serve --replica`): the shared log's per-session reader and this server's name in
+    /// the records it writes.
+    pub replica: Option<(Box<dyn SessionReader>, Arc<str>)>,
 }
 
 /// Settings of the engine (a subset of [`ServeConfig`]).
@@ -129,12 +132,16 @@ impl Engine {
             recovering: AtomicBool::new(log.is_some()),
             log: log.as_ref().map(|l| l.status.clone()),
         });
-        let journal = match log {
-            Some(l) => Some(
-                Journal::start(l.log, l.snapshots, shared.clone(), l.status, l.last)
-                    .map_err(DeviceError::Thread)?,
-            ),
-            None => None,
+        let (journal, handoff) = match log {
+            Some(l) => {
+                let handoff = l
+                    .replica
+                    .map(|(reader, writer)| batcher::handoff::Handoff { reader, writer });
+                let journal = Journal::start(l.log, l.snapshots, shared.clone(), l.status, l.last)
+                    .map_err(DeviceError::Thread)?;
+                (Some(journal), handoff)
+            }
+            None => (None, None),
         };
         let (tx, rx) = mpsc::channel();
         let (opened_tx, opened_rx) = mpsc::sync_channel(1);
@@ -145,7 +152,8 @@ impl Engine {
             .spawn(move || match open() {
                 Ok(backend) => {
                     let _ = opened_tx.send(Ok(backend.device()));
-                    batcher::Batcher::new(backend, thread_config, thread_shared, journal).run(rx);
+                    batcher::Batcher::new(backend, thread_config, thread_shared, journal, handoff)
+                        .run(rx);
                 }
                 Err(e) => {
                     let _ = opened_tx.send(Err(e));

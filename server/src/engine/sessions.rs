@@ -43,6 +43,12 @@ pub struct Entry {
     /// Served by the canary arm (items numbered by the canary's catalogue, states stepped by its
     /// model); set only through [`SessionStore::join_canary`], so the count stays exact.
     canary: bool,
+    /// Replicas (`serve --replica`): every record of the session in the shared log up to this
+    /// position is reflected in the entry (0: none read yet).
+    pub log_floor: u64,
+    /// Replicas: the writer_seq this server's next record had when the entry was created; its own
+    /// records from then on are in the entry already (they were applied before they were logged).
+    pub own_from: u64,
 }
 
 impl Entry {
@@ -109,6 +115,8 @@ impl SessionStore {
                 owner: None,
                 pending: None,
                 canary: false,
+                log_floor: 0,
+                own_from: 0,
             })
             .collect();
         SessionStore {
@@ -213,6 +221,8 @@ impl SessionStore {
         e.touched = now;
         e.owner = owner.cloned();
         e.pending = None;
+        e.log_floor = 0;
+        e.own_from = 0;
         if let Some(owner) = owner {
             *self.owned.entry(owner.clone()).or_insert(0) += 1;
         }

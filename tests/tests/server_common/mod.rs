@@ -252,3 +252,68 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .unwrap();
     out
 }
+
+/// What a server holds for a session: (events, recent items, top-10 (item, score)).
+pub type View = (u64, Vec<String>, Vec<(String, f32)>);
+
+pub async fn view_of(c: &mut RecommenderClient<Channel>, session: &str) -> Option<View> {
+    let info = match c
+        .get_session(lambdarec_proto::v1::GetSessionRequest {
+            session_id: session.into(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => return None,
+        Err(s) => panic!("GetSession {session}: {s}"),
+    };
+    let rec = c
+        .recommend(lambdarec_proto::v1::RecommendRequest {
+            session_id: session.into(),
+            k: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let top = rec
+        .items
+        .into_iter()
+        .map(|i| (i.item_id, i.score))
+        .collect();
+    Some((info.events, info.recent_items, top))
+}
+
+pub async fn views(
+    c: &mut RecommenderClient<Channel>,
+    ids: &[String],
+) -> std::collections::HashMap<String, Option<View>> {
+    let mut out = std::collections::HashMap::new();
+    for id in ids {
+        out.insert(id.clone(), view_of(c, id).await);
+    }
+    out
+}
+
+/// Same events and recent items; the same top-10 up to float noise (an item may trade places only
+/// with one of an equal score).
+pub fn assert_same(got: &std::collections::HashMap<String, Option<View>>, want: &std::collections::HashMap<String, Option<View>>) {
+    for (id, w) in want {
+        let g = &got[id];
+        match (g, w) {
+            (None, None) => {}
+            (Some((ge, gr, gt)), Some((we, wr, wt))) => {
+                assert_eq!((ge, gr), (we, wr), "session {id}: events and recent items");
+                assert_eq!(gt.len(), wt.len(), "session {id}");
+                for (rank, (a, b)) in gt.iter().zip(wt).enumerate() {
+                    let close = (a.1 - b.1).abs() <= 1e-4 * b.1.abs().max(1.0);
+                    assert!(
+                        close && (a.0 == b.0 || (a.1 - b.1).abs() <= 1e-6),
+                        "session {id} rank {rank}: {a:?} vs {b:?}"
+                    );
+                }
+            }
+            _ => panic!("session {id}: present on one server only: {g:?} vs {w:?}"),
+        }
+    }
+}

@@ -18,6 +18,7 @@ use super::{EngineConfig, EngineError, Envelope, Job, ModelView, Msg, Shared};
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 mod canary;
+pub(in crate::engine) mod handoff;
 mod install;
 pub(super) mod plan;
 mod restore;
@@ -47,6 +48,8 @@ pub(super) struct Batcher {
     last_snapshot: Instant,
     /// Records committed since the last snapshot (no snapshot is taken when nothing changed).
     changes: u64,
+    /// Replicas sharing the log: sessions are caught up from it before they are served.
+    handoff: Option<handoff::Handoff>,
 }
 
 impl Batcher {
@@ -55,11 +58,14 @@ impl Batcher {
         config: EngineConfig,
         shared: Arc<Shared>,
         journal: Option<Journal>,
+        handoff: Option<handoff::Handoff>,
     ) -> Self {
         let now = Instant::now();
+        let mut planner = Planner::new(&config, journal.is_some(), now, shared.metrics.clone());
+        planner.writer = handoff.as_ref().map(|h| h.writer.clone());
         Batcher {
             backend,
-            planner: Planner::new(&config, journal.is_some(), now, shared.metrics.clone()),
+            planner,
             active: None,
             warming: None,
             last_sweep: now,
@@ -68,6 +74,7 @@ impl Batcher {
             journal,
             last_snapshot: now,
             changes: 0,
+            handoff,
         }
     }
 
@@ -192,6 +199,10 @@ impl Batcher {
             model,
             view: &view,
         };
+        let floors = self.handoff.as_mut().map(|h| {
+            let metrics = &self.shared.metrics;
+            h.catch_up(&mut self.planner, metrics, &mut x, batch, (started, now_ms))
+        });
         for env in batch.drain(..) {
             // Checked again here: gathering a batch takes up to max_wait, and a batch that had to
             // flush several times may have taken longer.
@@ -204,6 +215,9 @@ impl Batcher {
             }
         }
         self.planner.flush(&mut x);
+        if let Some(floors) = floors {
+            handoff::set_floors(&mut self.planner.sessions, floors, started);
+        }
         self.planner.speed.publish();
         self.commit();
         let micros = started.elapsed().as_micros() as u64;

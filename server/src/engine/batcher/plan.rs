@@ -171,6 +171,10 @@ pub(super) struct Planner {
     pub(in crate::engine) canary: Option<CanaryArm>,
     /// Online evaluation is recorded here.
     metrics: Arc<Metrics>,
+    /// Replicas (`serve --replica`): this server's name in the records it writes, and the
+    /// writer_seq of its next record.
+    pub(super) writer: Option<Arc<str>>,
+    pub(super) writer_seq: u64,
 }
 
 impl Planner {
@@ -205,7 +209,25 @@ impl Planner {
             speed: Speed::new(config.speed.clone(), stats),
             canary: None,
             metrics,
+            writer: None,
+            writer_seq: 0,
         }
+    }
+
+    /// A record for the log, stamped with this replica's name and sequence when it is one.
+    fn stamp(&mut self, mut record: LogRecord) -> LogRecord {
+        if let Some(writer) = &self.writer {
+            record.writer = writer.to_string();
+            record.writer_seq = self.writer_seq;
+            self.writer_seq += 1;
+        }
+        record
+    }
+
+    /// Queues a record with the plan's work (it is logged once the plan has run).
+    fn log(&mut self, record: LogRecord) {
+        let record = self.stamp(record);
+        self.plan.records.push(record);
     }
 
     /// Whether the canary serves `session_id`: a live session's own arm, else (a session created
@@ -280,10 +302,8 @@ impl Planner {
                 let existed = self.sessions.remove(&session_id);
                 self.forget(&session_id);
                 if self.logging {
-                    let version = &x.view.version;
-                    self.out
-                        .records
-                        .push(delete_record(&session_id, now_ms, version));
+                    let r = self.stamp(delete_record(&session_id, now_ms, &x.view.version));
+                    self.out.records.push(r);
                 }
                 self.out.held.push(Held::Deleted(reply, existed));
             }
@@ -351,7 +371,7 @@ impl Planner {
         self.push_event(x.view, slot, item, at_ms, req.client_seq);
         if self.logging {
             // The request's strings move into the record: nothing else needs them now.
-            self.plan.records.push(LogRecord {
+            self.log(LogRecord {
                 kind: RecordKind::Event.into(),
                 session_id: req.session_id,
                 item_id: req.item_id,
@@ -359,6 +379,7 @@ impl Planner {
                 received_ms: now_ms,
                 client_seq: req.client_seq,
                 model_version: view.version.to_string(),
+                ..LogRecord::default()
             });
         }
         let outcome = EventOutcome {
@@ -402,7 +423,7 @@ impl Planner {
                 self.push_event(x.view, slot, item, now_ms, None);
                 if self.logging {
                     let r = event_record(&req.session_id, id, now_ms, now_ms, None, &view.version);
-                    self.plan.records.push(r);
+                    self.log(r);
                 }
             }
             (slot, self.sessions.entry(slot).events)
@@ -513,7 +534,7 @@ impl Planner {
     /// Applies logged records again (recovery), through the same session bookkeeping as live events
     /// but without logging them again. A session is dated by when its records were received, so that
     /// sessions idle past the TTL expire as they would have.
-    fn plan_replay(
+    pub(super) fn plan_replay(
         &mut self,
         x: &mut Exec<'_>,
         records: Vec<(Position, LogRecord)>,
@@ -592,6 +613,7 @@ impl Planner {
         if let Some(cause) = evicted {
             debug!(?cause, slot, "evicted a session");
         }
+        self.sessions.entry_mut(slot).own_from = self.writer_seq;
         if canary {
             self.sessions.join_canary(slot);
         }
@@ -719,7 +741,7 @@ impl Planner {
             if let Some(key) = self.sessions.key(ev.slot).cloned() {
                 self.sessions.remove_slot(ev.slot);
                 if self.logging {
-                    let r = delete_record(&key, now_ms, &x.view.version);
+                    let r = self.stamp(delete_record(&key, now_ms, &x.view.version));
                     self.out.records.push(r);
                 }
             }

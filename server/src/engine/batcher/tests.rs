@@ -158,7 +158,7 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
         let status = Arc::new(LogStatus::default());
         Journal::start(log, None, shared.clone(), status, 0).unwrap()
     });
-    let mut batcher = Batcher::new(Box::new(fake), config, shared.clone(), journal);
+    let mut batcher = Batcher::new(Box::new(fake), config, shared.clone(), journal, None);
     let ids: Vec<String> = (0..5).map(|i| format!("i{i}")).collect();
     let view = ModelView {
         generation: 1,
