@@ -204,6 +204,9 @@ pub struct ServeConfig {
     /// they are served, nothing is replayed at start-up, and the log is never released (see
     /// `docs/replicas.md`). Needs a log that can be shared (JetStream, or memory in tests).
     pub replica: bool,
+    /// On a graceful stop, how long the server keeps serving after its health turns NOT_SERVING,
+    /// so that a proxy's health checks take it out before it stops accepting.
+    pub drain_grace: Duration,
     /// How often the sessions are snapshotted; None: only at a graceful stop.
     pub snapshot_interval: Option<Duration>,
     /// Copy the log's events into `<store>/events` (the master dataset the trainer reads); None:
@@ -237,6 +240,7 @@ impl Default for ServeConfig {
             log_segment_bytes: 64 << 20,
             snapshot_dir: None,
             replica: false,
+            drain_grace: Duration::ZERO,
             snapshot_interval: Some(Duration::from_secs(60)),
             archive: None,
             security: SecurityConfig::default(),

@@ -412,11 +412,8 @@ impl Metrics {
             "Replicas: sessions caught up from the shared event log, by why (moved: not held here; behind: another replica wrote to it)",
             handoff_family.clone(),
         );
-        let handoff_sessions = ["moved", "behind"].map(|why| {
-            handoff_family
-                .get_or_create(&vec![("why", why)])
-                .clone()
-        });
+        let handoff_sessions = ["moved", "behind"]
+            .map(|why| handoff_family.get_or_create(&vec![("why", why)]).clone());
         let handoff_records = Counter::default();
         r.register(
             "handoff_records",

@@ -283,6 +283,12 @@ pub async fn run(
     if let Some(s) = snapshot {
         report.restored = engine.restore(s).await.map_err(RecoveryError::Apply)?;
     }
+    if from >= end {
+        // Nothing was in the log after the snapshot when it was opened. (On a replica, others may
+        // append meanwhile: their sessions are caught up when requested, never replayed here,
+        // where a session could be built from a part of its records.)
+        return Ok(finish(engine, report, started, metrics, from, end));
+    }
     let (tx, mut rx) = mpsc::channel(2);
     // Reading is blocking I/O (files, or JetStream through the log's own runtime): a thread of its
     // own reads ahead while the engine applies the previous batch.
@@ -309,6 +315,18 @@ pub async fn run(
         r.last_position = stats.last_position.or(r.last_position);
     }
     let _ = read_thread.join();
+    Ok(finish(engine, report, started, metrics, from, end))
+}
+
+/// Records what recovery did and admits requests.
+fn finish(
+    engine: &Engine,
+    mut report: RecoveryReport,
+    started: Instant,
+    metrics: &Metrics,
+    from: Position,
+    end: Position,
+) -> RecoveryReport {
     report.took = started.elapsed();
     metrics.replay_millis.set(report.took.as_millis() as u64);
     metrics.replay_events.set(report.replayed.events);
@@ -329,7 +347,7 @@ pub async fn run(
             "replayed events name items the serving model does not know; they were skipped"
         );
     }
-    Ok(report)
+    report
 }
 
 type Batch = Result<Vec<(Position, LogRecord)>, (Position, LogError)>;

@@ -80,6 +80,8 @@ pub struct RunningServer {
     registry: Arc<Registry>,
     readiness: Arc<Readiness>,
     security: Arc<Security>,
+    /// How long a stop keeps serving after health turns NOT_SERVING (`--drain-grace`).
+    drain_grace: Duration,
 }
 
 /// Starts everything on the backend `config.device` selects and returns once the gRPC port is bound.
@@ -255,6 +257,7 @@ pub async fn start_with_backend(
         registry,
         readiness,
         security,
+        drain_grace: config.drain_grace,
     })
 }
 
@@ -389,10 +392,20 @@ impl RunningServer {
         self.readiness.not_serving_reason()
     }
 
-    /// Stops accepting, lets in-flight RPCs finish (event streams stop reading and answer what they
+    /// Reports NOT_SERVING, serves on for `--drain-grace` (so a proxy moves new calls away), then
+    /// stops accepting, lets in-flight RPCs finish (event streams stop reading and answer what they
     /// accepted), then stops the batcher, which snapshots the sessions and makes the log durable.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.readiness.stopping().await;
+        if !self.drain_grace.is_zero() {
+            // A proxy that health-checks this replica takes it out within its check interval; until
+            // then every call is still served, so only calls that outlast the grace see the stop.
+            info!(
+                grace_ms = self.drain_grace.as_millis() as u64,
+                "draining: health is NOT_SERVING; serving on until the grace has passed"
+            );
+            tokio::time::sleep(self.drain_grace).await;
+        }
         if let Some(r) = &self.recovery {
             r.abort();
         }

@@ -11,9 +11,7 @@ use std::time::Duration;
 use lambdarec_eventlog::memory::MemoryStorage;
 use lambdarec_proto::v1::{DeleteSessionRequest, GetSessionRequest, SessionEvent};
 use lambdarec_server::{LogConfig, RunningServer, ServeConfig};
-use server_common::{
-    assert_same, base, client, config, fresh_store, http_get, send_events, views,
-};
+use server_common::{assert_same, base, client, config, fresh_store, http_get, send_events, views};
 
 async fn start(config: ServeConfig) -> RunningServer {
     let server = lambdarec_server::start(config).await.unwrap();
@@ -40,7 +38,13 @@ fn replica(store: &str, log: &MemoryStorage) -> ServeConfig {
 fn legs(n: usize) -> [Vec<SessionEvent>; 3] {
     let b = base();
     let mut out: [Vec<SessionEvent>; 3] = Default::default();
-    for (i, s) in b.sessions.iter().filter(|s| s.len() >= 3).take(n).enumerate() {
+    for (i, s) in b
+        .sessions
+        .iter()
+        .filter(|s| s.len() >= 3)
+        .take(n)
+        .enumerate()
+    {
         let cut = [s.len() / 3, 2 * s.len() / 3];
         for (step, &item) in s.iter().enumerate() {
             let leg = cut.iter().filter(|&&c| step >= c).count();
@@ -92,7 +96,10 @@ async fn a_session_that_moves_between_replicas_is_caught_up_before_it_is_answere
         .collect();
     assert!(!resent.is_empty());
     let acks = send_events(&mut cb, resent).await;
-    assert!(acks.iter().all(|a| a.duplicate), "re-sent events are duplicates");
+    assert!(
+        acks.iter().all(|a| a.duplicate),
+        "re-sent events are duplicates"
+    );
     assert_same(&views(&mut cb, &ids).await, &want);
 
     // A delete on B is seen by A.
@@ -119,7 +126,11 @@ async fn a_session_that_moves_between_replicas_is_caught_up_before_it_is_answere
         (&metrics_a, "handoff_records_total", second.len() + 1),
         (&metrics_b, "handoff_sessions_total{why=\"moved\"}", 24),
         (&metrics_b, "handoff_sessions_total{why=\"behind\"}", 24),
-        (&metrics_b, "handoff_records_total", first.len() + third.len()),
+        (
+            &metrics_b,
+            "handoff_records_total",
+            first.len() + third.len(),
+        ),
     ];
     for (text, series, want) in expect {
         let line = format!("lambdarec_{series} {want}");

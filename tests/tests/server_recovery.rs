@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lambdarec_eventlog::memory::MemoryStorage;
-use lambdarec_proto::v1::{
-    DeleteSessionRequest, SessionEvent,
-};
+use lambdarec_proto::v1::{DeleteSessionRequest, SessionEvent};
 use lambdarec_server::{LogConfig, RunningServer, ServeConfig};
 use server_common::{
     View, assert_same, base, client, config, fresh_store, random_weights, send_events, views,

@@ -92,6 +92,17 @@ pub struct LoadArgs {
     /// blend only with sessions replayed one at a time: --concurrency 1 --connections 1.
     #[arg(long, value_parser = super::serve::parse_strategy)]
     pub strategy: Option<blend::Strategy>,
+    /// Send each session's events on a StreamEvents call of its own instead of sharing one per
+    /// connection, so that a proxy routing by session (x-session-id, sent on every call) sends all
+    /// of a session's calls to one replica; see deploy/haproxy.
+    #[arg(long)]
+    pub route_sessions: bool,
+    /// Retry a call that failed because the server (or the replica behind a proxy) went away, up to
+    /// this many times with backoff; an event is re-sent with its client_seq, so it is applied once.
+    /// Retried attempts are reported apart from errors. Events are retried only with
+    /// --route-sessions (a shared stream that broke is gone for all its sessions).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub retries: u32,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -176,6 +187,8 @@ impl LoadArgs {
                 Some(blend::Strategy::Trending) => Strategy::Trending,
                 Some(blend::Strategy::Blend) => Strategy::Blend,
             },
+            route_sessions: self.route_sessions,
+            retries: self.retries,
             ..LoadOptions::default()
         })
     }

@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// archive (run one `lambdarec archive` for the shared log); see docs/replicas.md.
     #[arg(long, env = "LAMBDAREC_REPLICA")]
     pub replica: bool,
+    /// Seconds a graceful stop (SIGTERM, ctrl-c) keeps serving after health turns NOT_SERVING,
+    /// before it stops accepting calls: at least the proxy's time to mark a replica down (two
+    /// health checks; 1 s with deploy/haproxy), so that no new call reaches a stopping replica.
+    #[arg(long, env = "LAMBDAREC_DRAIN_GRACE", default_value_t = 0.0)]
+    pub drain_grace: f64,
     /// Exactly-once window: the client_seqs remembered per session; an event re-sent with one of them
     /// is acknowledged again (duplicate = true) and not applied twice.
     #[arg(long, env = "LAMBDAREC_DEDUP_WINDOW", default_value_t = 64)]
@@ -348,6 +353,7 @@ impl ServeArgs {
             log_segment_bytes: self.log_segment_bytes,
             snapshot_dir,
             replica: self.replica,
+            drain_grace: seconds("--drain-grace", self.drain_grace)?,
             snapshot_interval: (!snapshot_every.is_zero()).then_some(snapshot_every),
             archive: (!archive_every.is_zero() && !self.replica).then_some(ArchiveOptions {
                 max_records: self.archive_max_records as usize,

@@ -44,7 +44,7 @@ pub mod synthetic;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lambdarec_proto::v1::ModelInfoRequest;
@@ -57,7 +57,7 @@ use tokio::task::JoinSet;
 pub use candidates::CatalogueError;
 pub use connect::{Bearer, Client, ClientTls};
 pub use plot::{PlotError, latency_svg};
-pub use replay::{Replay, ReplaySession};
+pub use replay::{Replay, ReplaySession, SESSION_HEADER};
 pub use report::{LoadReport, TimelinePoint};
 
 use candidates::Catalogue;
@@ -134,6 +134,12 @@ pub struct LoadOptions {
     pub progress: bool,
     /// The strategy Recommend and Score ask for (`Unspecified`: the server's default).
     pub strategy: lambdarec_proto::v1::Strategy,
+    /// Each session's events on a `StreamEvents` call of its own, routed by its `x-session-id`
+    /// (needed behind a proxy that routes by session: it routes a whole call to one replica).
+    pub route_sessions: bool,
+    /// Times a call that failed because the server went away is retried (events with their
+    /// client_seq, so they are applied once); needs `route_sessions` for events.
+    pub retries: u32,
 }
 
 impl Default for LoadOptions {
@@ -156,6 +162,8 @@ impl Default for LoadOptions {
             seed: 1,
             progress: false,
             strategy: lambdarec_proto::v1::Strategy::Unspecified,
+            route_sessions: false,
+            retries: 0,
         }
     }
 }
@@ -223,8 +231,10 @@ pub async fn run_replay(opts: &LoadOptions, replay: Arc<Replay>) -> Result<LoadR
         }
     };
     let mut streams = Vec::with_capacity(clients.len());
-    for c in &clients {
-        streams.push(EventStream::open(c.clone()).await);
+    if !opts.route_sessions {
+        for c in &clients {
+            streams.push(EventStream::open(c.clone(), None).await);
+        }
     }
     let started = Instant::now();
     let collector = Arc::new(Collector::new(opts.k, info.n_items as usize, started));
@@ -238,6 +248,9 @@ pub async fn run_replay(opts: &LoadOptions, replay: Arc<Replay>) -> Result<LoadR
         seed: opts.seed,
         timeout: opts.request_timeout,
         run_tag: format!("load-{:x}-{:x}", std::process::id(), epoch_millis()),
+        seq: AtomicU64::new(epoch_millis() as u64 * 1000),
+        route_sessions: opts.route_sessions,
+        retries: opts.retries,
     });
 
     let progress = opts
@@ -319,7 +332,9 @@ pub async fn run_replay(opts: &LoadOptions, replay: Arc<Replay>) -> Result<LoadR
     for s in &ctx.streams {
         s.close();
     }
-    Ok(collector.report(elapsed, opts, &info.version, &info.name, n))
+    let mut report = collector.report(elapsed, opts, &info.version, &info.name, n);
+    report.run_tag = ctx.run_tag.clone();
+    Ok(report)
 }
 
 fn validate(opts: &LoadOptions) -> Result<(), LoadError> {

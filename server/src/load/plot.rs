@@ -97,6 +97,8 @@ mod tests {
 
     fn report(timeline: Vec<TimelinePoint>) -> LoadReport {
         LoadReport {
+            run_tag: String::new(),
+            retried: Default::default(),
             target: "127.0.0.1:1 <&>".to_string(),
             model: String::new(),
             model_version: String::new(),

@@ -1,6 +1,8 @@
 //! Replaying one session through the server: events on a shared, multiplexed `StreamEvents` stream
-//! (acks matched by `client_seq`), a `Recommend` (or `Score`) after each applied event, and the
-//! unknown-item rule.
+//! (acks matched by `client_seq`) or, routed by session, on a stream of the session's own, a
+//! `Recommend` (or `Score`) after each applied event, and the unknown-item rule. Every call carries
+//! the session id as `x-session-id` metadata, which a proxy routes by (deploy/haproxy); a failed call
+//! is retried (`--retries`), an event with its client_seq, so the server applies it once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,29 +82,42 @@ impl Replay {
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<EventAck>>>>;
 
-/// One long-lived `StreamEvents` call shared by many sessions, as a product service would hold it.
+/// The metadata key a proxy routes calls by: every call of one session goes to the same replica.
+pub const SESSION_HEADER: &str = "x-session-id";
+
+/// `message` as a request routed by `session_id` (a session id that is not valid metadata, e.g.
+/// one with non-ASCII characters, is sent without the header: the proxy then picks any replica).
+pub(crate) fn routed<T>(message: T, session_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = session_id.parse() {
+        request.metadata_mut().insert(SESSION_HEADER, value);
+    }
+    request
+}
+
+/// A `StreamEvents` call: one long-lived call shared by many sessions, as a product service would
+/// hold it, or one session's own (routed by its id).
 pub(crate) struct EventStream {
     tx: Mutex<Option<mpsc::Sender<SessionEvent>>>,
     waiters: Waiters,
-    seq: AtomicU64,
 }
 
 impl EventStream {
-    /// Opens the stream; if that fails every send reports the failure's code.
-    pub(crate) async fn open(mut client: Client) -> Self {
+    /// Opens the stream (routed by `session`, when given); if that fails every send reports the
+    /// failure's code.
+    pub(crate) async fn open(mut client: Client, session: Option<&str>) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let waiters: Waiters = Arc::default();
-        // client_seq starts at the time in µs, so a later replay of the same session ids is not
-        // taken for re-sent events by the server's exactly-once check.
-        let seq_base = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
         let stream = EventStream {
             tx: Mutex::new(Some(tx)),
             waiters: waiters.clone(),
-            seq: AtomicU64::new(seq_base),
         };
-        match client.stream_events(ReceiverStream::new(rx)).await {
+        let events = ReceiverStream::new(rx);
+        let request = match session {
+            Some(id) => routed(events, id),
+            None => tonic::Request::new(events),
+        };
+        match client.stream_events(request).await {
             Ok(response) => {
                 let mut inbound = response.into_inner();
                 tokio::spawn(async move {
@@ -124,15 +139,15 @@ impl EventStream {
         stream
     }
 
-    /// Sends one event and waits (at most `timeout`) for its ack.
+    /// Sends one event with client_seq `seq` and waits (at most `timeout`) for its ack.
     pub(crate) async fn send(
         &self,
+        seq: u64,
         session_id: &str,
         item_id: &str,
         timestamp_ms: Option<i64>,
         timeout: Duration,
     ) -> Result<EventAck, Code> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let (ack_tx, ack_rx) = oneshot::channel();
         lock(&self.waiters).insert(seq, ack_tx);
         let tx = lock(&self.tx).clone().ok_or(Code::Unavailable)?;
@@ -224,6 +239,32 @@ pub(crate) struct Ctx {
     pub(crate) timeout: Duration,
     /// Makes session ids unique to this run (and `/pass/` to each pass over the log).
     pub(crate) run_tag: String,
+    /// The next client_seq. It starts at the time in µs, so that a later replay of the same session
+    /// ids is not taken for re-sent events by the server's exactly-once check.
+    pub(crate) seq: AtomicU64,
+    /// Each session's events on a `StreamEvents` call of its own (routed by its id) instead of the
+    /// connection's shared one.
+    pub(crate) route_sessions: bool,
+    /// Times a failed call is retried (an event with the same client_seq).
+    pub(crate) retries: u32,
+}
+
+/// Status codes after which a call is retried: the server (or the replica behind a proxy) went away
+/// or could not take it; any other failure is the request's own.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+    )
+}
+
+/// Pause before retry `attempt` (1, 2, …): 25 ms doubling, at most 400 ms.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(25 << attempt.min(5).saturating_sub(1)).min(Duration::from_millis(400))
 }
 
 impl Ctx {
@@ -233,7 +274,11 @@ impl Ctx {
         let session = &replay.sessions[i % n];
         let session_id = format!("{}/{}/{}", self.run_tag, i / n, session.key);
         let conn = i % self.clients.len();
-        let (stream, mut client) = (&self.streams[conn], self.clients[conn].clone());
+        let mut client = self.clients[conn].clone();
+        let mut own = match self.route_sessions {
+            true => Some(EventStream::open(client.clone(), Some(&session_id)).await),
+            false => None,
+        };
         let mut rng =
             SmallRng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut late = Some(late);
@@ -243,9 +288,31 @@ impl Ctx {
             let item_id = replay.item_ids[item as usize].as_str();
             let time_ms = session.times.get(pos).map(|t| (t * 1000.0).round() as i64);
             let sent = Instant::now();
-            let ack = stream
-                .send(&session_id, item_id, time_ms, self.timeout)
-                .await;
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            let mut attempt = 0;
+            let ack = loop {
+                let stream = match &own {
+                    Some(own) => own,
+                    None => &self.streams[conn],
+                };
+                let ack = stream
+                    .send(seq, &session_id, item_id, time_ms, self.timeout)
+                    .await;
+                match ack {
+                    // A shared stream that failed is gone for every session on it: not retried.
+                    Err(code) if own.is_some() && attempt < self.retries && retryable(code) => {
+                        attempt += 1;
+                        self.collector.retried(&format!("event:{code:?}"));
+                        tokio::time::sleep(backoff(attempt)).await;
+                        if let Some(old) =
+                            own.replace(EventStream::open(client.clone(), Some(&session_id)).await)
+                        {
+                            old.close();
+                        }
+                    }
+                    ack => break ack,
+                }
+            };
             self.collector
                 .event(ack.as_ref().map(|a| a.code()).map_err(|c| *c));
             if let Call::Events = self.call {
@@ -292,9 +359,25 @@ impl Ctx {
                 )),
             };
             let sent = Instant::now();
-            let answer = match score_request {
-                None => self.recommend(&mut client, &session_id).await,
-                Some(request) => self.score(&mut client, request).await,
+            let mut attempt = 0;
+            let answer = loop {
+                let answer = match &score_request {
+                    None => self.recommend(&mut client, &session_id).await,
+                    Some(request) => self.score(&mut client, request.clone()).await,
+                };
+                match answer {
+                    Err(code) if attempt < self.retries && retryable(code) => {
+                        attempt += 1;
+                        let call = if score_request.is_some() {
+                            "score"
+                        } else {
+                            "recommend"
+                        };
+                        self.collector.retried(&format!("{call}:{code:?}"));
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    answer => break answer,
+                }
             };
             let latency = sent.elapsed() + late.take().unwrap_or_default();
             self.collector
@@ -303,6 +386,9 @@ impl Ctx {
                 Answer::List(list) => list,
                 Answer::Scores(scores) => candidates::top_k(scores, self.k),
             });
+        }
+        if let Some(stream) = own {
+            stream.close();
         }
     }
 
@@ -316,6 +402,7 @@ impl Ctx {
             inline_events: Vec::new(),
             strategy: self.strategy,
         };
+        let request = routed(request, session_id);
         match tokio::time::timeout(self.timeout, client.recommend(request)).await {
             Ok(Ok(r)) => Ok(Answer::List(
                 r.into_inner()
@@ -332,6 +419,7 @@ impl Ctx {
     /// The candidates' scores. A candidate the server does not know means the catalogue read is not
     /// the one served (a model swap mid-run): it is reported.
     async fn score(&self, client: &mut Client, request: ScoreRequest) -> Result<Answer, Code> {
+        let request = routed(request.clone(), &request.session_id);
         match tokio::time::timeout(self.timeout, client.score(request)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();

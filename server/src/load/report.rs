@@ -28,6 +28,8 @@ struct Inner {
     latency: Histogram<u64>,
     per_second: Vec<Histogram<u64>>,
     errors: BTreeMap<String, u64>,
+    /// Failed attempts that were retried, by call and status code.
+    retried: BTreeMap<String, u64>,
     /// External item id → dense index for the accumulator (only equality and coverage need it).
     /// Items new since the bundle (a server that takes them) are numbered past the catalogue.
     interned: HashMap<String, u32>,
@@ -53,6 +55,7 @@ impl Collector {
                 latency: histogram(),
                 per_second: Vec::new(),
                 errors: BTreeMap::new(),
+                retried: BTreeMap::new(),
                 interned: HashMap::new(),
                 accuracy: MetricsAccumulator::new(k, n_items),
             }),
@@ -102,6 +105,11 @@ impl Collector {
         }
     }
 
+    /// Counts a failed attempt that is retried (`event:Unavailable`, `recommend:Unknown`, …).
+    pub(crate) fn retried(&self, key: &str) {
+        *self.lock().retried.entry(key.to_string()).or_default() += 1;
+    }
+
     /// Counts a failure that is not a call's status (e.g. `score:unknown-candidates`).
     pub(crate) fn error(&self, key: &str) {
         *self.lock().errors.entry(key.to_string()).or_default() += 1;
@@ -147,7 +155,9 @@ impl Collector {
             })
             .collect();
         let errors = inner.errors.clone();
+        let retried = inner.retried.clone();
         LoadReport {
+            run_tag: String::new(),
             target: opts.target.clone(),
             model: model.to_string(),
             model_version: version.to_string(),
@@ -168,6 +178,7 @@ impl Collector {
             max_ms: inner.latency.max() as f64 / 1000.0,
             mean_ms: inner.latency.mean() / 1000.0,
             errors,
+            retried,
             accuracy: inner.accuracy.finish(),
             timeline,
         }
@@ -186,6 +197,8 @@ pub struct TimelinePoint {
 /// The outcome of a load run. Latencies are of successful Recommend (or Score) calls.
 #[derive(Clone, Debug)]
 pub struct LoadReport {
+    /// Session ids of the run are `<run_tag>/<pass>/<session key in the log>`.
+    pub run_tag: String,
     pub target: String,
     pub model: String,
     pub model_version: String,
@@ -211,6 +224,9 @@ pub struct LoadReport {
     /// (`event:OVERLOADED`), of the event stream (`event-stream:…`), and Score answers naming
     /// candidates the server does not know (`score:unknown-candidates`).
     pub errors: BTreeMap<String, u64>,
+    /// Failed attempts that were retried (`--retries`), by call and status code: not in `errors`
+    /// unless the last retry failed too.
+    pub retried: BTreeMap<String, u64>,
     /// Online accuracy. Coverage uses the served catalogue size; pop_share is not meaningful here
     /// (the harness does not know item popularity) and is left out of the outputs.
     pub accuracy: Metrics,
@@ -238,6 +254,7 @@ impl LoadReport {
             "mean_ms": self.mean_ms,
             "errors": self.errors,
             "errors_total": self.errors_total(),
+            "retried": self.retried,
             format!("recall@{k}"): self.accuracy.recall,
             format!("mrr@{k}"): self.accuracy.mrr,
             format!("coverage@{k}"): self.accuracy.coverage,
@@ -247,6 +264,7 @@ impl LoadReport {
             "unknown_items": self.unknown_items,
             "seconds": self.seconds,
             "target": self.target,
+            "run_tag": self.run_tag,
             "model": self.model,
             "model_version": self.model_version,
         });
@@ -309,6 +327,14 @@ impl LoadReport {
                 .map(|(c, n)| format!("{c} {n}"))
                 .collect();
             out += &format!("errors: {}\n", list.join(", "));
+        }
+        if !self.retried.is_empty() {
+            let list: Vec<String> = self
+                .retried
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
+            out += &format!("retried attempts: {}\n", list.join(", "));
         }
         out += &format!(
             "online accuracy: Recall@{k} {:.4}  MRR@{k} {:.4}  Coverage@{k} {:.4}  ({} predictions)\n",

@@ -297,7 +297,10 @@ pub async fn views(
 
 /// Same events and recent items; the same top-10 up to float noise (an item may trade places only
 /// with one of an equal score).
-pub fn assert_same(got: &std::collections::HashMap<String, Option<View>>, want: &std::collections::HashMap<String, Option<View>>) {
+pub fn assert_same(
+    got: &std::collections::HashMap<String, Option<View>>,
+    want: &std::collections::HashMap<String, Option<View>>,
+) {
     for (id, w) in want {
         let g = &got[id];
         match (g, w) {

@@ -100,7 +100,8 @@ impl Handoff {
                     let e = planner.sessions.entry(slot);
                     let own = r.writer == writer && r.writer_seq >= e.own_from;
                     let seen = r.kind() == RecordKind::Event
-                        && r.client_seq.is_some_and(|s| planner.sessions.has_seq(slot, s));
+                        && r.client_seq
+                            .is_some_and(|s| planner.sessions.has_seq(slot, s));
                     if own || seen {
                         continue;
                     }
