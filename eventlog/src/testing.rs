@@ -40,8 +40,15 @@ impl NatsServer {
             store,
             child: None,
         };
-        server.spawn()?;
-        Ok(server)
+        // A free port can be taken by another test between the probe and the server's bind: then
+        // the server exits saying so, and another port is tried.
+        for _ in 0..3 {
+            match server.spawn() {
+                Err(e) if e.contains("address already in use") => server.port = free_port()?,
+                other => return other.map(|()| server),
+            }
+        }
+        server.spawn().map(|()| server)
     }
 
     /// [`NatsServer::start`] for tests: `None` after printing why the test is skipped, unless
@@ -108,12 +115,15 @@ impl NatsServer {
         self.wait_ready()
     }
 
-    /// Waits until the server accepts TCP connections; fails if it exits or takes too long.
+    /// Waits until the server says it is ready and accepts TCP connections (a listener on the port
+    /// alone could be another process's); fails if it exits or takes too long.
     fn wait_ready(&mut self) -> Result<(), String> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if self.log_text().contains("Server is ready")
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             let child = self.child.as_mut().expect("spawned");
@@ -132,11 +142,16 @@ impl NatsServer {
         }
     }
 
-    fn log_tail(&self) -> String {
+    fn log_text(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = File::open(self.log_path()) {
             let _ = f.read_to_string(&mut text);
         }
+        text
+    }
+
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
         let start = text.len().saturating_sub(800);
         let start = (start..text.len())
             .find(|&i| text.is_char_boundary(i))
