@@ -70,6 +70,10 @@ pub const ALL: &[(&str, Test)] = &[
         "sessions_read_back_by_id_after_a_position",
         sessions_read_back_by_id_after_a_position,
     ),
+    (
+        "an_expected_position_tells_whether_another_writer_came_between",
+        an_expected_position_tells_whether_another_writer_came_between,
+    ),
 ];
 
 /// `n` varied records: events with and without client_seq, unicode ids, deletes in between.
@@ -418,4 +422,40 @@ pub fn sessions_read_back_by_id_after_a_position(h: &mut dyn Harness) {
     let last = got[0].last().unwrap().0;
     let again = sessions.records_after(&[(a.as_str(), last)]).unwrap();
     assert_eq!(again[0], [(p, more[0].clone())]);
+}
+
+/// `append_expecting`: every record is appended; on a log that can be shared, each one says whether
+/// it directly followed the expected position among its session's records.
+pub fn an_expected_position_tells_whether_another_writer_came_between(h: &mut dyn Harness) {
+    let mut log = h.open();
+    let shared = log.session_reader().is_some();
+    let ev = |session: &str, n: i64| event_record(session, "item", n, n, None, "v1");
+    let one = |log: &mut Box<dyn EventLog>, r: LogRecord, e: Option<Position>| {
+        log.append_expecting(&[r], &[e]).unwrap()[0]
+    };
+    let (p1, c1) = one(&mut log, ev("a", 1), Some(0));
+    assert_eq!(c1, shared, "the first record of a session follows 0");
+    let (p2, c2) = one(&mut log, ev("a", 2), Some(p1));
+    assert_eq!(c2, shared, "a record right after the expected one");
+    let (p3, _) = one(&mut log, ev("a", 3), None); // another writer's record
+    let (p4, c4) = one(&mut log, ev("a", 4), Some(p2));
+    assert!(!c4, "another record came in between");
+    assert!(p4 > p3, "the record is appended anyway, after the other");
+    let (_, c5) = one(&mut log, ev("a", 5), Some(p4));
+    assert_eq!(c5, shared);
+    // Other sessions' records do not matter; expectations are per record.
+    let both = log
+        .append_expecting(
+            &[ev("b", 6), ev("c", 7), ev("d", 8)],
+            &[Some(0), None, Some(p1)],
+        )
+        .unwrap();
+    assert_eq!(
+        both.iter().map(|b| b.1).collect::<Vec<_>>(),
+        [shared, false, false]
+    );
+    assert!(both[0].0 < both[1].0 && both[1].0 < both[2].0, "{both:?}");
+    // Everything was appended once, in order.
+    let all = read_all(log.as_ref(), p1);
+    assert_eq!(all.len(), 8, "{all:?}");
 }

@@ -106,6 +106,26 @@ pub trait EventLog: Send {
     /// deduplicates by `(session_id, client_seq)` is unaffected). An empty slice is a no-op.
     fn append(&mut self, records: &[LogRecord]) -> Result<Vec<Position>>;
 
+    /// As [`EventLog::append`], for replicas that share the log: `expected[i]`, when given, is the
+    /// position of the last record of record i's session that the caller knows of (0: none). Every
+    /// record is appended either way; the answer says, per record, whether it directly followed that
+    /// position among its session's records — no other writer's record of the session came in
+    /// between — so the caller knows its copy of the session is complete up to the record without
+    /// reading it back. A record with an expectation must be its session's only record in the call.
+    /// Logs that cannot be shared answer false throughout.
+    fn append_expecting(
+        &mut self,
+        records: &[LogRecord],
+        expected: &[Option<Position>],
+    ) -> Result<Vec<(Position, bool)>> {
+        debug_assert_eq!(records.len(), expected.len());
+        Ok(self
+            .append(records)?
+            .into_iter()
+            .map(|p| (p, false))
+            .collect())
+    }
+
     /// The positions the log holds now.
     fn bounds(&self) -> Result<Bounds>;
 

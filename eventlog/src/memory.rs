@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::{
     Bounds, EventLog, LogError, LogReader, LogRecord, Position, Result, SessionReader,
-    SessionRecords,
+    SessionRecords, session_hash,
 };
 
 #[derive(Debug, Default)]
@@ -62,6 +62,30 @@ impl EventLog for MemoryLog {
             .sum::<u64>();
         g.records.extend_from_slice(records);
         Ok((start..start + records.len() as u64).collect())
+    }
+
+    /// A session's records are those of its subject on JetStream: every session id with the same
+    /// hash.
+    fn append_expecting(
+        &mut self,
+        records: &[LogRecord],
+        expected: &[Option<Position>],
+    ) -> Result<Vec<(Position, bool)>> {
+        let mut out = Vec::with_capacity(records.len());
+        for (r, e) in records.iter().zip(expected) {
+            let contiguous = e.is_some_and(|e| {
+                let g = self.storage.lock();
+                let hash = session_hash(&r.session_id);
+                let last = g
+                    .records
+                    .iter()
+                    .rposition(|o| session_hash(&o.session_id) == hash);
+                last.map_or(0, |i| g.first + i as Position) == e
+            });
+            let position = self.append(std::slice::from_ref(r))?[0];
+            out.push((position, contiguous));
+        }
+        Ok(out)
     }
 
     fn bounds(&self) -> Result<Bounds> {

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 
@@ -225,6 +226,19 @@ impl EventLog for JetStreamLog {
     }
 
     fn append(&mut self, records: &[LogRecord]) -> Result<Vec<Position>> {
+        let expected = vec![None; records.len()];
+        let appended = self.append_expecting(records, &expected)?;
+        Ok(appended.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// An expectation is the `Nats-Expected-Last-Subject-Sequence` header: the stream refuses the
+    /// message when another is on the subject after that sequence, and the message is then published
+    /// again without it (after the others: it is its session's only record in the call).
+    fn append_expecting(
+        &mut self,
+        records: &[LogRecord],
+        expected: &[Option<Position>],
+    ) -> Result<Vec<(Position, bool)>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -238,6 +252,7 @@ impl EventLog for JetStreamLog {
             });
         }
         let js = &self.js;
+        let messages = messages.into_iter().zip(expected.iter().copied()).collect();
         self.run(self.op_timeout, "appending to", publish_all(js, messages))
     }
 
@@ -291,27 +306,71 @@ impl EventLog for JetStreamLog {
     }
 }
 
+/// A message to publish: subject, payload, message id, and the subject's expected last sequence.
+type Message = ((String, Bytes, String), Option<Position>);
+
 /// Publishes every message without waiting for each ack (up to [`ACK_WINDOW`] in flight), then
 /// collects the acks' stream sequences in order. A duplicate's ack carries the original's sequence.
+/// A message the stream refused because its subject's last sequence was not the expected one is
+/// published again, without the expectation, once the others are acknowledged; its answer is
+/// `(position, false)`.
 async fn publish_all(
     js: &jetstream::Context,
-    messages: Vec<(String, Bytes, String)>,
-) -> Result<Vec<Position>, async_nats::Error> {
-    let mut in_flight = VecDeque::with_capacity(messages.len().min(ACK_WINDOW));
-    let mut positions = Vec::with_capacity(messages.len());
-    for (subject, payload, id) in messages {
+    messages: Vec<Message>,
+) -> Result<Vec<(Position, bool)>, async_nats::Error> {
+    let n = messages.len();
+    let mut in_flight = VecDeque::with_capacity(n.min(ACK_WINDOW));
+    let mut out = vec![(0, false); n];
+    let mut refused = Vec::new();
+    let mut settle =
+        |i: usize,
+         fenced: bool,
+         ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>| {
+            match ack {
+                Ok(ack) => {
+                    out[i] = (ack.sequence, fenced);
+                    Ok(())
+                }
+                Err(e) if fenced && e.kind() == PublishErrorKind::WrongLastSequence => {
+                    refused.push(i);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        };
+    let mut unfenced = Vec::new();
+    for (i, ((subject, payload, id), expected)) in messages.into_iter().enumerate() {
         if in_flight.len() == ACK_WINDOW {
-            let ack: jetstream::context::PublishAckFuture =
+            let (j, fenced, ack): (usize, bool, jetstream::context::PublishAckFuture) =
                 in_flight.pop_front().expect("window is full");
-            positions.push(ack.await?.sequence);
+            settle(j, fenced, ack.await)?;
         }
-        let publish = PublishMessage::build().payload(payload).message_id(id);
-        in_flight.push_back(js.send_publish(subject, publish).await?);
+        let mut publish = PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(id.clone());
+        if let Some(e) = expected {
+            publish = publish.expected_last_subject_sequence(e);
+            unfenced.push((i, subject.clone(), payload, id));
+        }
+        in_flight.push_back((
+            i,
+            expected.is_some(),
+            js.send_publish(subject, publish).await?,
+        ));
     }
-    for ack in in_flight {
-        positions.push(ack.await?.sequence);
+    for (j, fenced, ack) in in_flight {
+        settle(j, fenced, ack.await)?;
     }
-    Ok(positions)
+    for (i, subject, payload, id) in unfenced {
+        if refused.contains(&i) {
+            let publish = PublishMessage::build().payload(payload).message_id(id);
+            out[i] = (
+                js.send_publish(subject, publish).await?.await?.sequence,
+                false,
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// `first..next` of a stream: an empty stream has `first == next == last_sequence + 1`.

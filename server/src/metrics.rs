@@ -215,6 +215,9 @@ pub struct Metrics {
     pub handoff_sessions: [Counter; 2],
     /// Replicas: records applied from the shared log by catch-ups.
     pub handoff_records: Counter,
+    /// Replicas: records of its own a replica read back from the log (the log could not confirm
+    /// they directly followed what it knew: records in flight together, or another writer between).
+    pub handoff_own_reads: Counter,
     /// Connections, TLS, tokens and resource limits.
     pub security: SecurityMetrics,
 }
@@ -420,8 +423,15 @@ impl Metrics {
             "Replicas: records applied from the shared event log by catch-ups",
             handoff_records.clone(),
         );
+        let handoff_own_reads = Counter::default();
+        r.register(
+            "handoff_own_reads",
+            "Replicas: records of its own a replica read back from the shared event log",
+            handoff_own_reads.clone(),
+        );
         let security = SecurityMetrics::register(&mut r);
         Metrics {
+            handoff_own_reads,
             handoff_seconds,
             handoff_sessions,
             handoff_records,

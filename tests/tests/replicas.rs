@@ -145,6 +145,36 @@ async fn a_session_that_moves_between_replicas_is_caught_up_before_it_is_answere
     }
 }
 
+/// A client that waits for each ack before its next event (as `lambdarec load` does) gets each record
+/// confirmed by the log as directly following the last one the replica knew, so the replica never
+/// reads its own records back: every later check of the session costs one empty read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_does_not_read_back_what_the_log_confirmed() {
+    let (store, _) = fresh_store("replica-confirm").await;
+    let log = MemoryStorage::default();
+    let a = start(replica(&store, &log)).await;
+    let mut ca = client(a.local_addr()).await;
+    let [first, second, third] = legs(6);
+    for event in first.into_iter().chain(second).chain(third) {
+        let session = event.session_id.clone();
+        let ack = send_events(&mut ca, vec![event]).await;
+        assert!(ack[0].applied);
+        views(&mut ca, &[session]).await;
+    }
+    let metrics = http_get(a.metrics_addr().unwrap(), "/metrics").await;
+    for line in [
+        "lambdarec_handoff_own_reads_total 0",
+        "lambdarec_handoff_records_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "want {line}:\n{}",
+            grep(&metrics, "handoff")
+        );
+    }
+    a.shutdown().await.unwrap();
+}
+
 fn grep(text: &str, what: &str) -> String {
     text.lines()
         .filter(|l| l.contains(what))

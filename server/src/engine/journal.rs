@@ -14,12 +14,13 @@
 //! fsync the kernel may have dropped the data, so no later success can be trusted. The server then
 //! reports NOT_SERVING; a restart recovers from the log.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lambdarec_eventlog::{EventLog, Position};
+use lambdarec_eventlog::{EventLog, LogRecord, Position};
 use tracing::{debug, error, info, warn};
 
 use super::batcher::plan::{Held, Output};
@@ -106,6 +107,7 @@ impl Journal {
         shared: Arc<Shared>,
         status: Arc<LogStatus>,
         last: Position,
+        confirm: Option<mpsc::Sender<Vec<Confirmed>>>,
     ) -> std::io::Result<Journal> {
         let (tx, rx) = mpsc::channel();
         let snapshots = match snapshots {
@@ -127,6 +129,7 @@ impl Journal {
                     last,
                     released_below: 0,
                     size_checked: Instant::now(),
+                    confirm,
                 }
                 .run(rx)
             })?;
@@ -180,6 +183,37 @@ struct Writer {
     released_below: Position,
     /// When the log-size metric was last refreshed.
     size_checked: Instant,
+    /// Replicas: where the positions of this replica's records go, before their acks.
+    confirm: Option<mpsc::Sender<Vec<Confirmed>>>,
+}
+
+/// Replicas: one of this replica's records is durable at `position`; `contiguous` when the log
+/// confirmed it directly follows the position the batcher expected (see `Output::expected`).
+pub(super) struct Confirmed {
+    pub(super) session_id: String,
+    pub(super) writer_seq: u64,
+    pub(super) position: Position,
+    pub(super) contiguous: bool,
+}
+
+/// The expectation each record carries to the log: a replica's record whose session has no other
+/// record in the group (the log may append a refused one after the others).
+fn expectations(records: &[LogRecord], expected: &[(u64, Position)]) -> Vec<Option<Position>> {
+    if expected.is_empty() {
+        return vec![None; records.len()];
+    }
+    let by_seq: HashMap<u64, Position> = expected.iter().copied().collect();
+    let mut per_session: HashMap<&str, u32> = HashMap::new();
+    for r in records {
+        *per_session.entry(&r.session_id).or_default() += 1;
+    }
+    records
+        .iter()
+        .map(|r| match per_session[r.session_id.as_str()] {
+            1 if !r.writer.is_empty() => by_seq.get(&r.writer_seq).copied(),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Writer {
@@ -211,6 +245,7 @@ impl Writer {
     fn group_commit(&mut self, group: Vec<JournalMsg>) -> bool {
         let mut records = Vec::new();
         let mut held = Vec::new();
+        let mut expected = Vec::new();
         let mut images = Vec::new();
         let mut stop = false;
         for msg in group {
@@ -218,6 +253,7 @@ impl Writer {
                 JournalMsg::Commit(out) => {
                     records.extend(out.records);
                     held.extend(out.held);
+                    expected.extend(out.expected);
                 }
                 // Remember how many records precede the snapshot: its position is the last of them.
                 JournalMsg::Snapshot(image) => images.push((records.len(), image)),
@@ -229,7 +265,8 @@ impl Writer {
             return stop;
         }
         let started = Instant::now();
-        let positions = match self.log.append(&records) {
+        let expected = expectations(&records, &expected);
+        let appended = match self.log.append_expecting(&records, &expected) {
             Ok(p) => p,
             Err(e) => {
                 let reason = format!(
@@ -249,6 +286,22 @@ impl Writer {
                 .observe(started.elapsed().as_secs_f64());
             m.log_batch_records.observe(records.len() as f64);
         }
+        if let Some(confirm) = &self.confirm {
+            // Before the acks: a client's next call, made once it has its ack, finds the batcher
+            // knowing where its records are.
+            let mine = records.into_iter().zip(&appended);
+            let confirmed = mine
+                .filter(|(r, _)| !r.writer.is_empty())
+                .map(|(r, &(position, contiguous))| Confirmed {
+                    session_id: r.session_id,
+                    writer_seq: r.writer_seq,
+                    position,
+                    contiguous,
+                })
+                .collect();
+            let _ = confirm.send(confirmed);
+        }
+        let positions: Vec<Position> = appended.into_iter().map(|(p, _)| p).collect();
         held.into_iter().for_each(Held::release);
         // The highest position among the first n records, at least the last before this group: a
         // log may answer a deduplicated record with its original's (older) position, and a

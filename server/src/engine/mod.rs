@@ -134,11 +134,30 @@ impl Engine {
         });
         let (journal, handoff) = match log {
             Some(l) => {
+                let (confirm_tx, confirm_rx) = match l.replica.is_some() {
+                    true => {
+                        let (tx, rx) = mpsc::channel();
+                        (Some(tx), Some(rx))
+                    }
+                    false => (None, None),
+                };
                 let handoff = l
                     .replica
-                    .map(|(reader, writer)| batcher::handoff::Handoff { reader, writer });
-                let journal = Journal::start(l.log, l.snapshots, shared.clone(), l.status, l.last)
-                    .map_err(DeviceError::Thread)?;
+                    .zip(confirm_rx)
+                    .map(|((reader, writer), confirmed)| batcher::handoff::Handoff {
+                        reader,
+                        writer,
+                        confirmed,
+                    });
+                let journal = Journal::start(
+                    l.log,
+                    l.snapshots,
+                    shared.clone(),
+                    l.status,
+                    l.last,
+                    confirm_tx,
+                )
+                .map_err(DeviceError::Thread)?;
                 (Some(journal), handoff)
             }
             None => (None, None),

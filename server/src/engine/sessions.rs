@@ -49,6 +49,8 @@ pub struct Entry {
     /// Replicas: the writer_seq this server's next record had when the entry was created; its own
     /// records from then on are in the entry already (they were applied before they were logged).
     pub own_from: u64,
+    /// Replicas: records of this entry handed to the log and not yet confirmed.
+    pub in_flight: u32,
 }
 
 impl Entry {
@@ -117,6 +119,7 @@ impl SessionStore {
                 canary: false,
                 log_floor: 0,
                 own_from: 0,
+                in_flight: 0,
             })
             .collect();
         SessionStore {
@@ -223,6 +226,7 @@ impl SessionStore {
         e.pending = None;
         e.log_floor = 0;
         e.own_from = 0;
+        e.in_flight = 0;
         if let Some(owner) = owner {
             *self.owned.entry(owner.clone()).or_insert(0) += 1;
         }

@@ -12,22 +12,25 @@
 //! replica, sees it. The design note is `docs/replicas.md`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use lambdarec_eventlog::{Position, RecordKind, SessionReader};
 use tracing::{debug, warn};
 
 use super::plan::{Exec, Planner};
+use crate::engine::journal::Confirmed;
 use crate::engine::sessions::SessionStore;
 use crate::engine::{EngineError, Envelope, Job};
 use crate::metrics::Metrics;
 use crate::registry::error_chain;
 
-/// The shared log's per-session reader and this replica's name in the records it writes.
+/// The shared log's per-session reader, this replica's name in the records it writes, and the
+/// journal's word on where they landed.
 pub(in crate::engine) struct Handoff {
     pub(in crate::engine) reader: Box<dyn SessionReader>,
     pub(in crate::engine) writer: Arc<str>,
+    pub(in crate::engine) confirmed: mpsc::Receiver<Vec<Confirmed>>,
 }
 
 /// What catching a batch's sessions up found: the log position each one now reflects.
@@ -46,6 +49,28 @@ fn session_of(job: &Job) -> Option<&str> {
 }
 
 impl Handoff {
+    /// Takes in what the journal confirmed so far: each record of this replica's that the log
+    /// confirmed directly follows the position its entry was known up to moves the entry's floor
+    /// to it, so the next catch-up need not read it back. Records of an entry since replaced (its
+    /// session deleted or evicted, then created again) are ignored.
+    pub(super) fn take_confirmations(&mut self, sessions: &mut SessionStore, now: Instant) {
+        while let Ok(confirmed) = self.confirmed.try_recv() {
+            for c in confirmed {
+                let Some(slot) = sessions.peek(&c.session_id, now) else {
+                    continue;
+                };
+                let e = sessions.entry_mut(slot);
+                if c.writer_seq < e.own_from {
+                    continue;
+                }
+                e.in_flight = e.in_flight.saturating_sub(1);
+                if c.contiguous {
+                    e.log_floor = e.log_floor.max(c.position);
+                }
+            }
+        }
+    }
+
     /// Catches up every session of `batch` from the shared log (see the module docs). When the log
     /// cannot be read, the batch's requests fail (UNAVAILABLE: the client retries) rather than be
     /// answered from a state that may be behind, and the batch is left empty.
@@ -94,7 +119,7 @@ impl Handoff {
             };
             caught_up.push((id.to_string(), last));
             let live = planner.sessions.peek(id, now);
-            let mut foreign = 0;
+            let (mut foreign, mut own_reads) = (0, 0);
             for (position, r) in records {
                 if let Some(slot) = live {
                     let e = planner.sessions.entry(slot);
@@ -102,6 +127,7 @@ impl Handoff {
                     let seen = r.kind() == RecordKind::Event
                         && r.client_seq
                             .is_some_and(|s| planner.sessions.has_seq(slot, s));
+                    own_reads += u64::from(own);
                     if own || seen {
                         continue;
                     }
@@ -109,6 +135,7 @@ impl Handoff {
                 foreign += 1;
                 apply.push((position, r));
             }
+            metrics.handoff_own_reads.inc_by(own_reads);
             if foreign > 0 {
                 debug!(session = %id, records = foreign, held = live.is_some(), "caught a session up from the shared log");
                 metrics.handoff_sessions[usize::from(live.is_some())].inc();

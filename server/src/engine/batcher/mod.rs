@@ -200,6 +200,7 @@ impl Batcher {
             view: &view,
         };
         let floors = self.handoff.as_mut().map(|h| {
+            h.take_confirmations(&mut self.planner.sessions, started);
             let metrics = &self.shared.metrics;
             h.catch_up(&mut self.planner, metrics, &mut x, batch, (started, now_ms))
         });

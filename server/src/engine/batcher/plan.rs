@@ -68,6 +68,10 @@ impl Held {
 pub(in crate::engine) struct Output {
     pub(in crate::engine) records: Vec<LogRecord>,
     pub(in crate::engine) held: Vec<Held>,
+    /// Replicas: `(writer_seq, position)` of records whose session had no record of this replica
+    /// in flight: the position of the session's last record the replica knows of, which the log is
+    /// asked to confirm the record directly follows (so the catch-up need not read it back).
+    pub(in crate::engine) expected: Vec<(u64, Position)>,
 }
 
 impl Output {
@@ -224,9 +228,18 @@ impl Planner {
         record
     }
 
-    /// Queues a record with the plan's work (it is logged once the plan has run).
-    fn log(&mut self, record: LogRecord) {
+    /// Queues a record of the session in `slot` with the plan's work (it is logged once the plan has
+    /// run). On a replica, a record that is its session's only one in flight carries the position
+    /// the session is known up to, for the log to confirm.
+    fn log(&mut self, slot: u32, record: LogRecord) {
         let record = self.stamp(record);
+        if self.writer.is_some() {
+            let e = self.sessions.entry_mut(slot);
+            if e.in_flight == 0 {
+                self.out.expected.push((record.writer_seq, e.log_floor));
+            }
+            e.in_flight += 1;
+        }
         self.plan.records.push(record);
     }
 
@@ -371,16 +384,19 @@ impl Planner {
         self.push_event(x.view, slot, item, at_ms, req.client_seq);
         if self.logging {
             // The request's strings move into the record: nothing else needs them now.
-            self.log(LogRecord {
-                kind: RecordKind::Event.into(),
-                session_id: req.session_id,
-                item_id: req.item_id,
-                timestamp_ms: at_ms,
-                received_ms: now_ms,
-                client_seq: req.client_seq,
-                model_version: view.version.to_string(),
-                ..LogRecord::default()
-            });
+            self.log(
+                slot,
+                LogRecord {
+                    kind: RecordKind::Event.into(),
+                    session_id: req.session_id,
+                    item_id: req.item_id,
+                    timestamp_ms: at_ms,
+                    received_ms: now_ms,
+                    client_seq: req.client_seq,
+                    model_version: view.version.to_string(),
+                    ..LogRecord::default()
+                },
+            );
         }
         let outcome = EventOutcome {
             applied: Ok(()),
@@ -423,7 +439,7 @@ impl Planner {
                 self.push_event(x.view, slot, item, now_ms, None);
                 if self.logging {
                     let r = event_record(&req.session_id, id, now_ms, now_ms, None, &view.version);
-                    self.log(r);
+                    self.log(slot, r);
                 }
             }
             (slot, self.sessions.entry(slot).events)

@@ -156,7 +156,7 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
     });
     let journal = log.map(|log| {
         let status = Arc::new(LogStatus::default());
-        Journal::start(log, None, shared.clone(), status, 0).unwrap()
+        Journal::start(log, None, shared.clone(), status, 0, None).unwrap()
     });
     let mut batcher = Batcher::new(Box::new(fake), config, shared.clone(), journal, None);
     let ids: Vec<String> = (0..5).map(|i| format!("i{i}")).collect();
