@@ -415,6 +415,8 @@ async fn connect(
         storage: stream::StorageType::File,
         num_replicas: at.replicas,
         duplicate_window: DUPLICATE_WINDOW,
+        // Replicas read single sessions by direct get when the stream has one replica.
+        allow_direct: true,
         ..Default::default()
     };
     let setup = async {
