@@ -37,7 +37,10 @@ async fn read_subject(
     let mut from = after + 1;
     loop {
         let next = if direct {
-            match stream.direct_get_next_for_subject(subject.clone(), Some(from)).await {
+            match stream
+                .direct_get_next_for_subject(subject.clone(), Some(from))
+                .await
+            {
                 Ok(message) => Some(message),
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
                 Err(e) => return Err(e.into()),
