@@ -11,11 +11,11 @@
 //! It needs `nats-server` ($NATS_SERVER) and `haproxy` ($HAPROXY, else on PATH); without one it says
 //! it is skipped, unless LAMBDAREC_REQUIRE_NATS / LAMBDAREC_REQUIRE_PROXY make that a failure (CI).
 
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lambdarec_eventlog::testing::NatsServer;
@@ -26,98 +26,14 @@ use lambdarec_server::load::synthetic::{SyntheticModel, write};
 use lambdarec_server::load::{self, LoadOptions, LoadReport, Mode, Replay, SESSION_HEADER};
 use lambdarec_server::{DeviceChoice, ServeConfig};
 use lambdarec_trainer::data::{ReadOptions, read_log};
+use support::{Proc, free_port};
 use tonic::transport::Channel;
 
 const CONCURRENCY: usize = 8;
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// `$HAPROXY`, else `haproxy` on PATH; None (test skipped) unless LAMBDAREC_REQUIRE_PROXY is set.
+/// `$HAPROXY`, else `haproxy` on PATH.
 fn haproxy() -> Option<PathBuf> {
-    let found = match std::env::var_os("HAPROXY") {
-        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
-        None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|d| d.join("haproxy"))
-            .find(|p| p.is_file()),
-    };
-    let runs = found.filter(|p| {
-        Command::new(p)
-            .arg("-v")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if runs.is_none() {
-        let why = "no runnable $HAPROXY and no haproxy on PATH";
-        assert!(
-            std::env::var_os("LAMBDAREC_REQUIRE_PROXY").is_none(),
-            "haproxy required (LAMBDAREC_REQUIRE_PROXY is set): {why}"
-        );
-        eprintln!("skipped: haproxy not available ({why})");
-    }
-    runs
-}
-
-/// A child process whose stderr is kept for failure messages; killed on drop.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(mut command: Command) -> Proc {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, log }
-    }
-
-    fn tail(&self) -> String {
-        let log = self.log.lock().unwrap();
-        log[log.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit status of the graceful stop.
-    fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "graceful stop failed: {status}\n{}",
-            self.tail()
-        );
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+    support::tool("HAPROXY", "haproxy", Some("-v"), "LAMBDAREC_REQUIRE_PROXY")
 }
 
 /// One replica's addresses; the process is started (and restarted) on them.

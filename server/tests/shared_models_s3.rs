@@ -7,78 +7,22 @@
 //! It needs `moto_server` ($MOTO_SERVER, else on PATH; `.ci/run` installs moto[server]); without it
 //! the test says it is skipped, unless LAMBDAREC_REQUIRE_S3 makes that a failure (CI).
 
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lambdarec_proto::v1::ModelInfoRequest;
 use lambdarec_proto::v1::recommender_client::RecommenderClient;
+use support::{Proc, free_port};
 
 const POLL_SECONDS: f64 = 1.0;
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// `$MOTO_SERVER`, else `moto_server` on PATH; None (skipped) unless LAMBDAREC_REQUIRE_S3 is set.
+/// `$MOTO_SERVER`, else `moto_server` on PATH (`pip install 'moto[server]'`).
 fn moto_binary() -> Option<PathBuf> {
-    let found = match std::env::var_os("MOTO_SERVER") {
-        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
-        None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|d| d.join("moto_server"))
-            .find(|p| p.is_file()),
-    };
-    if found.is_none() {
-        let why = "no $MOTO_SERVER and no moto_server on PATH (pip install 'moto[server]')";
-        assert!(
-            std::env::var_os("LAMBDAREC_REQUIRE_S3").is_none(),
-            "moto_server required (LAMBDAREC_REQUIRE_S3 is set): {why}"
-        );
-        eprintln!("skipped: S3 test server not available ({why})");
-    }
-    found
-}
-
-/// A child process killed on drop; its stderr is kept for failure messages.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(mut c: Command) -> Proc {
-        let mut child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, log }
-    }
-
-    fn tail(&self) -> String {
-        let log = self.log.lock().unwrap();
-        log[log.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    support::tool("MOTO_SERVER", "moto_server", None, "LAMBDAREC_REQUIRE_S3")
 }
 
 /// `c` with the environment an S3 client reads on a cloud machine, pointed at the local server.

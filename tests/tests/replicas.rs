@@ -10,18 +10,10 @@ use std::time::Duration;
 
 use lambdarec_eventlog::memory::MemoryStorage;
 use lambdarec_proto::v1::{DeleteSessionRequest, GetSessionRequest, SessionEvent};
-use lambdarec_server::{LogConfig, RunningServer, ServeConfig};
-use server_common::{assert_same, base, client, config, fresh_store, http_get, send_events, views};
-
-async fn start(config: ServeConfig) -> RunningServer {
-    let server = lambdarec_server::start(config).await.unwrap();
-    assert!(
-        server.wait_ready(Duration::from_secs(30)).await,
-        "server not ready: {:?}",
-        server.not_serving_reason()
-    );
-    server
-}
+use lambdarec_server::{LogConfig, ServeConfig};
+use server_common::{
+    assert_same, base, client, config, fresh_store, http_get, send_events, start, views,
+};
 
 fn replica(store: &str, log: &MemoryStorage) -> ServeConfig {
     ServeConfig {

@@ -7,13 +7,12 @@
 mod server_common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use lambdarec_eventlog::memory::MemoryStorage;
 use lambdarec_proto::v1::{DeleteSessionRequest, SessionEvent};
-use lambdarec_server::{LogConfig, RunningServer, ServeConfig};
+use lambdarec_server::{LogConfig, ServeConfig};
 use server_common::{
-    View, assert_same, base, client, config, fresh_store, random_weights, send_events, views,
+    View, assert_same, base, client, config, fresh_store, random_weights, send_events, start, views,
 };
 
 fn logged(store: &str, log: &MemoryStorage, snapshots: &std::path::Path) -> ServeConfig {
@@ -23,16 +22,6 @@ fn logged(store: &str, log: &MemoryStorage, snapshots: &std::path::Path) -> Serv
         snapshot_interval: None,
         ..config(store)
     }
-}
-
-async fn start(config: ServeConfig) -> RunningServer {
-    let server = lambdarec_server::start(config).await.unwrap();
-    assert!(
-        server.wait_ready(Duration::from_secs(30)).await,
-        "server not ready: {:?}",
-        server.not_serving_reason()
-    );
-    server
 }
 
 /// Events of the first `n` test sessions, each with a client_seq, interleaved across sessions.

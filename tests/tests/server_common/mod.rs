@@ -320,3 +320,14 @@ pub fn assert_same(
         }
     }
 }
+
+/// Starts a server and waits until it is ready (model loaded, recovery done).
+pub async fn start(config: ServeConfig) -> lambdarec_server::RunningServer {
+    let server = lambdarec_server::start(config).await.unwrap();
+    assert!(
+        server.wait_ready(Duration::from_secs(30)).await,
+        "server not ready: {:?}",
+        server.not_serving_reason()
+    );
+    server
+}
