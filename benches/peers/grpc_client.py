@@ -81,7 +81,10 @@ def main():
         # Popular items (an empty session's answer) become the events of a test session.
         popular = [s.item_id for s in stub.Recommend(pb2.RecommendRequest(session_id="py-empty", k=5)).items]
         events = [pb2.SessionEvent(session_id="py-1", item_id=item, client_seq=i) for i, item in enumerate(popular[:3])]
-        acks = list(stub.StreamEvents(iter(events), timeout=10))
+        # x-session-id on every call about a session: a proxy in front of replicas routes by it
+        # (deploy/haproxy); a single server ignores it.
+        route = [("x-session-id", "py-1")]
+        acks = list(stub.StreamEvents(iter(events), timeout=10, metadata=route))
         print("acks:", [(a.client_seq, a.applied, a.session_events) for a in acks])
         try:
             stub.Recommend(pb2.RecommendRequest(session_id=""), timeout=5)
@@ -89,7 +92,7 @@ def main():
             print(f"empty session id -> {e.code().name}: {e.details()}")
 
         def recommend(i):
-            r = stub.Recommend(pb2.RecommendRequest(session_id="py-1", k=20), timeout=5)
+            r = stub.Recommend(pb2.RecommendRequest(session_id="py-1", k=20), timeout=5, metadata=route)
             assert len(r.items) == 20 and not set(popular[:3]) & {s.item_id for s in r.items}
 
         def ping(i):

@@ -55,6 +55,9 @@ pub struct Pending {
     /// the snapshot if the serving model turns out to have another hidden size (its states cannot be
     /// reused, and a full replay rebuilds them exactly).
     whole: Option<Box<dyn LogReader>>,
+    /// A replica's: a snapshot whose states do not fit is dropped (its sessions are rebuilt exactly
+    /// from the shared log on demand) rather than rebuilt from recent items.
+    replica: bool,
 }
 
 /// What recovery did.
@@ -163,12 +166,14 @@ pub fn prepare(config: &ServeConfig) -> Result<Option<(LogSetup, Pending)>, Reco
         from,
         end: bounds.next,
         whole,
+        replica: false,
     };
     Ok(Some((setup, pending)))
 }
 
-/// A replica's start: nothing to restore or replay (each session is caught up from the shared log
-/// when a request for it first arrives), no snapshots, and no releases of the shared log.
+/// A replica's start: its newest snapshot, if it has one, and no replay (each session is caught up
+/// from the shared log when a request for it first arrives, from the position its snapshot holds it
+/// up to). The shared log is never released by a replica: nothing archives through it.
 fn replica(
     config: &ServeConfig,
     url: String,
@@ -182,30 +187,49 @@ fn replica(
         url: url.clone(),
         source,
     };
+    let snapshots = match &config.snapshot_dir {
+        Some(dir) => Some(SnapshotStore::open(dir).map_err(RecoveryError::Snapshots)?),
+        None => None,
+    };
+    let snapshot = match &snapshots {
+        // A snapshot without per-session log positions (a server that was not a replica) cannot
+        // say which of the log's records its sessions hold.
+        Some(store) => newest_usable(store, 0)?.filter(|s| {
+            let usable = s.header.writer.is_some();
+            if !usable {
+                warn!(snapshot = %s.path.display(), "not a replica's snapshot (no log positions); sessions are rebuilt from the log instead");
+            }
+            usable
+        }),
+        None => None,
+    };
     let reader = log.reader(bounds.next).map_err(open_err)?;
     let writer = replica_name(config);
     info!(
         log = %log.describe(), first = bounds.first, next = bounds.next, writer = %writer,
+        snapshot = snapshot.as_ref().map(|s| s.path.display().to_string()).unwrap_or_else(|| "none".into()),
         "event log opened as a replica: sessions are caught up from it on demand"
     );
-    if config.snapshot_dir.is_some() {
-        info!("replicas take no snapshots: the shared log holds every session");
+    if config.drain_grace.is_zero() {
+        warn!(
+            "--replica without --drain-grace: a SIGTERM stops accepting before the proxy has taken this replica out, and calls sent meanwhile fail (clients retry them)"
+        );
     }
     let setup = LogSetup {
         log,
-        snapshots: None,
+        snapshots,
         last: bounds.next - 1,
-        // Nothing archives through a replica and nothing is released: the stream's own limits
-        // (max age) bound it.
+        // `archived` stays 0: nothing archives through a replica, so the log is never released.
         status: Arc::new(LogStatus::default()),
         replica: Some((sessions, writer)),
     };
     let pending = Pending {
-        snapshot: None,
+        snapshot,
         reader,
         from: bounds.next,
         end: bounds.next,
         whole: None,
+        replica: true,
     };
     Ok((setup, pending))
 }
@@ -258,6 +282,7 @@ pub async fn run(
         mut from,
         end,
         whole,
+        replica,
     } = pending;
     let mut waited = false;
     while engine.model().is_none() {
@@ -279,6 +304,17 @@ pub async fn run(
             "the snapshot's states do not fit the serving model; replaying the whole log instead"
         );
         (snapshot, reader, from) = (None, whole, 1);
+    }
+    if replica
+        && let Some(s) = &snapshot
+        && Some(s.header.hidden) != hidden
+    {
+        info!(
+            snapshot_hidden = s.header.hidden,
+            serving_hidden = hidden.unwrap_or(0),
+            "the snapshot's states do not fit the serving model; sessions are rebuilt from the shared log instead"
+        );
+        snapshot = None;
     }
     if let Some(s) = snapshot {
         report.restored = engine.restore(s).await.map_err(RecoveryError::Apply)?;

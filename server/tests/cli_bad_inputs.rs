@@ -98,7 +98,6 @@ const CASES: &[Case] = &[
     case("serve: canary share of 1", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--canary-fraction", "1"], 1, "--canary-fraction is the share of new sessions the canary serves: above 0 and below 1 (e.g. 0.1), got 1"),
     case("serve: negative canary share", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--canary-fraction=-0.1"], 1, "--canary-fraction is the share of new sessions the canary serves: above 0 and below 1 (e.g. 0.1), got -0.1"),
     case("serve: replica on a local log", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--replica", "--log", "file://./log"], 1, "--replica needs the event log the replicas share: --log nats://HOST:PORT/STREAM, not \"file://./log\""),
-    case("serve: replica with snapshots", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--replica", "--log", "nats://127.0.0.1:1/S", "--snapshot-dir", "snaps"], 1, "--snapshot-dir is not used with --replica"),
     case("serve: negative drain grace", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--drain-grace=-1"], 1, "--drain-grace must be a non-negative number of seconds, got -1"),
     case("load: too many retries", &["load", "--target", "http://127.0.0.1:1", "--data", "good.tsv", "--retries", "99"], 2, "invalid value '99' for '--retries"),
     case("serve: zero sessions", &["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--store", "st", "--max-sessions", "0"], 1, "--max-sessions must be at least 1"),

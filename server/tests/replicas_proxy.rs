@@ -40,15 +40,19 @@ fn haproxy() -> Option<PathBuf> {
 struct Replica {
     grpc: SocketAddr,
     admin: SocketAddr,
+    /// Its own snapshot directory (the drain's snapshot is restored at the restart).
+    snapshots: PathBuf,
     proc: Option<Proc>,
 }
 
 impl Replica {
-    fn new() -> Replica {
+    fn new(dir: &Path) -> Replica {
         let at = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+        let grpc = at(free_port());
         Replica {
-            grpc: at(free_port()),
+            grpc,
             admin: at(free_port()),
+            snapshots: dir.join(format!("snapshots-{}", grpc.port())),
             proc: None,
         }
     }
@@ -61,7 +65,9 @@ impl Replica {
             .args(["--device", "cpu", "--threads", "1", "--poll-interval", "0"])
             .args(["--drain-grace", "1.5", "--log", log, "--model", "synthetic"])
             .arg("--store")
-            .arg(store);
+            .arg(store)
+            .arg("--snapshot-dir")
+            .arg(&self.snapshots);
         self.proc = Some(Proc::spawn(c));
     }
 
@@ -302,7 +308,7 @@ async fn replicas_behind_haproxy_lose_nothing_when_one_dies_or_all_restart() {
     let mut reference = RecommenderClient::new(channel(single.local_addr()).await);
 
     let log_url = format!("{}/REPLICAS", nats.url());
-    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::new()).collect();
+    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::new(dir.path())).collect();
     for r in &mut replicas {
         r.start(&store, &log_url);
     }

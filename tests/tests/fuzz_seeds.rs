@@ -232,6 +232,8 @@ fn snapshot_file(dir: &Path) -> Vec<u8> {
         state_version: Some(Arc::from("v7")),
         hidden: vec![0.25, -1.5, 3.0e-7],
         recent,
+        log_floor: 7,
+        own_from: 2,
     };
     let image = SnapshotImage {
         position: 42,
@@ -243,6 +245,8 @@ fn snapshot_file(dir: &Path) -> Vec<u8> {
             half_life_s: 3600.0,
             entries: vec![(1, 12.5), (5, 9.0)],
         }),
+        // A replica's snapshot (format 3 with its per-session log positions): the longest form.
+        writer: Some((Arc::from("seed-writer"), 9)),
     };
     let mut store = SnapshotStore::open(dir.join("snapshots")).unwrap();
     store.write(&image).unwrap();

@@ -299,23 +299,14 @@ impl ServeArgs {
             "none" => LogConfig::None,
             url => LogConfig::Url(url.to_string()),
         };
-        if self.replica {
-            if !self.event_log.starts_with("nats://") {
-                anyhow::bail!(
-                    "--replica needs the event log the replicas share: --log nats://HOST:PORT/STREAM, \
-                     not {:?}",
-                    self.event_log
-                );
-            }
-            if self.snapshot_dir.is_some() {
-                anyhow::bail!(
-                    "--snapshot-dir is not used with --replica: a replica rebuilds its sessions from \
-                     the shared log"
-                );
-            }
+        if self.replica && !self.event_log.starts_with("nats://") {
+            anyhow::bail!(
+                "--replica needs the event log the replicas share: --log nats://HOST:PORT/STREAM, \
+                 not {:?}",
+                self.event_log
+            );
         }
         let snapshot_dir = match &log {
-            _ if self.replica => None,
             LogConfig::None => None,
             _ => Some(
                 self.snapshot_dir

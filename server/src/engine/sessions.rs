@@ -51,6 +51,9 @@ pub struct Entry {
     pub own_from: u64,
     /// Replicas: records of this entry handed to the log and not yet confirmed.
     pub in_flight: u32,
+    /// Replicas, a session restored from a snapshot: the writer that took it and the writer_seq
+    /// range (`from..to`) of that writer's records the state holds.
+    pub prior_own: Option<(Arc<str>, u64, u64)>,
 }
 
 impl Entry {
@@ -120,6 +123,7 @@ impl SessionStore {
                 log_floor: 0,
                 own_from: 0,
                 in_flight: 0,
+                prior_own: None,
             })
             .collect();
         SessionStore {
@@ -227,6 +231,7 @@ impl SessionStore {
         e.log_floor = 0;
         e.own_from = 0;
         e.in_flight = 0;
+        e.prior_own = None;
         if let Some(owner) = owner {
             *self.owned.entry(owner.clone()).or_insert(0) += 1;
         }

@@ -7,9 +7,11 @@
 //! each u32-length-prefixed); then per session, least recently used first: id, events, last_seen_ms,
 //! idle_ms, state version, recent items (u32 indices into the dictionary), recent client_seqs, and
 //! `hidden` f32s; then (format 2) the trending counts, per item its dictionary index and its count
-//! in the log domain (an f64); finally a CRC-32 of everything before it. Item ids are stored, never
-//! catalogue indices: the next model may number its catalogue differently. Format 1 (no trending
-//! counts) is still read.
+//! in the log domain (an f64); then (format 3, a replica's snapshot: the header names its writer)
+//! per session, in the same order, the log position it is known up to and the writer_seq its entry
+//! was created at; finally a CRC-32 of everything before it. Item ids are stored, never catalogue
+//! indices: the next model may number its catalogue differently. Formats 1 (no trending counts) and
+//! 2 are still read.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -43,6 +45,12 @@ pub struct SessionImage {
     pub idle_ms: u64,
     pub state_version: Option<Arc<str>>,
     pub hidden: Vec<f32>,
+    /// Replicas: every record of the session in the shared log up to this position is in the
+    /// state (0 elsewhere).
+    pub log_floor: u64,
+    /// Replicas: the writer_seq the entry was created at; the writer's records from it up to the
+    /// image's writer_seq are in the state too.
+    pub own_from: u64,
 }
 
 /// Every live session, least recently used first, as of log position `position`.
@@ -56,6 +64,9 @@ pub struct SnapshotImage {
     pub sessions: Vec<SessionImage>,
     /// Trending's counts (items as the sessions' are: indices under the image's model).
     pub trending: Option<TrendImage>,
+    /// Replicas: the name this server writes records under and the writer_seq of its next record at
+    /// the capture.
+    pub writer: Option<(Arc<str>, u64)>,
 }
 
 /// Trending's state: its half-life and `Trending::entries` (item, count in the log domain).
@@ -95,6 +106,14 @@ pub struct SnapshotHeader {
     /// Items with a trending count.
     #[serde(default)]
     pub trending: usize,
+    /// A replica's snapshot (format 3): the name its server wrote records under; each session's log
+    /// position and first writer_seq follow the trending counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
+    /// The writer_seq of that server's next record at the capture: its records below it (from each
+    /// session's first writer_seq on) are in the sessions' states, later ones are not.
+    #[serde(default)]
+    pub writer_seq: u64,
 }
 
 /// A snapshot read back: sessions with their recent items as indices into `items`.
@@ -275,7 +294,7 @@ fn encode(image: &SnapshotImage, w: &mut impl Write) -> std::io::Result<()> {
         });
     }
     let header = SnapshotHeader {
-        format: 2,
+        format: 3,
         position: image.position,
         taken_ms: image.taken_ms,
         model_name: image.view.name.clone(),
@@ -285,6 +304,8 @@ fn encode(image: &SnapshotImage, w: &mut impl Write) -> std::io::Result<()> {
         items: items.len(),
         trend_half_life_s: image.trending.as_ref().map(|t| t.half_life_s),
         trending: image.trending.as_ref().map_or(0, |t| t.entries.len()),
+        writer: image.writer.as_ref().map(|(w, _)| w.to_string()),
+        writer_seq: image.writer.as_ref().map_or(0, |&(_, seq)| seq),
     };
     w.write_all(MAGIC)?;
     let json = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
@@ -322,6 +343,12 @@ fn encode(image: &SnapshotImage, w: &mut impl Write) -> std::io::Result<()> {
     for &(i, key) in image.trending.iter().flat_map(|t| &t.entries) {
         w.write_all(&dict[&i].to_le_bytes())?;
         w.write_all(&key.to_le_bytes())?;
+    }
+    if header.writer.is_some() {
+        for s in &image.sessions {
+            w.write_all(&s.log_floor.to_le_bytes())?;
+            w.write_all(&s.own_from.to_le_bytes())?;
+        }
     }
     Ok(())
 }
@@ -379,7 +406,7 @@ fn decode(body: &[u8]) -> Result<Decoded, String> {
     let n = c.u32()? as usize;
     let header: SnapshotHeader =
         serde_json::from_slice(c.take(n)?).map_err(|e| format!("bad header: {e}"))?;
-    if !matches!(header.format, 1 | 2) {
+    if !matches!(header.format, 1..=3) {
         return Err(format!(
             "snapshot format {} is not supported",
             header.format
@@ -424,6 +451,8 @@ fn decode(body: &[u8]) -> Result<Decoded, String> {
             idle_ms,
             state_version,
             hidden,
+            log_floor: 0,
+            own_from: 0,
         });
     }
     let trending = match header.trend_half_life_s {
@@ -453,6 +482,12 @@ fn decode(body: &[u8]) -> Result<Decoded, String> {
         }
         _ => None,
     };
+    if header.format >= 3 && header.writer.is_some() {
+        for s in &mut sessions {
+            s.log_floor = c.u64()?;
+            s.own_from = c.u64()?;
+        }
+    }
     if c.at != body.len() {
         return Err(format!("{} trailing bytes", body.len() - c.at));
     }
@@ -494,6 +529,8 @@ mod tests {
             state_version: Some(Arc::from("v7")),
             hidden: vec![0.25, -1.5, 3.0e-7],
             recent,
+            log_floor: 0,
+            own_from: 0,
         };
         SnapshotImage {
             position,
@@ -505,6 +542,7 @@ mod tests {
                 half_life_s: 600.0,
                 entries: vec![(1, 12.5), (5, -3.0e9)],
             }),
+            writer: None,
         }
     }
 
@@ -554,9 +592,10 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         let body = &bytes[..bytes.len() - 4];
         let text = String::from_utf8_lossy(body).into_owned();
-        assert!(text.contains("\"format\":2") && !text.contains("trend_half_life_s"));
-        // The same bytes as format 1 wrote them: only the header's format differs.
-        let at = body.windows(10).position(|w| w == b"\"format\":2").unwrap();
+        assert!(text.contains("\"format\":3") && !text.contains("trend_half_life_s"));
+        // The same bytes as format 1 wrote them (no writer: no replica block): only the header's
+        // format differs.
+        let at = body.windows(10).position(|w| w == b"\"format\":3").unwrap();
         let mut v1 = body.to_vec();
         v1[at + 9] = b'1';
         v1.extend_from_slice(&crc32fast::hash(&v1).to_le_bytes());
@@ -565,6 +604,27 @@ mod tests {
         assert_eq!(loaded.header.format, 1);
         assert_eq!(loaded.trending, None);
         assert_eq!(loaded.sessions.len(), 2);
+    }
+
+    #[test]
+    fn a_replicas_snapshot_keeps_each_sessions_log_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SnapshotStore::open(dir.path()).unwrap();
+        let mut replica = image(5);
+        replica.writer = Some((Arc::from("50051-7-abc"), 77));
+        replica.sessions[0].log_floor = 1234;
+        replica.sessions[0].own_from = 12;
+        replica.sessions[1].log_floor = 99;
+        store.write(&replica).unwrap();
+        let loaded = SnapshotStore::read(&store.positions().unwrap()[0].1).unwrap();
+        assert_eq!(loaded.header.writer.as_deref(), Some("50051-7-abc"));
+        assert_eq!(loaded.header.writer_seq, 77);
+        let floors: Vec<(u64, u64)> = loaded
+            .sessions
+            .iter()
+            .map(|s| (s.log_floor, s.own_from))
+            .collect();
+        assert_eq!(floors, [(1234, 12), (99, 0)]);
     }
 
     #[test]

@@ -123,7 +123,12 @@ impl Handoff {
             for (position, r) in records {
                 if let Some(slot) = live {
                     let e = planner.sessions.entry(slot);
-                    let own = r.writer == writer && r.writer_seq >= e.own_from;
+                    // Written by this replica into this entry, or (a restored session) by the
+                    // server whose snapshot it came from, before the capture.
+                    let own = (r.writer == writer && r.writer_seq >= e.own_from)
+                        || e.prior_own.as_ref().is_some_and(|(w, from, to)| {
+                            r.writer == **w && (*from..*to).contains(&r.writer_seq)
+                        });
                     let seen = r.kind() == RecordKind::Event
                         && r.client_seq
                             .is_some_and(|s| planner.sessions.has_seq(slot, s));

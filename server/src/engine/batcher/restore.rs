@@ -1,6 +1,7 @@
 //! Session snapshots on the batcher thread: capturing every live session between batches (the journal
 //! stamps and writes the image), and restoring a snapshot at start-up before the log tail is replayed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lambdarec_kernels::Event;
@@ -53,6 +54,8 @@ impl Batcher {
                 idle_ms: now.duration_since(store.touched(slot)).as_millis() as u64,
                 state_version: e.state_version.clone(),
                 hidden,
+                log_floor: e.log_floor,
+                own_from: e.own_from,
             });
         }
         let (n, took) = (sessions.len(), now.elapsed());
@@ -66,6 +69,10 @@ impl Batcher {
                 half_life_s: l.trend.half_life_s(),
                 entries: l.trend.entries().collect(),
             }),
+            writer: self
+                .handoff
+                .as_ref()
+                .map(|h| (h.writer.clone(), planner.writer_seq)),
         });
         // The capture is the only part that holds up serving (the journal's thread writes it).
         debug!(
@@ -95,6 +102,7 @@ impl Batcher {
             .collect();
         let n_items = view.n_items();
         let reuse = snapshot.header.hidden == view.hidden;
+        let prior: Option<Arc<str>> = snapshot.header.writer.as_deref().map(Arc::from);
         let canary = self.planner.canary.as_ref().map(|c| (c.id, c.view.clone()));
         let ttl = self.config.session_ttl.as_millis() as u64;
         let now = Instant::now();
@@ -143,6 +151,12 @@ impl Batcher {
                 stats.rebuilt += 1;
             }
             let e = self.planner.sessions.entry_mut(slot);
+            if let Some(writer) = &prior {
+                // A replica's session: known up to its log position, and holding its writer's
+                // records up to the capture (the catch-up skips them).
+                e.log_floor = s.log_floor;
+                e.prior_own = Some((writer.clone(), s.own_from, snapshot.header.writer_seq));
+            }
             e.events = s.events;
             e.recent = recent.into();
             e.seqs = s.seqs.into();
