@@ -443,6 +443,10 @@ pub fn an_expected_position_tells_whether_another_writer_came_between(h: &mut dy
     assert!(p4 > p3, "the record is appended anyway, after the other");
     let (_, c5) = one(&mut log, ev("a", 5), Some(p4));
     assert_eq!(c5, shared);
+    // Expecting no record (0) of a session that has one.
+    one(&mut log, ev("z", 9), None);
+    let (_, c0) = one(&mut log, ev("z", 10), Some(0));
+    assert!(!c0, "the session had a record already");
     // Other sessions' records do not matter; expectations are per record.
     let both = log
         .append_expecting(
@@ -457,5 +461,5 @@ pub fn an_expected_position_tells_whether_another_writer_came_between(h: &mut dy
     assert!(both[0].0 < both[1].0 && both[1].0 < both[2].0, "{both:?}");
     // Everything was appended once, in order.
     let all = read_all(log.as_ref(), p1);
-    assert_eq!(all.len(), 8, "{all:?}");
+    assert_eq!(all.len(), 10, "{all:?}");
 }

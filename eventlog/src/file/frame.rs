@@ -66,6 +66,11 @@ impl FrameHeader {
         if header.count == 0 || header.base == 0 {
             return Err("frame header holds no records or position 0");
         }
+        // Every record's position, and the one after the last, must be a position (found by
+        // fuzzing: a base near u64::MAX overflowed the reader's arithmetic).
+        if header.base.checked_add(u64::from(header.count)).is_none() {
+            return Err("frame positions run past the largest position");
+        }
         Ok(header)
     }
 
@@ -278,6 +283,18 @@ mod tests {
         records(payload)
             .map(|b| crate::decode(1, b).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn positions_past_the_largest_are_refused_not_overflowed() {
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, u64::MAX - 2, &sample_records(3, "max")).unwrap();
+        let err = FrameHeader::parse(buf[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap_err();
+        assert!(err.contains("past the largest position"), "{err}");
+        // Up to the largest position is fine: the end is u64::MAX itself.
+        encode_frame(&mut buf, u64::MAX - 3, &sample_records(3, "max")).unwrap();
+        let h = FrameHeader::parse(buf[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(h.end(), u64::MAX);
     }
 
     #[test]
