@@ -125,12 +125,7 @@ async fn a_session_that_moves_between_replicas_is_caught_up_before_it_is_answere
         ),
     ];
     for (text, series, want) in expect {
-        let line = format!("lambdarec_{series} {want}");
-        assert!(
-            text.lines().any(|l| l == line),
-            "want {line}:\n{}",
-            grep(text, "handoff")
-        );
+        assert_series(text, series, want);
     }
     for s in [a, b, one] {
         s.shutdown().await.unwrap();
@@ -182,12 +177,7 @@ async fn a_restarted_replica_restores_its_snapshot_and_catches_up_the_rest() {
         ("handoff_sessions_total{why=\"moved\"}", 0),
         ("handoff_records_total", second.len()),
     ] {
-        let line = format!("lambdarec_{series} {want}");
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "want {line}:\n{}",
-            grep(&metrics, "handoff")
-        );
+        assert_series(&metrics, series, want);
     }
     for s in [a, b, one] {
         s.shutdown().await.unwrap();
@@ -211,24 +201,22 @@ async fn a_replica_does_not_read_back_what_the_log_confirmed() {
         views(&mut ca, &[session]).await;
     }
     let metrics = http_get(a.metrics_addr().unwrap(), "/metrics").await;
-    for line in [
-        "lambdarec_handoff_own_reads_total 0",
-        "lambdarec_handoff_records_total 0",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "want {line}:\n{}",
-            grep(&metrics, "handoff")
-        );
+    for series in ["handoff_own_reads_total", "handoff_records_total"] {
+        assert_series(&metrics, series, 0);
     }
     a.shutdown().await.unwrap();
 }
 
-fn grep(text: &str, what: &str) -> String {
-    text.lines()
-        .filter(|l| l.contains(what))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// That the Prometheus text `metrics` has the line `lambdarec_<series> <want>`; otherwise fails,
+/// showing the handoff series it has.
+fn assert_series(metrics: &str, series: &str, want: usize) {
+    let line = format!("lambdarec_{series} {want}");
+    let handoff: Vec<&str> = metrics.lines().filter(|l| l.contains("handoff")).collect();
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "want {line}:\n{}",
+        handoff.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
