@@ -250,4 +250,32 @@ pub trait Backend: Send {
     /// For each query, the `k` best non-excluded items, by score descending, ties broken by the lower
     /// item index. Fewer than `k` are returned only when the catalogue has fewer eligible items.
     fn top_k(&mut self, model: ModelId, queries: &[TopKQuery<'_>]) -> Result<Vec<Vec<Scored>>>;
+
+    /// [`Backend::top_k`], with `host` run meanwhile: host work that the same answers need (the
+    /// speed layer's kNN queries), so that the two overlap instead of following each other. On the
+    /// CPU both share this backend's threads, and `host` may spread its work over them with
+    /// [`run_parallel`]. A device backend may run `host` while the device ranks; by default it runs
+    /// after, on the caller's thread (where [`run_parallel`] uses rayon's global pool). `host`
+    /// runs whether or not ranking fails.
+    fn top_k_beside(
+        &mut self,
+        model: ModelId,
+        queries: &[TopKQuery<'_>],
+        host: &(dyn Fn() + Sync),
+    ) -> Result<Vec<Vec<Scored>>> {
+        let ranked = self.top_k(model, queries);
+        host();
+        ranked
+    }
+}
+
+/// `task(0)`, …, `task(n - 1)` on the current rayon pool, one index per job (each task is a sizable
+/// piece of work); one task runs on the caller's thread.
+pub fn run_parallel(n: usize, task: &(dyn Fn(usize) + Sync)) {
+    use rayon::prelude::*;
+    if n < 2 {
+        (0..n).for_each(task);
+    } else {
+        (0..n).into_par_iter().with_max_len(1).for_each(task);
+    }
 }

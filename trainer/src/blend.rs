@@ -107,15 +107,82 @@ impl Pool {
 
 /// A pool whose GRU scores are known for the GRU's own top items only: the other catalogue items
 /// in it (`need`) are scored by the caller, batched with other requests, then [`Draft::complete`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Draft {
     pool: Pool,
     /// Catalogue items whose GRU score is still missing, and their places in the pool.
     pub need: Vec<u32>,
     need_at: Vec<usize>,
+    /// The lowest and highest of the GRU's own top scores (raw).
+    gru_low: f32,
+    gru_high: f32,
 }
 
+/// How far (in raw GRU score, relative to its size plus one) an item outside the GRU's top list is
+/// allowed to score above the lowest of that list when [`Draft::prune`] bounds it: the top-k and
+/// the score kernels sum in different orders, so they may disagree in the last bits.
+const KERNEL_SLACK: f32 = 1e-3;
+
+/// What a pruned item's bound must stay below the threshold by (in blended score, which is at
+/// most 1).
+const PRUNE_MARGIN: f32 = 1e-4;
+
 impl Draft {
+    /// Drops from `need` the items that cannot reach the `k` best of the pool under `w`, whatever
+    /// their GRU scores turn out to be, so that fewer are scored: [`Pool::top`] at `(w, k)` then
+    /// gives the same items with the same scores as without pruning.
+    ///
+    /// An item in `need` is a catalogue item that the GRU's top list (every eligible catalogue
+    /// item considered, as [`SpeedLayer::draft`] requires) ranked below its lowest, so its
+    /// normalised GRU score is at most `exp(low - high)`. With its kNN and trending scores, which
+    /// are already known, that bounds its blended score; it is dropped when the bound is below the
+    /// `k`-th best exact score of the items whose scores are all known. Its GRU score then stays
+    /// missing (0 once completed), which keeps it below that threshold too.
+    pub fn prune(&mut self, w: Weights, k: usize) {
+        let p = &self.pool;
+        let bound_raw = self.gru_low + KERNEL_SLACK * (1.0 + self.gru_low.abs());
+        if self.need.is_empty() || k == 0 || bound_raw >= self.gru_high {
+            return;
+        }
+        let kmax = p.knn.iter().copied().fold(0.0, f32::max);
+        let knn = |c: usize| {
+            if kmax > 0.0 {
+                p.knn[c] / kmax
+            } else {
+                p.knn[c]
+            }
+        };
+        let gru = |s: f32| {
+            if s == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (s - self.gru_high).exp()
+            }
+        };
+        // The pool's exact scores where every part is known (the need items' GRU scores are not).
+        let blended = |c: usize, g: f32| w.gru * g + w.knn * knn(c) + w.trend * p.trend[c];
+        let mut pending = vec![false; p.items.len()];
+        self.need_at.iter().for_each(|&c| pending[c] = true);
+        let mut known: Vec<f32> = (0..p.items.len())
+            .filter(|&c| !pending[c])
+            .map(|c| blended(c, gru(p.gru[c])))
+            .collect();
+        if known.len() < k {
+            return;
+        }
+        let (_, &mut threshold, _) = known.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        let ceiling = gru(bound_raw);
+        let (mut need, mut need_at) = (Vec::new(), Vec::new());
+        for (&item, &c) in self.need.iter().zip(&self.need_at) {
+            if blended(c, ceiling) + PRUNE_MARGIN >= threshold {
+                need.push(item);
+                need_at.push(c);
+            }
+        }
+        self.need = need;
+        self.need_at = need_at;
+    }
+
     /// Fills in the GRU scores of `need` (same order) and normalises every scorer.
     pub fn complete(mut self, scores: &[f32]) -> Pool {
         for (&at, &s) in self.need_at.iter().zip(scores) {
@@ -187,24 +254,29 @@ impl SpeedLayer {
         self.knn.remove(owner);
     }
 
-    /// kNN scores of many sessions at once (`(items, owner)` each), in parallel on the rayon pool.
+    /// kNN scores of many sessions at once (`(items, owner)` each), in parallel on the current rayon
+    /// pool ([`lambdarec_kernels::run_parallel`]; the server calls it beside the GRU's ranking,
+    /// [`Backend::top_k_beside`], on the backend's threads).
     pub fn knn_scores(&self, queries: &[(&[u32], Option<Owner>)]) -> Vec<Vec<(u32, f32)>> {
-        use rayon::prelude::*;
         thread_local! {
             static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
         }
-        let one = |&(items, own): &(&[u32], Option<Owner>)| {
-            SCRATCH.with(|s| self.knn.score_with(items, own, &mut s.borrow_mut()))
-        };
-        if queries.len() < 2 {
-            return queries.iter().map(one).collect();
-        }
-        queries.par_iter().with_max_len(1).map(one).collect()
+        let out: Vec<std::sync::OnceLock<Vec<(u32, f32)>>> =
+            queries.iter().map(|_| std::sync::OnceLock::new()).collect();
+        lambdarec_kernels::run_parallel(queries.len(), &|q| {
+            let (items, own) = queries[q];
+            let scores = SCRATCH.with(|s| self.knn.score_with(items, own, &mut s.borrow_mut()));
+            let _ = out[q].set(scores);
+        });
+        out.into_iter()
+            .map(|o| o.into_inner().expect("every query ran"))
+            .collect()
     }
 
-    /// The pool for a session given the GRU's top items (`gru_top`, raw scores, already without
-    /// `exclude`) and its kNN scores (`knn`, from [`SpeedLayer::knn_scores`]; empty when kNN has no
-    /// weight); `exclude` is sorted. Trending candidates join when `w` gives trending weight.
+    /// The pool for a session given the GRU's top items (`gru_top`, raw scores: its best over every
+    /// catalogue item not in `exclude`) and its kNN scores (`knn`, from
+    /// [`SpeedLayer::knn_scores`]; empty when kNN has no weight); `exclude` is sorted. Trending
+    /// candidates join when `w` gives trending weight.
     pub fn draft(
         &self,
         gru_top: &[(u32, f32)],
@@ -212,47 +284,68 @@ impl SpeedLayer {
         exclude: &[u32],
         w: Weights,
     ) -> Draft {
-        let mut d = Draft::default();
-        let mut at: std::collections::HashMap<u32, usize> =
-            std::collections::HashMap::with_capacity(gru_top.len() * 4);
-        let push = |d: &mut Draft, at: &mut std::collections::HashMap<u32, usize>, item: u32| {
-            *at.entry(item).or_insert_with(|| {
-                let p = &mut d.pool;
-                p.items.push(item);
-                p.gru.push(f32::NEG_INFINITY);
-                p.knn.push(0.0);
-                p.trend.push(0.0);
-                p.items.len() - 1
-            })
-        };
-        for &(item, s) in gru_top {
-            let c = push(&mut d, &mut at, item);
-            d.pool.gru[c] = s;
+        thread_local! {
+            /// Per item, its place in the pool being drafted (`u32::MAX`: not in it); reset after
+            /// each draft.
+            static PLACE: std::cell::RefCell<Vec<u32>> = std::cell::RefCell::default();
         }
-        let excluded = |i: &u32| exclude.binary_search(i).is_ok();
-        if w.knn > 0.0 {
-            for &(item, s) in knn {
-                if !excluded(&item) {
-                    let c = push(&mut d, &mut at, item);
-                    d.pool.knn[c] = s;
+        PLACE.with(|place| {
+            let place = &mut *place.borrow_mut();
+            let mut d = Draft {
+                gru_low: gru_top.iter().map(|t| t.1).fold(f32::INFINITY, f32::min),
+                gru_high: gru_top
+                    .iter()
+                    .map(|t| t.1)
+                    .fold(f32::NEG_INFINITY, f32::max),
+                ..Draft::default()
+            };
+            let push = |d: &mut Draft, place: &mut Vec<u32>, item: u32| {
+                let i = item as usize;
+                if i >= place.len() {
+                    place.resize(i + 1, u32::MAX);
+                }
+                if place[i] == u32::MAX {
+                    let p = &mut d.pool;
+                    place[i] = p.items.len() as u32;
+                    p.items.push(item);
+                    p.gru.push(f32::NEG_INFINITY);
+                    p.knn.push(0.0);
+                    p.trend.push(0.0);
+                }
+                place[i] as usize
+            };
+            for &(item, s) in gru_top {
+                let c = push(&mut d, place, item);
+                d.pool.gru[c] = s;
+            }
+            let excluded = |i: &u32| exclude.binary_search(i).is_ok();
+            if w.knn > 0.0 {
+                for &(item, s) in knn {
+                    if !excluded(&item) {
+                        let c = push(&mut d, place, item);
+                        d.pool.knn[c] = s;
+                    }
                 }
             }
-        }
-        if w.trend > 0.0 {
-            for (item, _) in self.trend.top(POOL, exclude) {
-                push(&mut d, &mut at, item);
+            if w.trend > 0.0 {
+                for (item, _) in self.trend.top(POOL, exclude) {
+                    push(&mut d, place, item);
+                }
+                for c in 0..d.pool.items.len() {
+                    d.pool.trend[c] = self.trend.score(d.pool.items[c]);
+                }
             }
-            for c in 0..d.pool.items.len() {
-                d.pool.trend[c] = self.trend.score(d.pool.items[c]);
+            for &item in &d.pool.items {
+                place[item as usize] = u32::MAX;
             }
-        }
-        for (c, &item) in d.pool.items.iter().enumerate() {
-            if item < self.n_items && d.pool.gru[c] == f32::NEG_INFINITY {
-                d.need.push(item);
-                d.need_at.push(c);
+            for (c, &item) in d.pool.items.iter().enumerate() {
+                if item < self.n_items && d.pool.gru[c] == f32::NEG_INFINITY {
+                    d.need.push(item);
+                    d.need_at.push(c);
+                }
             }
-        }
-        d
+            d
+        })
     }
 
     /// kNN alone: the best `k` items by normalised kNN score (`knn`, from
@@ -515,6 +608,63 @@ mod tests {
     }
 
     #[test]
+    fn pruning_a_draft_keeps_the_top_items_and_their_scores() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % m
+        };
+        let n_items = 600u32;
+        let mut speed = SpeedLayer::new(
+            &Sessions::default(),
+            n_items as usize,
+            KnnParams::default(),
+            60.0,
+            Weights::GRU,
+        );
+        for t in 0..2000 {
+            speed.trend.observe(next(n_items as u64) as u32, 1000 * t);
+        }
+        let (mut scored, mut pruned) = (0, 0);
+        for round in 0..300 {
+            // The GRU's raw scores of every item; its top POOL are `gru_top`.
+            let spread = [0.5f32, 3.0, 12.0][round % 3];
+            let raw: Vec<f32> = (0..n_items)
+                .map(|_| (next(1_000_000) as f32 / 1e6 - 0.5) * spread)
+                .collect();
+            let exclude: Vec<u32> = (0..next(5)).map(|i| i as u32 * 7).collect();
+            let mut order: Vec<(u32, f32)> = (0..n_items)
+                .filter(|i| exclude.binary_search(i).is_err())
+                .map(|i| (i, raw[i as usize]))
+                .collect();
+            crate::eval::top_k(&mut order, POOL);
+            let knn: Vec<(u32, f32)> = (0..next(400))
+                .map(|_| (next(n_items as u64 + 20) as u32, next(1000) as f32 / 7.0))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            let w = Weights::new(next(21) as f32 / 20.0, [0.0, 0.01, 0.2][next(3) as usize]);
+            let k = [1usize, 5, 20, 100][next(4) as usize];
+            let full = speed.draft(&order, &knn, &exclude, w);
+            let mut cut = full.clone();
+            cut.prune(w, k);
+            scored += full.need.len();
+            pruned += full.need.len() - cut.need.len();
+            let scores_of = |d: &Draft| d.need.iter().map(|&i| raw[i as usize]).collect::<Vec<_>>();
+            let (a, b) = (scores_of(&full), scores_of(&cut));
+            let want = full.complete(&a).top(w, k);
+            let got = cut.complete(&b).top(w, k);
+            let bits =
+                |l: &[(u32, f32)]| l.iter().map(|p| (p.0, p.1.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "round {round}, w {w:?}, k {k}");
+        }
+        // The check is not vacuous: most of the scoring is saved.
+        assert!(pruned * 2 > scored, "pruned {pruned} of {scored}");
+    }
+
+    #[test]
     fn draft_pools_knn_and_trending_items_and_normalises_each_scorer() {
         let mut train = Sessions::default();
         for (items, t) in [([1u32, 2], 10.0), ([2, 3], 20.0)] {
@@ -534,7 +684,13 @@ mod tests {
             speed.trend.observe(5, 30_000 + n);
         }
         // The GRU only offered item 4; kNN adds 1, 2, 3; trending adds 5 (and 2, 3, 1).
-        let knn = speed.knn_scores(&[(&[2], None)]).remove(0);
+        let knn = speed.knn.score(&[2], None);
+        // Several sessions at once, in parallel: each as scored alone.
+        let queries: [(&[u32], Option<Owner>); 3] = [(&[2], None), (&[1, 3], None), (&[3], None)];
+        let many = speed.knn_scores(&queries);
+        for ((items, own), got) in queries.iter().zip(&many) {
+            assert_eq!(got, &speed.knn.clone().score(items, *own));
+        }
         let draft = speed.draft(&[(4, 2.0)], &knn, &[1], w);
         assert_eq!(
             draft.need,

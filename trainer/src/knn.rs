@@ -14,10 +14,13 @@
 //!
 //! The index keeps each session's distinct items and an ordering by recency: every insert or update
 //! gets the next sequence number, so "most recent" is "highest sequence number" and each item's posting
-//! list is already sorted. A session that is updated (a live session's next event) gets a new number;
-//! its old postings go stale and are skipped, then dropped when eviction reaches them. At most
-//! `capacity` sessions are kept: the least recently updated one is evicted first.
+//! list is already sorted. A session that is updated (a live session's next event) gets a new number
+//! and its old postings are taken out of their lists then and there (they sit near the lists' ends,
+//! since live sessions are recent), so every posting names a live session and a query never walks
+//! past stale ones. At most `capacity` sessions are kept: the least recently updated one is evicted
+//! first.
 
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::data::Sessions;
@@ -63,16 +66,15 @@ pub struct KnnIndex {
     params: KnnParams,
     /// `entries[seq - base]`; `None` once the session was updated under a newer sequence number.
     entries: VecDeque<Option<Entry>>,
-    /// `alive[seq - base]`: whether `entries[seq - base]` is `Some`. Candidate search checks every
-    /// posting it meets; a byte per session keeps those checks in cache where the entries are not.
-    alive: VecDeque<bool>,
     base: u64,
     live: usize,
-    /// Per item, ascending sequence numbers (stale ones included until eviction passes them).
+    /// Per item, the ascending sequence numbers of the live sessions holding it.
     postings: Vec<VecDeque<u64>>,
     owners: HashMap<Owner, u64>,
-    idf: Vec<f64>,
-    idf_unseen: f64,
+    /// Per item, `1 + idf_weight · idf`: the factor of its score (see the module's step 4).
+    item_factor: Vec<f64>,
+    /// The factor of an item the training sessions never held (a new item).
+    unseen_factor: f64,
     scratch: Scratch,
 }
 
@@ -112,6 +114,23 @@ fn weigh(items: &[u32]) -> Vec<Weighted> {
     weighted
 }
 
+/// How many neighbours ahead of the one being scored its item list is prefetched.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Asks the cache for the line at `p` ahead of its use (a hint: it never faults, and does nothing
+/// where the target has no such instruction).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and cannot fault, whatever the address;
+    // SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A candidate neighbour: its sequence number, similarity, and the latest position (0-based) in
 /// the query session of an item it shares.
 #[derive(Clone, Copy, Debug)]
@@ -119,6 +138,70 @@ struct Candidate {
     seq: u64,
     sim: f64,
     latest: usize,
+}
+
+/// Keeps the `k` most similar of `candidates` (most recent first, as [`KnnIndex::candidates`]
+/// gives them), ties to the more recent, in their order: the `k`-th highest similarity is found
+/// among the bare similarities, then one pass keeps what is above it and the first ties.
+fn keep_most_similar(candidates: &mut Vec<Candidate>, k: usize) {
+    if candidates.len() <= k {
+        return;
+    }
+    if k == 0 {
+        candidates.clear();
+        return;
+    }
+    let mut sims: Vec<f64> = candidates.iter().map(|c| c.sim).collect();
+    let (_, &mut kth, _) = sims.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let mut ties = k - candidates.iter().filter(|c| c.sim > kth).count();
+    candidates.retain(|c| {
+        let tie = c.sim == kth && ties > 0;
+        ties -= usize::from(tie);
+        c.sim > kth || tie
+    });
+}
+
+/// The candidates of [`KnnIndex::candidates`] as its merge finds them.
+struct Sample {
+    out: Vec<Candidate>,
+    size: usize,
+    /// The querying session's own sequence number (`u64::MAX`: none), left out.
+    own: u64,
+    norm: f64,
+    /// The session whose pairs are being summed (`seq` `u64::MAX`: none yet).
+    current: Candidate,
+}
+
+impl Sample {
+    /// Takes the pair (session `seq`, shared item `w`); true once the sample is complete.
+    #[inline]
+    fn take(&mut self, seq: u64, w: &Weighted) -> bool {
+        if seq != self.current.seq {
+            if self.finish() {
+                return true;
+            }
+            self.current = Candidate {
+                seq,
+                sim: 0.0,
+                latest: 0,
+            };
+        }
+        self.current.sim += w.weight;
+        self.current.latest = self.current.latest.max(w.last);
+        false
+    }
+
+    /// Ends the session being summed; true once the sample is complete.
+    fn finish(&mut self) -> bool {
+        let c = self.current;
+        if c.seq != u64::MAX && c.seq != self.own {
+            self.out.push(Candidate {
+                sim: c.sim / self.norm,
+                ..c
+            });
+        }
+        self.out.len() == self.size
+    }
 }
 
 impl KnnIndex {
@@ -132,20 +215,20 @@ impl KnnIndex {
             }
         }
         let n_sessions = train.len().max(1) as f64;
-        let idf = counts
+        let factor = |idf: f64| 1.0 + params.idf_weight * idf;
+        let item_factor = counts
             .iter()
-            .map(|&c| (n_sessions / c.max(1) as f64).ln())
+            .map(|&c| factor((n_sessions / c.max(1) as f64).ln()))
             .collect();
         let mut index = KnnIndex {
             params,
             entries: VecDeque::new(),
-            alive: VecDeque::new(),
             base: 0,
             live: 0,
             postings: vec![VecDeque::new(); n_items],
             owners: HashMap::new(),
-            idf,
-            idf_unseen: n_sessions.ln(),
+            item_factor,
+            unseen_factor: factor(n_sessions.ln()),
             scratch: Scratch::default(),
         };
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -186,9 +269,9 @@ impl KnnIndex {
         self.entries.len()
     }
 
-    /// Every update retires a session's previous entry, which leaves a hole in `entries` and stale
-    /// postings until eviction reaches them, and eviction only runs at capacity: a long-running
-    /// server below capacity would keep every event's hole. Once the holes outnumber the live
+    /// Every update retires a session's previous entry, which leaves a hole in `entries` until
+    /// eviction reaches it, and eviction only runs at capacity: a long-running server below
+    /// capacity would keep every event's hole. Once the holes outnumber the live
     /// sessions (and a few thousand), the index is renumbered without them: O(entries + postings),
     /// at most once per as many updates as there are live sessions, so O(1) amortised per update.
     /// Renumbering keeps the order, so no answer changes.
@@ -210,20 +293,14 @@ impl KnnIndex {
         }
         let base = self.base;
         let map = |seq: u64| renumber[(seq - base) as usize];
+        // Every posting names a live session (see `retire`), so none maps to a hole.
         for list in &mut self.postings {
-            let kept: VecDeque<u64> = list
-                .iter()
-                .filter(|&&seq| seq >= base)
-                .map(|&seq| map(seq))
-                .filter(|&seq| seq != u64::MAX)
-                .collect();
-            *list = kept;
+            list.iter_mut().for_each(|seq| *seq = map(*seq));
         }
         for seq in self.owners.values_mut() {
             *seq = map(*seq);
         }
         self.entries.retain(Option::is_some);
-        self.alive = self.entries.iter().map(|_| true).collect();
         self.base = 0;
     }
 
@@ -234,13 +311,18 @@ impl KnnIndex {
         }
     }
 
+    /// Takes a session's entry out, and its postings with it.
     fn retire(&mut self, seq: u64) {
         let at = (seq - self.base) as usize;
-        if let Some(slot) = self.entries.get_mut(at)
-            && slot.take().is_some()
-        {
-            self.alive[at] = false;
-            self.live -= 1;
+        let Some(entry) = self.entries.get_mut(at).and_then(Option::take) else {
+            return;
+        };
+        self.live -= 1;
+        for &i in entry.items.iter() {
+            let list = &mut self.postings[i as usize];
+            if let Ok(p) = list.binary_search(&seq) {
+                list.remove(p);
+            }
         }
     }
 
@@ -258,7 +340,6 @@ impl KnnIndex {
             }
             self.postings[i as usize].push_back(seq);
         }
-        self.alive.push_back(true);
         self.entries.push_back(Some(Entry {
             items: set.into_boxed_slice(),
             owner,
@@ -274,7 +355,6 @@ impl KnnIndex {
         let Some(front) = self.entries.pop_front() else {
             return;
         };
-        self.alive.pop_front();
         let seq = self.base;
         self.base += 1;
         if let Some(entry) = front {
@@ -282,20 +362,13 @@ impl KnnIndex {
             if let Some(owner) = entry.owner {
                 self.owners.remove(&owner);
             }
-            // Postings are ascending, so everything up to `seq` in them is evicted or stale.
+            // Postings are ascending and live, so `seq` is at the front of each of its items' lists.
             for &i in entry.items.iter() {
                 let list = &mut self.postings[i as usize];
-                while list.front().is_some_and(|&s| s <= seq) {
-                    list.pop_front();
-                }
+                debug_assert_eq!(list.front(), Some(&seq));
+                list.pop_front();
             }
         }
-    }
-
-    fn is_live(&self, seq: u64) -> bool {
-        seq.checked_sub(self.base)
-            .and_then(|at| self.alive.get(at as usize))
-            .is_some_and(|&a| a)
     }
 
     #[cfg(test)]
@@ -312,72 +385,57 @@ impl KnnIndex {
     /// A k-way merge from the back of each shared item's posting list visits the newest sequence
     /// number first, and each (item, session) pair once: the shared weights are summed as the pairs
     /// come, so no candidate's items are read. A session's pairs come together (the heap orders by
-    /// sequence number), in descending item order; they are summed in ascending item order, so the
-    /// similarity is bit for bit the intersection sum over the sorted item lists.
+    /// sequence number), in descending item order, which is the order they are summed in.
     fn candidates(&self, weighted: &[Weighted], own: Option<u64>) -> Vec<Candidate> {
-        let mut heap: BinaryHeap<(u64, usize, usize)> = BinaryHeap::new();
+        // Per shared item, the place in its posting list of the pair the heap holds for it.
+        let mut at: Vec<usize> = Vec::with_capacity(weighted.len());
+        let mut heap: BinaryHeap<(u64, usize)> = BinaryHeap::with_capacity(weighted.len());
         for (n, &Weighted { item: i, .. }) in weighted.iter().enumerate() {
-            if let Some(list) = self.postings.get(i as usize)
-                && let Some(&last) = list.back()
-            {
-                heap.push((last, n, list.len() - 1));
+            let list = self.postings.get(i as usize);
+            at.push(list.map_or(0, |l| l.len().saturating_sub(1)));
+            if let Some(&last) = list.and_then(VecDeque::back) {
+                heap.push((last, n));
             }
         }
-        let norm = weighted.len() as f64;
-        let sum = |parts: &[f64]| parts.iter().rev().fold(0.0, |a, &w| a + w) / norm;
-        let mut out = Vec::new();
-        // The session being summed (None while skipping one that is stale or the caller's own).
-        let mut current: Option<u64> = None;
-        let mut last_seen: Option<u64> = None;
-        let mut parts: Vec<f64> = Vec::new();
-        let mut latest = 0;
-        // Takes the pair (session `seq`, shared item `n`); true once the sample is complete.
-        let mut take = |seq: u64, n: usize, out: &mut Vec<Candidate>| {
-            if last_seen != Some(seq) {
-                last_seen = Some(seq);
-                if let Some(done) = current.take() {
-                    out.push(Candidate {
-                        seq: done,
-                        sim: sum(&parts),
-                        latest,
-                    });
-                    parts.clear();
-                    latest = 0;
-                    if out.len() == self.params.sample_size {
-                        return true;
-                    }
-                }
-                if Some(seq) != own && self.is_live(seq) {
-                    current = Some(seq);
-                }
-            }
-            if current == Some(seq) {
-                parts.push(weighted[n].weight);
-                latest = latest.max(weighted[n].last);
-            }
-            false
+        let mut sample = Sample {
+            out: Vec::with_capacity(self.params.sample_size.min(1 << 16)),
+            size: self.params.sample_size,
+            own: own.unwrap_or(u64::MAX),
+            norm: weighted.len() as f64,
+            current: Candidate {
+                seq: u64::MAX,
+                sim: 0.0,
+                latest: 0,
+            },
         };
-        while let Some((seq, n, at)) = heap.pop() {
-            if take(seq, n, &mut out) {
-                return out;
-            }
-            let list = &self.postings[weighted[n].item as usize];
-            if heap.is_empty() {
+        loop {
+            if heap.len() <= 1 {
                 // The last list left (often the only one): walk it without the heap.
-                for &seq in list.range(..at).rev() {
-                    if take(seq, n, &mut out) {
-                        return out;
+                if let Some((_, n)) = heap.pop() {
+                    let list = &self.postings[weighted[n].item as usize];
+                    for &seq in list.range(..=at[n]).rev() {
+                        if sample.take(seq, &weighted[n]) {
+                            return sample.out;
+                        }
                     }
                 }
                 break;
             }
-            if at > 0 {
-                heap.push((list[at - 1], n, at - 1));
+            let mut top = heap.peek_mut().expect("two lists or more");
+            let (seq, n) = *top;
+            if sample.take(seq, &weighted[n]) {
+                return sample.out;
+            }
+            if at[n] == 0 {
+                PeekMut::pop(top);
+            } else {
+                at[n] -= 1;
+                // Replaced in place: one sift down instead of a pop and a push.
+                *top = (self.postings[weighted[n].item as usize][at[n]], n);
             }
         }
-        // Ends the last session (no session has this sequence number).
-        take(u64::MAX, 0, &mut out);
-        out
+        sample.finish();
+        sample.out
     }
 
     /// Scores for the session `items` (oldest first, repeats kept); `own` is its live owner, left out
@@ -403,23 +461,31 @@ impl KnnIndex {
         let own_seq = own.and_then(|o| self.owners.get(&o).copied());
 
         let mut neighbours = self.candidates(&weighted, own_seq);
-        let by_sim = |a: &Candidate, b: &Candidate| b.sim.total_cmp(&a.sim).then(b.seq.cmp(&a.seq));
-        if neighbours.len() > self.params.k {
-            neighbours.select_nth_unstable_by(self.params.k, by_sim);
-            neighbours.truncate(self.params.k);
-        }
+        keep_most_similar(&mut neighbours, self.params.k);
 
+        // The neighbours' item lists, gathered first: their entries are scattered over the index,
+        // and loads that do not wait on each other overlap their cache misses.
+        let lists: Vec<(&[u32], f64, f64)> = neighbours
+            .iter()
+            .filter_map(|c| {
+                let entry = self.entries[(c.seq - self.base) as usize].as_ref()?;
+                // Steps back from the session's end to the latest item the neighbour shares (1:
+                // its last item).
+                let decay = 1.0 / (n - c.latest) as f64;
+                Some((&entry.items[..], c.sim, decay))
+            })
+            .collect();
         let Scratch { scores, touched } = scratch;
-        for c in &neighbours {
-            let Some(entry) = self.entries[(c.seq - self.base) as usize].as_ref() else {
-                continue;
-            };
-            let (other, sim) = (&entry.items, c.sim);
-            // Steps back from the session's end to the latest item the neighbour shares (1: its
-            // last item).
-            let decay = 1.0 / (n - c.latest) as f64;
-            for &j in other.iter() {
-                let idf = self.idf.get(j as usize).copied().unwrap_or(self.idf_unseen);
+        for (at, &(other, sim, decay)) in lists.iter().enumerate() {
+            if let Some(ahead) = lists.get(at + PREFETCH_AHEAD) {
+                prefetch(ahead.0.as_ptr());
+            }
+            for &j in other {
+                let factor = self
+                    .item_factor
+                    .get(j as usize)
+                    .copied()
+                    .unwrap_or(self.unseen_factor);
                 let j = j as usize;
                 if j >= scores.len() {
                     scores.resize(j + 1, 0.0);
@@ -427,7 +493,7 @@ impl KnnIndex {
                 if scores[j] == 0.0 {
                     touched.push(j as u32);
                 }
-                scores[j] += sim * (1.0 + self.params.idf_weight * idf) * decay;
+                scores[j] += sim * factor * decay;
             }
         }
         let out = touched
@@ -451,24 +517,16 @@ impl KnnIndex {
     }
 }
 
-/// `Σ w(i)` over the items of `weighted` (sorted by item) that are in `other` (sorted): what
-/// [`KnnIndex::candidates`] sums as the posting lists merge (checked against this in the tests).
+/// `Σ w(i)` over the items of `weighted` (sorted by item) that are in `other` (sorted), summed from
+/// the highest item down: what [`KnnIndex::candidates`] sums as the posting lists merge (checked
+/// against this in the tests).
 #[cfg(test)]
 fn intersect_weight(weighted: &[Weighted], other: &[u32]) -> f64 {
-    use std::cmp::Ordering;
-    let (mut a, mut b, mut sum) = (0, 0, 0.0);
-    while a < weighted.len() && b < other.len() {
-        match weighted[a].item.cmp(&other[b]) {
-            Ordering::Less => a += 1,
-            Ordering::Greater => b += 1,
-            Ordering::Equal => {
-                sum += weighted[a].weight;
-                a += 1;
-                b += 1;
-            }
-        }
-    }
-    sum
+    weighted
+        .iter()
+        .rev()
+        .filter(|w| other.binary_search(&w.item).is_ok())
+        .fold(0.0, |sum, w| sum + w.weight)
 }
 
 /// V-SKNN as an evaluation recommender. Frozen, it answers from the training sessions only; live, every
@@ -627,6 +685,13 @@ mod tests {
             let items: Vec<u32> = (0..1 + next(8)).map(|_| next(40) as u32).collect();
             index.upsert(s % 220, &items);
         }
+        // Every posting names a live session holding the item: retired entries took theirs along.
+        for (item, list) in index.postings.iter().enumerate() {
+            for &seq in list {
+                let entry = index.entry(seq).expect("a posting names a live session");
+                assert!(entry.items.contains(&(item as u32)));
+            }
+        }
         for q in 0..50 {
             let session: Vec<u32> = (0..1 + next(10)).map(|_| next(40) as u32).collect();
             let weighted = weigh(&session);
@@ -653,6 +718,40 @@ mod tests {
                     .position(|i| items.binary_search(i).is_ok());
                 assert_eq!(Some(session.len() - 1 - c.latest), from_end);
             }
+        }
+    }
+
+    #[test]
+    fn keeps_the_most_similar_candidates_ties_to_the_more_recent() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        for round in 0..200 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let n = (rng % 60) as usize;
+            // Newest first, similarities from a few values so that ties are common.
+            let mut candidates: Vec<Candidate> = (0..n)
+                .map(|i| Candidate {
+                    seq: (n - i) as u64,
+                    sim: ((rng >> (i % 48)) % 5) as f64 / 4.0,
+                    latest: i,
+                })
+                .collect();
+            let k = round % 25;
+            let mut want = candidates.clone();
+            want.sort_by(|a, b| b.sim.total_cmp(&a.sim).then(b.seq.cmp(&a.seq)));
+            want.truncate(k);
+            keep_most_similar(&mut candidates, k);
+            let seqs = |c: &[Candidate]| {
+                let mut s: Vec<u64> = c.iter().map(|c| c.seq).collect();
+                s.sort_unstable();
+                s
+            };
+            assert_eq!(seqs(&candidates), seqs(&want), "round {round}, k {k}");
+            assert!(
+                candidates.windows(2).all(|w| w[0].seq > w[1].seq),
+                "order kept"
+            );
         }
     }
 

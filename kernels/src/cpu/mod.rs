@@ -247,4 +247,23 @@ impl Backend for CpuBackend {
         validate::top_k_queries(queries, self.states.capacity)?;
         Ok(topk::top_k(&self.pool, self.isa, m, &self.states, queries))
     }
+
+    fn top_k_beside(
+        &mut self,
+        model: ModelId,
+        queries: &[TopKQuery<'_>],
+        host: &(dyn Fn() + Sync),
+    ) -> Result<Vec<Vec<Scored>>> {
+        let checked = model_for(&self.models, &self.states, model)
+            .and_then(|m| validate::top_k_queries(queries, self.states.capacity).map(|()| m));
+        let (pool, isa, states) = (&self.pool, self.isa, &self.states);
+        // One parallel region for both: the pool's threads take whichever work is left.
+        let (ranked, ()) = pool.install(|| {
+            rayon::join(
+                || checked.map(|m| topk::top_k(pool, isa, m, states, queries)),
+                host,
+            )
+        });
+        ranked
+    }
 }

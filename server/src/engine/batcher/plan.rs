@@ -888,14 +888,8 @@ fn answer(
             });
         }
     }
-    let tops = if queries.is_empty() {
-        Vec::new()
-    } else {
-        x.backend.top_k(x.model, &queries)?
-    };
 
-    // 2. Session-kNN for every query that needs it, in parallel; then the blend's pools, whose other
-    //    catalogue candidates the GRU scores next.
+    // 2. Session-kNN for every query that needs it, in parallel, beside the GRU's ranking.
     let needs_knn = |strategy: Strategy| match strategy {
         Strategy::Knn => true,
         Strategy::Blend => w.knn > 0.0,
@@ -905,11 +899,22 @@ fn answer(
         .iter()
         .map(|p| (p.strategy, &p.session))
         .chain(scores.iter().map(|p| (p.strategy, &p.session)));
-    let queries: Vec<(&[u32], Option<u64>)> = sessions
+    let knn_queries: Vec<(&[u32], Option<u64>)> = sessions
         .filter(|(strategy, _)| needs_knn(*strategy))
         .map(|(_, s)| (&s.items[..], s.owner))
         .collect();
-    let mut knn = layer.knn_scores(&queries).into_iter();
+    let knn_scores = std::sync::OnceLock::new();
+    let tops = if queries.is_empty() && knn_queries.is_empty() {
+        Vec::new()
+    } else {
+        let knn = || {
+            let _ = knn_scores.set(layer.knn_scores(&knn_queries));
+        };
+        x.backend.top_k_beside(x.model, &queries, &knn)?
+    };
+    let mut knn = knn_scores.into_inner().unwrap_or_default().into_iter();
+
+    // 3. The blend's pools, whose other catalogue candidates the GRU scores next.
     let mut knn_of = |strategy: Strategy| {
         if needs_knn(strategy) {
             knn.next().unwrap_or_default()
@@ -926,13 +931,15 @@ fn answer(
         .map(|((p, t), knn)| match (p.strategy, t) {
             (Strategy::Blend, Some(t)) => {
                 let top: Vec<(u32, f32)> = tops[*t].iter().map(|s| (s.item, s.score)).collect();
-                Some(layer.draft(&top, knn, &p.exclude, w))
+                let mut draft = layer.draft(&top, knn, &p.exclude, w);
+                draft.prune(w, p.k);
+                Some(draft)
             }
             _ => None,
         })
         .collect();
 
-    // 3. One score call: GRU-scored candidates of Score requests and the pools' missing scores.
+    // 4. One score call: GRU-scored candidates of Score requests and the pools' missing scores.
     let mut squeries = Vec::new();
     let mut score_of = vec![None; scores.len()];
     for (i, p) in scores.iter().enumerate() {
@@ -963,7 +970,7 @@ fn answer(
     };
     drop(squeries);
 
-    // 4. Each answer.
+    // 5. Each answer.
     let scored_list = |list: Vec<(u32, f32)>| {
         list.into_iter()
             .map(|(item, score)| Scored { item, score })
