@@ -8,44 +8,21 @@
 //!
 //! `cargo bench -p lambdarec-benches --bench knn`
 
-use std::path::PathBuf;
+mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lambdarec_trainer::blend::{DEFAULT_HISTORY, POOL, SpeedLayer, Weights};
-use lambdarec_trainer::data::{self, PrepareOptions, ReadOptions};
+use lambdarec_trainer::data::{self, PrepareOptions};
 use lambdarec_trainer::knn::{KnnParams, Scratch};
 
 /// Test prefixes timed per iteration.
 const QUERIES: usize = 2000;
 
 fn dataset() -> (String, data::Dataset) {
-    let root = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/rsc15-yoochoose-100k"
-    ));
-    let train_path = root.join("yoochoose-clicks-100k_train_full.txt");
-    if train_path.is_file() {
-        let raw =
-            data::read_log(&train_path, &ReadOptions::default()).expect("read rsc15 train_full");
-        let test = data::read_log(
-            &root.join("yoochoose-clicks-100k_test.txt"),
-            &ReadOptions::default(),
-        )
-        .expect("read rsc15 test");
-        return (
-            "rsc15-100k".into(),
-            data::prepare(&raw, Some(&test), &PrepareOptions::default()).expect("prepare rsc15"),
-        );
-    }
-    eprintln!("../shared/data not found: benchmarking on the built-in synthetic sample instead");
-    let raw = data::synthetic::generate(&data::synthetic::SyntheticOptions::default());
-    (
-        "synthetic".into(),
-        data::prepare(&raw, None, &PrepareOptions::default()).expect("prepare synthetic"),
-    )
+    common::rsc15_or_synthetic(&PrepareOptions::default())
 }
 
 fn bench_knn(c: &mut Criterion) {

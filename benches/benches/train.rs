@@ -5,45 +5,21 @@
 //! The same-run baseline is the PyTorch implementation of the same loop, `benches/peers/torch_gru4rec.py`,
 //! run right after this bench on the idle machine (see benches/RESULTS.md for the commands).
 
-use std::path::PathBuf;
+mod common;
 
 // The same allocator as the `lambdarec` binary, so the bench measures what users run.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lambdarec_trainer::data::{self, PrepareOptions, ReadOptions};
+use lambdarec_trainer::data::{self, PrepareOptions};
 use lambdarec_trainer::train::{TrainConfig, train};
 
 fn dataset() -> (String, data::Dataset) {
-    let root = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/rsc15-yoochoose-100k"
-    ));
-    let train_path = root.join("yoochoose-clicks-100k_train_full.txt");
-    let prepare = PrepareOptions {
+    common::rsc15_or_synthetic(&PrepareOptions {
         min_item_support: 1,
         ..PrepareOptions::default()
-    };
-    if train_path.is_file() {
-        let raw =
-            data::read_log(&train_path, &ReadOptions::default()).expect("read rsc15 train_full");
-        let test = data::read_log(
-            &root.join("yoochoose-clicks-100k_test.txt"),
-            &ReadOptions::default(),
-        )
-        .expect("read rsc15 test");
-        return (
-            "rsc15-100k".into(),
-            data::prepare(&raw, Some(&test), &prepare).expect("prepare rsc15"),
-        );
-    }
-    eprintln!("../shared/data not found: benchmarking on the built-in synthetic sample instead");
-    let raw = data::synthetic::generate(&data::synthetic::SyntheticOptions::default());
-    (
-        "synthetic".into(),
-        data::prepare(&raw, None, &PrepareOptions::default()).expect("prepare synthetic"),
-    )
+    })
 }
 
 fn bench_train(c: &mut Criterion) {

@@ -1,5 +1,6 @@
-//! Helpers shared by the kernel benches: seeded data, and a recorder that keeps each case's per-run
-//! times so a bench can print every figure as a ratio to the baseline measured in the same process.
+//! Helpers shared by the benches: seeded data, the RSC15 sample, and a recorder that keeps each
+//! case's per-run times so a bench can print every figure as a ratio to the baseline measured in the
+//! same process.
 
 #![allow(dead_code)] // each bench uses a different subset
 
@@ -174,4 +175,36 @@ pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     acc.iter().sum::<f32>() + tail
+}
+
+/// The RSC15 sample's split (train_full → test) from `../shared/data`, prepared with `prepare`, or
+/// the built-in synthetic sample (said on stderr) where this checkout has no shared data.
+pub fn rsc15_or_synthetic(
+    prepare: &lambdarec_trainer::data::PrepareOptions,
+) -> (String, lambdarec_trainer::data::Dataset) {
+    use lambdarec_trainer::data::{self, PrepareOptions, ReadOptions};
+    let root = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/rsc15-yoochoose-100k"
+    ));
+    let train_path = root.join("yoochoose-clicks-100k_train_full.txt");
+    if train_path.is_file() {
+        let raw =
+            data::read_log(&train_path, &ReadOptions::default()).expect("read rsc15 train_full");
+        let test = data::read_log(
+            &root.join("yoochoose-clicks-100k_test.txt"),
+            &ReadOptions::default(),
+        )
+        .expect("read rsc15 test");
+        return (
+            "rsc15-100k".into(),
+            data::prepare(&raw, Some(&test), prepare).expect("prepare rsc15"),
+        );
+    }
+    eprintln!("../shared/data not found: benchmarking on the built-in synthetic sample instead");
+    let raw = data::synthetic::generate(&data::synthetic::SyntheticOptions::default());
+    (
+        "synthetic".into(),
+        data::prepare(&raw, None, &PrepareOptions::default()).expect("prepare synthetic"),
+    )
 }
