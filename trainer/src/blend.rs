@@ -113,9 +113,6 @@ pub struct Draft {
     /// Catalogue items whose GRU score is still missing, and their places in the pool.
     pub need: Vec<u32>,
     need_at: Vec<usize>,
-    /// The lowest and highest of the GRU's own top scores (raw).
-    gru_low: f32,
-    gru_high: f32,
 }
 
 /// How far (in raw GRU score, relative to its size plus one) an item outside the GRU's top list is
@@ -140,8 +137,13 @@ impl Draft {
     /// missing (0 once completed), which keeps it below that threshold too.
     pub fn prune(&mut self, w: Weights, k: usize) {
         let p = &self.pool;
-        let bound_raw = self.gru_low + KERNEL_SLACK * (1.0 + self.gru_low.abs());
-        if self.need.is_empty() || k == 0 || bound_raw >= self.gru_high {
+        // The GRU's top items are the pool's only items with a raw GRU score yet.
+        let top = p.gru.iter().copied().filter(|s| *s != f32::NEG_INFINITY);
+        let (low, high) = top.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), s| {
+            (lo.min(s), hi.max(s))
+        });
+        let bound_raw = low + KERNEL_SLACK * (1.0 + low.abs());
+        if self.need.is_empty() || k == 0 || bound_raw >= high {
             return;
         }
         let kmax = p.knn.iter().copied().fold(0.0, f32::max);
@@ -156,7 +158,7 @@ impl Draft {
             if s == f32::NEG_INFINITY {
                 0.0
             } else {
-                (s - self.gru_high).exp()
+                (s - high).exp()
             }
         };
         // The pool's exact scores where every part is known (the need items' GRU scores are not).
@@ -291,14 +293,7 @@ impl SpeedLayer {
         }
         PLACE.with(|place| {
             let place = &mut *place.borrow_mut();
-            let mut d = Draft {
-                gru_low: gru_top.iter().map(|t| t.1).fold(f32::INFINITY, f32::min),
-                gru_high: gru_top
-                    .iter()
-                    .map(|t| t.1)
-                    .fold(f32::NEG_INFINITY, f32::max),
-                ..Draft::default()
-            };
+            let mut d = Draft::default();
             let push = |d: &mut Draft, place: &mut Vec<u32>, item: u32| {
                 let i = item as usize;
                 if i >= place.len() {

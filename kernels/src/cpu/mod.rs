@@ -243,9 +243,7 @@ impl Backend for CpuBackend {
     }
 
     fn top_k(&mut self, model: ModelId, queries: &[TopKQuery<'_>]) -> Result<Vec<Vec<Scored>>> {
-        let m = model_for(&self.models, &self.states, model)?;
-        validate::top_k_queries(queries, self.states.capacity)?;
-        Ok(topk::top_k(&self.pool, self.isa, m, &self.states, queries))
+        self.ranked(model, queries)
     }
 
     fn top_k_beside(
@@ -254,16 +252,20 @@ impl Backend for CpuBackend {
         queries: &[TopKQuery<'_>],
         host: &(dyn Fn() + Sync),
     ) -> Result<Vec<Vec<Scored>>> {
-        let checked = model_for(&self.models, &self.states, model)
-            .and_then(|m| validate::top_k_queries(queries, self.states.capacity).map(|()| m));
-        let (pool, isa, states) = (&self.pool, self.isa, &self.states);
+        let this = &*self;
         // One parallel region for both: the pool's threads take whichever work is left.
-        let (ranked, ()) = pool.install(|| {
-            rayon::join(
-                || checked.map(|m| topk::top_k(pool, isa, m, states, queries)),
-                host,
-            )
-        });
+        let (ranked, ()) = this
+            .pool
+            .install(|| rayon::join(|| this.ranked(model, queries), host));
         ranked
+    }
+}
+
+impl CpuBackend {
+    /// [`Backend::top_k`], which reads the backend only.
+    fn ranked(&self, model: ModelId, queries: &[TopKQuery<'_>]) -> Result<Vec<Vec<Scored>>> {
+        let m = model_for(&self.models, &self.states, model)?;
+        validate::top_k_queries(queries, self.states.capacity)?;
+        Ok(topk::top_k(&self.pool, self.isa, m, &self.states, queries))
     }
 }
