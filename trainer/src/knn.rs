@@ -170,6 +170,11 @@ struct Sample {
     norm: f64,
     /// The session whose pairs are being summed (`seq` `u64::MAX`: none yet).
     current: Candidate,
+    /// The sum of a candidate that shares every item, as the merge sums it (descending item
+    /// order), and how many of those are wanted before the rest cannot matter.
+    full: f64,
+    enough: usize,
+    full_seen: usize,
 }
 
 impl Sample {
@@ -195,12 +200,13 @@ impl Sample {
     fn finish(&mut self) -> bool {
         let c = self.current;
         if c.seq != u64::MAX && c.seq != self.own {
+            self.full_seen += usize::from(c.sim == self.full);
             self.out.push(Candidate {
                 sim: c.sim / self.norm,
                 ..c
             });
         }
-        self.out.len() == self.size
+        self.out.len() == self.size || self.full_seen == self.enough
     }
 }
 
@@ -382,11 +388,16 @@ impl KnnIndex {
     /// similarity: the weights in `weighted` (items ascending, with their position weight) of the
     /// items it shares, over `weighted.len()`.
     ///
+    /// The merge stops early once `enough` of them share every item of the session: no older
+    /// candidate can be more similar than those, and at equal similarity the more recent are the
+    /// neighbours, so the `enough` most similar of this shorter sample are those of the whole one
+    /// (always so for a session of one distinct item, whose candidates are all equally similar).
+    ///
     /// A k-way merge from the back of each shared item's posting list visits the newest sequence
     /// number first, and each (item, session) pair once: the shared weights are summed as the pairs
     /// come, so no candidate's items are read. A session's pairs come together (the heap orders by
     /// sequence number), in descending item order, which is the order they are summed in.
-    fn candidates(&self, weighted: &[Weighted], own: Option<u64>) -> Vec<Candidate> {
+    fn candidates(&self, weighted: &[Weighted], own: Option<u64>, enough: usize) -> Vec<Candidate> {
         // Per shared item, the place in its posting list of the pair the heap holds for it.
         let mut at: Vec<usize> = Vec::with_capacity(weighted.len());
         let mut heap: BinaryHeap<(u64, usize)> = BinaryHeap::with_capacity(weighted.len());
@@ -407,6 +418,9 @@ impl KnnIndex {
                 sim: 0.0,
                 latest: 0,
             },
+            full: weighted.iter().rev().fold(0.0, |sum, w| sum + w.weight),
+            enough,
+            full_seen: 0,
         };
         loop {
             if heap.len() <= 1 {
@@ -460,7 +474,7 @@ impl KnnIndex {
         let weighted = weigh(items);
         let own_seq = own.and_then(|o| self.owners.get(&o).copied());
 
-        let mut neighbours = self.candidates(&weighted, own_seq);
+        let mut neighbours = self.candidates(&weighted, own_seq, self.params.k);
         keep_most_similar(&mut neighbours, self.params.k);
 
         // The neighbours' item lists, gathered first: their entries are scattered over the index,
@@ -696,7 +710,7 @@ mod tests {
             let session: Vec<u32> = (0..1 + next(10)).map(|_| next(40) as u32).collect();
             let weighted = weigh(&session);
             let own = (q % 3 == 0).then(|| index.owners[&(q % 220)]);
-            let got = index.candidates(&weighted, own);
+            let got = index.candidates(&weighted, own, usize::MAX);
             // The reference: every live session sharing an item, newest first, then the sums.
             let mut want: Vec<u64> = weighted
                 .iter()
@@ -719,6 +733,45 @@ mod tests {
                 assert_eq!(Some(session.len() - 1 - c.latest), from_end);
             }
         }
+    }
+
+    #[test]
+    fn stopping_at_enough_full_matches_keeps_the_same_neighbours() {
+        // Few items, so that many sessions share all of a query's: the merge stops early often.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % m
+        };
+        let mut index = KnnIndex::fit(&Sessions::default(), 6, params(50, 400, 0.0));
+        for s in 0..2000u64 {
+            let items: Vec<u32> = (0..1 + next(5)).map(|_| next(6) as u32).collect();
+            index.upsert(s % 1500, &items);
+        }
+        let mut early = 0;
+        for q in 0..300 {
+            let session: Vec<u32> = (0..1 + next(4)).map(|_| next(6) as u32).collect();
+            let weighted = weigh(&session);
+            let own = (q % 2 == 0).then(|| index.owners[&(q % 1500)]);
+            let k = [1, 7, 50, 120][q as usize % 4];
+            let mut whole = index.candidates(&weighted, own, usize::MAX);
+            let mut short = index.candidates(&weighted, own, k);
+            early += usize::from(short.len() < whole.len());
+            keep_most_similar(&mut whole, k);
+            keep_most_similar(&mut short, k);
+            let key = |c: &[Candidate]| {
+                c.iter()
+                    .map(|c| (c.seq, c.sim.to_bits(), c.latest))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(key(&short), key(&whole), "query {q}: {session:?}, k {k}");
+        }
+        assert!(
+            early > 150,
+            "the merge stopped early in {early} of 300 queries"
+        );
     }
 
     #[test]
