@@ -254,9 +254,10 @@ pub trait Backend: Send {
     /// [`Backend::top_k`], with `host` run meanwhile: host work that the same answers need (the
     /// speed layer's kNN queries), so that the two overlap instead of following each other. On the
     /// CPU both share this backend's threads, and `host` may spread its work over them with
-    /// [`run_parallel`]. A device backend may run `host` while the device ranks; by default it runs
-    /// after, on the caller's thread (where [`run_parallel`] uses rayon's global pool). `host`
-    /// runs whether or not ranking fails.
+    /// [`run_parallel`]. A device backend may run `host` while the device ranks (the CUDA backend
+    /// queues its kernels, runs `host`, then waits for them); by default it runs after. Either way
+    /// `host` runs on the caller's thread, where [`run_parallel`] uses rayon's global pool. `host`
+    /// runs once, whether or not ranking fails.
     fn top_k_beside(
         &mut self,
         model: ModelId,

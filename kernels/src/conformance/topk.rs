@@ -2,6 +2,7 @@
 //! exclusions, k beyond the eligible items, tie order, and NaN scores.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{SHAPES, TestRng, close, random_model, setup, tolerance};
 use crate::{Backend, Dtype, ModelWeights, Scored, TopKQuery, reference};
@@ -76,7 +77,8 @@ pub fn check_top_k(
     }
 }
 
-/// Batches of 1, 7 and 64 with k in {1, 20, 100, 2048, > eligible}, with and without exclusions.
+/// Batches of 1, 7 and 64 with k in {1, 20, 100, 2048, > eligible}, with and without exclusions;
+/// `top_k_beside` gives the same answers and runs its host work once per call.
 pub fn top_k_matches_reference(backend: &mut dyn Backend, dtype: Dtype) {
     let tol = tolerance(dtype);
     for (case, &(n, e, h, tied)) in SHAPES.iter().enumerate() {
@@ -138,12 +140,32 @@ pub fn top_k_matches_reference(backend: &mut dyn Backend, dtype: Dtype) {
                 );
                 check_top_k(&w, row(query.slot), query, answer, tol, &ctx);
             }
+            let runs = AtomicUsize::new(0);
+            let host = || {
+                runs.fetch_add(1, Ordering::Relaxed);
+            };
+            let beside = backend
+                .top_k_beside(model, queries, &host)
+                .expect("top_k_beside");
+            assert_eq!(beside, got, "top_k_beside {dtype}: top_k's answers");
+            assert_eq!(runs.into_inner(), 1, "top_k_beside runs the host work once");
         }
         assert!(
             backend
                 .top_k(model, &[])
                 .expect("empty top_k batch")
                 .is_empty()
+        );
+        let runs = AtomicUsize::new(0);
+        let host = || {
+            runs.fetch_add(1, Ordering::Relaxed);
+        };
+        let none = backend
+            .top_k_beside(model, &[], &host)
+            .expect("empty batch");
+        assert!(
+            none.is_empty() && runs.into_inner() == 1,
+            "host work with no queries"
         );
         backend.drop_model(model);
     }

@@ -422,9 +422,21 @@ impl Backend for CudaBackend {
     }
 
     fn top_k(&mut self, model: ModelId, queries: &[TopKQuery<'_>]) -> Result<Vec<Vec<Scored>>> {
+        self.top_k_beside(model, queries, &|| {})
+    }
+
+    /// The fused kernels are queued first and `host` runs while the card ranks; the rare queries
+    /// whose k is beyond the fused kernel's follow it.
+    fn top_k_beside(
+        &mut self,
+        model: ModelId,
+        queries: &[TopKQuery<'_>],
+        host: &(dyn Fn() + Sync),
+    ) -> Result<Vec<Vec<Scored>>> {
         self.model(model)?;
         validate::top_k_queries(queries, self.states.capacity)?;
         if queries.is_empty() {
+            host();
             return Ok(Vec::new());
         }
         let states = self.states.ptr(&self.gpu.stream);
@@ -433,11 +445,17 @@ impl Backend for CudaBackend {
         let fused: Vec<usize> = (0..queries.len())
             .filter(|&i| ks[i] <= MAX_FUSED_K)
             .collect();
-        let mut answers: Vec<Vec<Scored>> = vec![Vec::new(); queries.len()];
-        if !fused.is_empty() {
+        let queued = if fused.is_empty() {
+            None
+        } else {
             let qs: Vec<&TopKQuery<'_>> = fused.iter().map(|&i| &queries[i]).collect();
             let fks: Vec<usize> = fused.iter().map(|&i| ks[i]).collect();
-            let got = self.gpu.top_k_fused(m, states, &qs, &fks)?;
+            Some(self.gpu.top_k_fused_launch(m, states, &qs, &fks))
+        };
+        host();
+        let mut answers: Vec<Vec<Scored>> = vec![Vec::new(); queries.len()];
+        if let Some(queued) = queued {
+            let got = self.gpu.top_k_fused_read(queued?)?;
             for (&i, a) in fused.iter().zip(got) {
                 answers[i] = a;
             }

@@ -162,16 +162,25 @@ pub(crate) fn merge_group(kstride: usize, kpad: usize, smem_per_block: usize) ->
     (MERGE_KEYS / kstride).min(fit).max(2)
 }
 
+/// A fused top-k whose kernels are queued on the stream: [`Gpu::top_k_fused_read`] waits for them
+/// and decodes the answers.
+pub(crate) struct FusedTopK {
+    in_a: bool,
+    kstride: usize,
+    ks: Vec<usize>,
+}
+
 impl Gpu {
-    /// Fused top-k of `queries` against the state table at `states` (slots validated; `ks` holds each
-    /// query's k, 1 ≤ k ≤ min(MAX_FUSED_K, n_items)).
-    pub(crate) fn top_k_fused(
+    /// Queues the fused top-k of `queries` against the state table at `states` (slots validated;
+    /// `ks` holds each query's k, 1 ≤ k ≤ min(MAX_FUSED_K, n_items)) and returns without waiting
+    /// for the card, so the host can work meanwhile.
+    pub(crate) fn top_k_fused_launch(
         &mut self,
         m: &DeviceModel,
         states: u64,
         queries: &[&TopKQuery<'_>],
         ks: &[usize],
-    ) -> Result<Vec<Vec<Scored>>> {
+    ) -> Result<FusedTopK> {
         let nq = queries.len();
         let kmax = *ks.iter().max().expect("at least one query");
         let (n_items, hp, dt) = (m.n_items, m.hp, dtype_index(m.dtype));
@@ -306,11 +315,21 @@ impl Gpu {
             }
         }
         self.timing_stop()?;
-        let keys =
-            if src_is_a { &self.keys_a } else { &self.keys_b }.read(&self.stream, nq * kstride)?;
+        Ok(FusedTopK {
+            in_a: src_is_a,
+            kstride,
+            ks: ks.to_vec(),
+        })
+    }
+
+    /// Waits for a queued fused top-k and decodes its answers (per query, best first).
+    pub(crate) fn top_k_fused_read(&self, t: FusedTopK) -> Result<Vec<Vec<Scored>>> {
+        let FusedTopK { in_a, kstride, ks } = t;
+        let keys = if in_a { &self.keys_a } else { &self.keys_b }
+            .read(&self.stream, ks.len() * kstride)?;
         Ok(keys
             .chunks_exact(kstride)
-            .zip(ks)
+            .zip(&ks)
             .map(|(row, &k)| {
                 row[..k]
                     .iter()
