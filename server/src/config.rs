@@ -99,6 +99,10 @@ pub struct SpeedConfig {
     /// Sessions the kNN index keeps (the bundle's training sessions first, then live ones); the least
     /// recently updated is evicted first.
     pub knn_sessions: usize,
+    /// V-SKNN's neighbours per request and most recent candidate sessions; None: the bundle's
+    /// (500 and 5,000 in bundles that name none).
+    pub knn_neighbours: Option<usize>,
+    pub knn_sample: Option<usize>,
     /// Trending's half-life; None: the bundle's (one hour in bundles without one).
     pub trend_half_life: Option<Duration>,
     pub new_items: NewItems,
@@ -114,6 +118,8 @@ impl Default for SpeedConfig {
     fn default() -> Self {
         SpeedConfig {
             knn_sessions: lambdarec_trainer::blend::DEFAULT_KNN_SESSIONS,
+            knn_neighbours: None,
+            knn_sample: None,
             trend_half_life: None,
             new_items: NewItems::Accept,
             max_new_items: 100_000,
@@ -278,6 +284,14 @@ impl ServeConfig {
         }
         if self.speed.trend_half_life.is_some_and(|d| d.is_zero()) {
             return Err("--trend-half-life must be positive".to_string());
+        }
+        for (flag, n) in [
+            ("--knn-neighbours", self.speed.knn_neighbours),
+            ("--knn-sample", self.speed.knn_sample),
+        ] {
+            if n == Some(0) {
+                return Err(format!("{flag} must be at least 1"));
+            }
         }
         if self.speed.max_item_id_bytes == 0 {
             return Err("the longest item id must be at least 1 byte".to_string());

@@ -231,6 +231,8 @@ pub fn model_info(
         trend_weight: m.weights.trend,
         knn_sessions: speed.knn_sessions,
         knn_capacity: m.knn_capacity as u64,
+        knn_neighbours: m.knn_neighbours as u32,
+        knn_sample: m.knn_sample as u32,
         trend_half_life_s: m.trend_half_life_s,
         new_items: speed.new_items,
         max_new_items: speed.max_new_items,

@@ -394,6 +394,8 @@ impl Registry {
             trend_half_life_s: speed.trend.half_life_s(),
             default_strategy,
             knn_capacity: speed.knn.params().capacity,
+            knn_neighbours: speed.knn.params().k,
+            knn_sample: speed.knn.params().sample_size,
         };
         let installed = match canary {
             None => self.engine.install(loaded.weights, view, speed).await,
@@ -475,7 +477,11 @@ fn speed_layer(loaded: &LoadedModel, c: &SpeedConfig) -> SpeedLayer {
         &seeds,
         loaded.weights.n_items,
         b.manifest.blend.as_ref(),
-        c.knn_sessions,
+        lambdarec_trainer::pipeline::KnnServing {
+            sessions: c.knn_sessions,
+            neighbours: c.knn_neighbours,
+            sample: c.knn_sample,
+        },
         c.trend_half_life.map(|d| d.as_secs_f64()),
     );
     let weights = layer.weights;
@@ -483,6 +489,8 @@ fn speed_layer(loaded: &LoadedModel, c: &SpeedConfig) -> SpeedLayer {
         version = %b.manifest.version,
         seed_sessions = seeds.len(),
         knn_sessions = layer.knn.len(),
+        knn_neighbours = layer.knn.params().k,
+        knn_sample = layer.knn.params().sample_size,
         trending_items = layer.trend.len(),
         gru_weight = weights.gru,
         knn_weight = weights.knn,

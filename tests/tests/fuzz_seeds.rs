@@ -222,6 +222,8 @@ fn snapshot_file(dir: &Path) -> Vec<u8> {
         trend_half_life_s: 3600.0,
         default_strategy: lambdarec_trainer::blend::Strategy::Gru,
         knn_capacity: 1000,
+        knn_neighbours: 500,
+        knn_sample: 5000,
     });
     let session = |id: &str, recent: Vec<u32>| SessionImage {
         id: Arc::from(id),

@@ -57,6 +57,8 @@ async fn a_new_item_is_taken_recommended_scored_and_a_burst_trends() {
         gru_weight: 0.5,
         trend_weight: 0.1,
         trend_half_life_s: Some(600.0),
+        knn_neighbours: None,
+        knn_sample: None,
         fit: serde_json::json!({}),
     });
     publish(&store, bundle.clone()).await;
@@ -274,11 +276,15 @@ async fn served_speed_layer_equals_the_offline_evaluation() {
         seed: 5,
         ..TrainConfig::default()
     };
+    // A kNN smaller than the default, so that a server which ignored the bundle's size would
+    // answer otherwise than the evaluator.
     let job = TrainJob {
         eval: EvalOptions {
             threads: Some(1),
             ..EvalOptions::default()
         },
+        knn_neighbours: 40,
+        knn_sample: 250,
         ..TrainJob::new(Some(train_path), &store, server_common::MODEL, train_config)
     };
     let out = run_train(&job, |_, _, _| {}, |_| {}).await.unwrap();
@@ -338,6 +344,17 @@ async fn served_speed_layer_equals_the_offline_evaluation() {
         })
         .await
         .unwrap();
+        let info = client(server.local_addr())
+            .await
+            .model_info(v1::ModelInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (info.knn_neighbours, info.knn_sample),
+            (40, 250),
+            "the bundle's kNN size"
+        );
         let report = load::run(&LoadOptions {
             target: server.local_addr().to_string(),
             data: test_path.clone(),

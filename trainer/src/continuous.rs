@@ -33,7 +33,7 @@ use crate::data::{ArchiveSource, ItemVocab, Sessions};
 use crate::eval::{Metrics, evaluate_model};
 use crate::export;
 use crate::pipeline::{
-    EvalOptions, LoadedModel, TrainData, TrainJob, read_train_data, served_speed_layer,
+    EvalOptions, KnnServing, LoadedModel, TrainData, TrainJob, read_train_data, served_speed_layer,
     train_candidate,
 };
 use crate::train::EpochStats;
@@ -418,8 +418,7 @@ fn served_metrics(
     let h = v.weights.hidden;
     let (strategy, m): (&str, Metrics) = match v.blend {
         Some(b) if !v.train.is_empty() => {
-            let mut speed =
-                served_speed_layer(v.train, n, Some(b), blend::DEFAULT_KNN_SESSIONS, None);
+            let mut speed = served_speed_layer(v.train, n, Some(b), KnnServing::default(), None);
             let w = [speed.weights];
             let mut m = blend::evaluate_speed(
                 &mut backend,

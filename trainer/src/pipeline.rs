@@ -112,6 +112,10 @@ pub struct TrainJob {
     pub blend_validation: f64,
     /// Trending's half-life in seconds, stored in the bundle for the server.
     pub trend_half_life_s: f64,
+    /// V-SKNN's neighbours per request and most recent candidate sessions: the blend is fit with
+    /// them and the bundle records them for the server.
+    pub knn_neighbours: u32,
+    pub knn_sample: u32,
     /// Where the weights start.
     pub warm_start: WarmStartFrom,
     /// With a warm start from a bundle that has blend weights: fit them again (training a second,
@@ -175,6 +179,8 @@ impl TrainJob {
             model_name: model_name.into(),
             blend_validation: 86_400.0,
             trend_half_life_s: blend::DEFAULT_TREND_HALF_LIFE_S,
+            knn_neighbours: KnnParams::default().k as u32,
+            knn_sample: KnnParams::default().sample_size as u32,
             warm_start: WarmStartFrom::Cold,
             refit_blend: false,
             warm_shrink: DEFAULT_WARM_SHRINK,
@@ -287,12 +293,18 @@ pub fn evaluate(
             "item-knn".to_string(),
             evaluate_recommender(&mut knn, test, n, opts.k),
         ));
-        let index = KnnIndex::fit(train_sessions, n, KnnParams::default());
-        let mut sknn = SessionKnn::new(index, false);
+        let speed = served_speed_layer(train_sessions, n, blend, KnnServing::default(), None);
+        // The served kNN's size, frozen: the index never learns from the test sessions.
+        let served = speed.knn.params();
+        let frozen = KnnParams {
+            k: served.k,
+            sample_size: served.sample_size,
+            ..KnnParams::default()
+        };
+        let mut sknn = SessionKnn::new(KnnIndex::fit(train_sessions, n, frozen), false);
         let metrics = evaluate_recommender(&mut sknn, test, n, opts.k);
         baselines.push((sknn.name().to_string(), metrics));
 
-        let speed = served_speed_layer(train_sessions, n, blend, blend::DEFAULT_KNN_SESSIONS, None);
         let w = speed.weights;
         let mut run = |name: String, what: Scored<'_>| -> Result<(), TrainError> {
             let mut speed = speed.clone();
@@ -323,24 +335,54 @@ pub fn evaluate(
     })
 }
 
+/// What a server asks of its kNN index: the sessions it keeps (`--knn-sessions`), and V-SKNN's
+/// neighbours and sample where they override the bundle's (`--knn-neighbours`, `--knn-sample`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnnServing {
+    pub sessions: usize,
+    pub neighbours: Option<usize>,
+    pub sample: Option<usize>,
+}
+
+impl Default for KnnServing {
+    fn default() -> Self {
+        KnnServing {
+            sessions: blend::DEFAULT_KNN_SESSIONS,
+            neighbours: None,
+            sample: None,
+        }
+    }
+}
+
 /// The speed layer a server starts with for a bundle whose training sessions are `train` and
-/// whose blend is `blend` (the GRU alone without one): V-SKNN's parameters with `knn_sessions` kept,
-/// trending's half-life `half_life_s` or else the bundle's (one hour if it names none). The server
-/// builds its speed layer here too, so that the evaluator's is the served one.
+/// whose blend is `blend` (the GRU alone without one): V-SKNN's neighbours and sample from `knn`,
+/// else the bundle's, else session-rec's (500 of 5,000), with `knn.sessions` kept; trending's
+/// half-life `half_life_s` or else the bundle's (one hour if it names none). The server builds its
+/// speed layer here too, so that the evaluator's is the served one.
 pub fn served_speed_layer(
     train: &Sessions,
     n_items: usize,
     blend: Option<&Blend>,
-    knn_sessions: usize,
+    knn: KnnServing,
     half_life_s: Option<f64>,
 ) -> SpeedLayer {
     let weights = blend.map_or(Weights::GRU, |b| Weights::new(b.gru_weight, b.trend_weight));
     let half_life = half_life_s
         .or_else(|| blend.and_then(|b| b.trend_half_life_s))
         .unwrap_or(blend::DEFAULT_TREND_HALF_LIFE_S);
+    let bundle = |f: fn(&Blend) -> Option<u32>| blend.and_then(f).map(|n| n as usize);
+    let default = KnnParams::default();
     let params = KnnParams {
-        capacity: knn_sessions,
-        ..KnnParams::default()
+        k: knn
+            .neighbours
+            .or_else(|| bundle(|b| b.knn_neighbours))
+            .unwrap_or(default.k),
+        sample_size: knn
+            .sample
+            .or_else(|| bundle(|b| b.knn_sample))
+            .unwrap_or(default.sample_size),
+        capacity: knn.sessions,
+        ..default
     };
     SpeedLayer::new(train, n_items, params, half_life, weights)
 }
@@ -615,10 +657,13 @@ fn inherit_blend(prev: &LoadedModel, job: &TrainJob) -> Option<Blend> {
         trend_weight = b.trend_weight,
         "warm start keeps the previous version's blend weights (--refit-blend fits them again)"
     );
+    // The kNN size the weights were fit with goes with them.
     Some(Blend {
         gru_weight: b.gru_weight,
         trend_weight: b.trend_weight,
         trend_half_life_s: Some(job.trend_half_life_s),
+        knn_neighbours: b.knn_neighbours,
+        knn_sample: b.knn_sample,
         fit: serde_json::json!({ "inherited_from": prev.bundle.manifest.version }),
     })
 }
@@ -661,6 +706,8 @@ fn fit_blend(dataset: &Dataset, job: &TrainJob) -> Result<Option<Blend>, TrainEr
         &early,
         n,
         KnnParams {
+            k: job.knn_neighbours as usize,
+            sample_size: job.knn_sample as usize,
             capacity: blend::DEFAULT_KNN_SESSIONS,
             ..KnnParams::default()
         },
@@ -714,6 +761,8 @@ fn fit_blend(dataset: &Dataset, job: &TrainJob) -> Result<Option<Blend>, TrainEr
         gru_weight: w,
         trend_weight: t,
         trend_half_life_s: Some(job.trend_half_life_s),
+        knn_neighbours: Some(job.knn_neighbours),
+        knn_sample: Some(job.knn_sample),
         fit: serde_json::json!({
             "validation_window_s": job.blend_validation,
             "train_sessions": early.len(),

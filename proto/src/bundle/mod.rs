@@ -140,6 +140,12 @@ pub struct Blend {
     /// Trending's half-life in seconds (absent: the server's default, one hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trend_half_life_s: Option<f64>,
+    /// V-SKNN's neighbours per request and candidate sample, as the weights were fit with (absent:
+    /// session-rec's RSC15 configuration, 500 of the 5,000 most recent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_neighbours: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_sample: Option<u32>,
     /// How the weight was fit (validation split, metrics at each weight tried); free form.
     pub fit: serde_json::Value,
 }

@@ -91,6 +91,8 @@ async fn round_trip(store: &Store) {
         gru_weight: 0.35,
         trend_weight: 0.05,
         trend_half_life_s: Some(600.0),
+        knn_neighbours: Some(200),
+        knn_sample: Some(1000),
         fit: serde_json::json!({"validation_sessions": 3}),
     });
     let version = store.write_bundle("gru", &mut bundle).await.unwrap();
@@ -450,6 +452,17 @@ async fn inconsistent_bundles_are_not_written() {
         gru_weight: 1.5,
         trend_weight: 0.0,
         trend_half_life_s: None,
+        knn_neighbours: None,
+        knn_sample: None,
+        fit: serde_json::Value::Null,
+    });
+    let mut no_neighbours = sample_bundle(4, 0);
+    no_neighbours.manifest.blend = Some(super::Blend {
+        gru_weight: 0.5,
+        trend_weight: 0.0,
+        trend_half_life_s: None,
+        knn_neighbours: Some(0),
+        knn_sample: Some(100),
         fit: serde_json::Value::Null,
     });
     for mut bundle in [
@@ -458,6 +471,7 @@ async fn inconsistent_bundles_are_not_written() {
         missing,
         tied_with_input,
         blend_out_of_range,
+        no_neighbours,
     ] {
         let err = store.write_bundle("m", &mut bundle).await.unwrap_err();
         assert!(matches!(err, BundleError::Format { .. }), "{err}");

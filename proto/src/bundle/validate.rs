@@ -52,6 +52,17 @@ pub(crate) fn check_bundle(bundle: &Bundle, path: &str) -> Result<(), BundleErro
                 ),
             ));
         }
+        for (field, n) in [
+            ("knn_neighbours", blend.knn_neighbours),
+            ("knn_sample", blend.knn_sample),
+        ] {
+            if n == Some(0) {
+                return Err(BundleError::format(
+                    path,
+                    format!("manifest.blend.{field} is 0; it must be at least 1"),
+                ));
+            }
+        }
     }
     if let Some(t) = &bundle.sessions {
         super::sessions::check(

@@ -128,6 +128,15 @@ pub struct SpeedArgs {
     /// session; the least recently updated one is evicted first.
     #[arg(long, env = "LAMBDAREC_KNN_SESSIONS", default_value_t = lambdarec_trainer::blend::DEFAULT_KNN_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub knn_sessions: u64,
+    /// V-SKNN's neighbours: the most similar candidate sessions whose items are scored per request.
+    /// Default: the bundle's (`train --knn-neighbours`; 500 if it names none). Fewer is faster and
+    /// changes the answers: `lambdarec eval` then no longer predicts what is served.
+    #[arg(long, env = "LAMBDAREC_KNN_NEIGHBOURS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub knn_neighbours: Option<u32>,
+    /// V-SKNN's sample: the most recent sessions sharing an item with the request's session whose
+    /// similarity is computed. Default: the bundle's (`train --knn-sample`; 5,000 if it names none).
+    #[arg(long, env = "LAMBDAREC_KNN_SAMPLE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub knn_sample: Option<u32>,
     /// Seconds in which a trending count halves. Default: the bundle's (one hour if it names none).
     #[arg(long, env = "LAMBDAREC_TREND_HALF_LIFE")]
     pub trend_half_life: Option<f64>,
@@ -169,6 +178,8 @@ impl SpeedArgs {
         };
         Ok(SpeedConfig {
             knn_sessions: self.knn_sessions as usize,
+            knn_neighbours: self.knn_neighbours.map(|n| n as usize),
+            knn_sample: self.knn_sample.map(|n| n as usize),
             trend_half_life: half_life,
             new_items: self.new_items,
             max_new_items: self.max_new_items,

@@ -73,6 +73,15 @@ pub struct TrainArgs {
     /// --trend-half-life on `serve` overrides) and used by the blend fit.
     #[arg(long, value_name = "SECONDS", default_value_t = lambdarec_trainer::blend::DEFAULT_TREND_HALF_LIFE_S)]
     pub trend_half_life: f64,
+    /// V-SKNN's neighbours: the most similar candidate sessions whose items are scored per request.
+    /// The blend is fit with it and the bundle records it for the server. The default is
+    /// session-rec's RSC15 optimum; fewer serve faster (benches/RESULTS.md has the trade-off).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub knn_neighbours: u32,
+    /// V-SKNN's sample: the most recent sessions sharing an item with the session whose similarity
+    /// is computed. Recorded in the bundle like --knn-neighbours.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub knn_sample: u32,
     /// GRU hidden units.
     #[arg(long, default_value_t = 100)]
     pub hidden: usize,
@@ -264,6 +273,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         model_name: a.store.model.clone(),
         blend_validation: a.blend_validation.unwrap_or(a.test_window),
         trend_half_life_s: a.trend_half_life,
+        knn_neighbours: a.knn_neighbours,
+        knn_sample: a.knn_sample,
         warm_start: a.warm_start.clone().unwrap_or(if a.follow {
             WarmStartFrom::Latest
         } else {

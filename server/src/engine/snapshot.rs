@@ -516,6 +516,8 @@ mod tests {
             trend_half_life_s: 3600.0,
             default_strategy: lambdarec_trainer::blend::Strategy::Gru,
             knn_capacity: 1000,
+            knn_neighbours: 500,
+            knn_sample: 5000,
         })
     }
 

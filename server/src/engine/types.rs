@@ -35,6 +35,9 @@ pub struct ModelView {
     pub default_strategy: Strategy,
     /// The kNN index's bound (`--knn-sessions`).
     pub knn_capacity: usize,
+    /// V-SKNN's neighbours and sample, as served.
+    pub knn_neighbours: usize,
+    pub knn_sample: usize,
 }
 
 impl ModelView {

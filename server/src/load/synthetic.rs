@@ -133,6 +133,8 @@ pub async fn write(s: &SyntheticModel) -> anyhow::Result<SyntheticOutcome> {
         gru_weight: 0.5,
         trend_weight: 0.1,
         trend_half_life_s: None,
+        knn_neighbours: None,
+        knn_sample: None,
         fit: serde_json::json!({"synthetic": "fixed weights, not fit on data"}),
     });
     let weight_bytes = bundle.tensors.values().map(|t| 4 * t.data.len()).sum();

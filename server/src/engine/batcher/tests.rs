@@ -174,6 +174,8 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
         trend_half_life_s: 3600.0,
         default_strategy: lambdarec_trainer::blend::Strategy::Gru,
         knn_capacity: 1000,
+        knn_neighbours: 500,
+        knn_sample: 5000,
     };
     let weights = ModelWeights {
         n_items: 5,
