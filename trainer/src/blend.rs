@@ -604,13 +604,7 @@ mod tests {
 
     #[test]
     fn pruning_a_draft_keeps_the_top_items_and_their_scores() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |m: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % m
-        };
+        let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let n_items = 600u32;
         let mut speed = SpeedLayer::new(
             &Sessions::default(),

@@ -683,13 +683,7 @@ mod tests {
     #[test]
     fn merged_similarities_equal_the_intersection_sums_bit_for_bit() {
         // A random index: 300 sessions over 40 items, some updated (stale postings), one evicted.
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |m: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % m
-        };
+        let mut next = crate::xorshift(0x2545_f491_4f6c_dd1du64);
         let p = KnnParams {
             capacity: 250,
             ..params(50, 120, 0.0)
@@ -738,13 +732,7 @@ mod tests {
     #[test]
     fn stopping_at_enough_full_matches_keeps_the_same_neighbours() {
         // Few items, so that many sessions share all of a query's: the merge stops early often.
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |m: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % m
-        };
+        let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut index = KnnIndex::fit(&Sessions::default(), 6, params(50, 400, 0.0));
         for s in 0..2000u64 {
             let items: Vec<u32> = (0..1 + next(5)).map(|_| next(6) as u32).collect();

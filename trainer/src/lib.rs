@@ -17,6 +17,17 @@ pub mod train;
 pub mod trending;
 mod xe_op;
 
+/// Seeded xorshift64 draws for the randomised tests: `next(m)` is uniform-ish in `0..m`.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+    move |m| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % m
+    }
+}
+
 /// Errors of the training pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
