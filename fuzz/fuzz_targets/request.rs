@@ -86,6 +86,8 @@ async fn start() -> Served {
         trend_half_life_s: 60.0,
         default_strategy: Strategy::Blend,
         knn_capacity: KnnParams::default().capacity,
+        knn_neighbours: KnnParams::default().k,
+        knn_sample: KnnParams::default().sample_size,
     };
     engine
         .install(weights, view, speed)
