@@ -85,9 +85,7 @@ async fn start() -> Served {
         weights: blend,
         trend_half_life_s: 60.0,
         default_strategy: Strategy::Blend,
-        knn_capacity: KnnParams::default().capacity,
-        knn_neighbours: KnnParams::default().k,
-        knn_sample: KnnParams::default().sample_size,
+        knn: KnnParams::default(),
     };
     engine
         .install(weights, view, speed)

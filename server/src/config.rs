@@ -96,13 +96,10 @@ impl std::str::FromStr for NewItems {
 /// The speed layer beside the GRU: live session-kNN, trending counts and items new since the bundle.
 #[derive(Clone, Debug)]
 pub struct SpeedConfig {
-    /// Sessions the kNN index keeps (the bundle's training sessions first, then live ones); the least
-    /// recently updated is evicted first.
-    pub knn_sessions: usize,
-    /// V-SKNN's neighbours per request and most recent candidate sessions; None: the bundle's
-    /// (500 and 5,000 in bundles that name none).
-    pub knn_neighbours: Option<usize>,
-    pub knn_sample: Option<usize>,
+    /// The kNN index: sessions kept (the bundle's training sessions first, then live ones; the
+    /// least recently updated is evicted first), and V-SKNN's neighbours and sample where they
+    /// override the bundle's.
+    pub knn: lambdarec_trainer::pipeline::KnnServing,
     /// Trending's half-life; None: the bundle's (one hour in bundles without one).
     pub trend_half_life: Option<Duration>,
     pub new_items: NewItems,
@@ -117,9 +114,7 @@ pub struct SpeedConfig {
 impl Default for SpeedConfig {
     fn default() -> Self {
         SpeedConfig {
-            knn_sessions: lambdarec_trainer::blend::DEFAULT_KNN_SESSIONS,
-            knn_neighbours: None,
-            knn_sample: None,
+            knn: lambdarec_trainer::pipeline::KnnServing::default(),
             trend_half_life: None,
             new_items: NewItems::Accept,
             max_new_items: 100_000,
@@ -286,8 +281,8 @@ impl ServeConfig {
             return Err("--trend-half-life must be positive".to_string());
         }
         for (flag, n) in [
-            ("--knn-neighbours", self.speed.knn_neighbours),
-            ("--knn-sample", self.speed.knn_sample),
+            ("--knn-neighbours", self.speed.knn.neighbours),
+            ("--knn-sample", self.speed.knn.sample),
         ] {
             if n == Some(0) {
                 return Err(format!("{flag} must be at least 1"));

@@ -393,9 +393,7 @@ impl Registry {
             weights: speed.weights,
             trend_half_life_s: speed.trend.half_life_s(),
             default_strategy,
-            knn_capacity: speed.knn.params().capacity,
-            knn_neighbours: speed.knn.params().k,
-            knn_sample: speed.knn.params().sample_size,
+            knn: *speed.knn.params(),
         };
         let installed = match canary {
             None => self.engine.install(loaded.weights, view, speed).await,
@@ -477,11 +475,7 @@ fn speed_layer(loaded: &LoadedModel, c: &SpeedConfig) -> SpeedLayer {
         &seeds,
         loaded.weights.n_items,
         b.manifest.blend.as_ref(),
-        lambdarec_trainer::pipeline::KnnServing {
-            sessions: c.knn_sessions,
-            neighbours: c.knn_neighbours,
-            sample: c.knn_sample,
-        },
+        c.knn,
         c.trend_half_life.map(|d| d.as_secs_f64()),
     );
     let weights = layer.weights;

@@ -221,9 +221,10 @@ fn snapshot_file(dir: &Path) -> Vec<u8> {
         weights: lambdarec_trainer::blend::Weights::GRU,
         trend_half_life_s: 3600.0,
         default_strategy: lambdarec_trainer::blend::Strategy::Gru,
-        knn_capacity: 1000,
-        knn_neighbours: 500,
-        knn_sample: 5000,
+        knn: lambdarec_trainer::knn::KnnParams {
+            capacity: 1000,
+            ..Default::default()
+        },
     });
     let session = |id: &str, recent: Vec<u32>| SessionImage {
         id: Arc::from(id),

@@ -140,15 +140,9 @@ pub fn top_k_matches_reference(backend: &mut dyn Backend, dtype: Dtype) {
                 );
                 check_top_k(&w, row(query.slot), query, answer, tol, &ctx);
             }
-            let runs = AtomicUsize::new(0);
-            let host = || {
-                runs.fetch_add(1, Ordering::Relaxed);
-            };
-            let beside = backend
-                .top_k_beside(model, queries, &host)
-                .expect("top_k_beside");
+            let (beside, runs) = top_k_beside_counting(backend, model, queries);
             assert_eq!(beside, got, "top_k_beside {dtype}: top_k's answers");
-            assert_eq!(runs.into_inner(), 1, "top_k_beside runs the host work once");
+            assert_eq!(runs, 1, "top_k_beside runs the host work once");
         }
         assert!(
             backend
@@ -156,19 +150,26 @@ pub fn top_k_matches_reference(backend: &mut dyn Backend, dtype: Dtype) {
                 .expect("empty top_k batch")
                 .is_empty()
         );
-        let runs = AtomicUsize::new(0);
-        let host = || {
-            runs.fetch_add(1, Ordering::Relaxed);
-        };
-        let none = backend
-            .top_k_beside(model, &[], &host)
-            .expect("empty batch");
-        assert!(
-            none.is_empty() && runs.into_inner() == 1,
-            "host work with no queries"
-        );
+        let (none, runs) = top_k_beside_counting(backend, model, &[]);
+        assert!(none.is_empty() && runs == 1, "host work with no queries");
         backend.drop_model(model);
     }
+}
+
+/// `top_k_beside` with host work that counts its runs: the answers and the count.
+fn top_k_beside_counting(
+    backend: &mut dyn Backend,
+    model: crate::ModelId,
+    queries: &[TopKQuery<'_>],
+) -> (Vec<Vec<Scored>>, usize) {
+    let runs = AtomicUsize::new(0);
+    let host = || {
+        runs.fetch_add(1, Ordering::Relaxed);
+    };
+    let answers = backend
+        .top_k_beside(model, queries, &host)
+        .expect("top_k_beside");
+    (answers, runs.into_inner())
 }
 
 /// Exclusions leaving fewer than k items (or none), duplicate and out-of-range exclusions (ignored),

@@ -177,9 +177,11 @@ impl SpeedArgs {
             None => None,
         };
         Ok(SpeedConfig {
-            knn_sessions: self.knn_sessions as usize,
-            knn_neighbours: self.knn_neighbours.map(|n| n as usize),
-            knn_sample: self.knn_sample.map(|n| n as usize),
+            knn: lambdarec_trainer::pipeline::KnnServing {
+                sessions: self.knn_sessions as usize,
+                neighbours: self.knn_neighbours.map(|n| n as usize),
+                sample: self.knn_sample.map(|n| n as usize),
+            },
             trend_half_life: half_life,
             new_items: self.new_items,
             max_new_items: self.max_new_items,

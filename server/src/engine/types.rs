@@ -33,11 +33,8 @@ pub struct ModelView {
     /// What a request naming no strategy gets: the blend when the bundle has one, else the GRU
     /// (`--strategy` overrides it).
     pub default_strategy: Strategy,
-    /// The kNN index's bound (`--knn-sessions`).
-    pub knn_capacity: usize,
-    /// V-SKNN's neighbours and sample, as served.
-    pub knn_neighbours: usize,
-    pub knn_sample: usize,
+    /// The kNN index as served: its bound (`--knn-sessions`), V-SKNN's neighbours and sample.
+    pub knn: lambdarec_trainer::knn::KnnParams,
 }
 
 impl ModelView {

@@ -173,9 +173,10 @@ fn rig_with(log: Option<Box<dyn EventLog>>) -> Rig {
         weights: lambdarec_trainer::blend::Weights::GRU,
         trend_half_life_s: 3600.0,
         default_strategy: lambdarec_trainer::blend::Strategy::Gru,
-        knn_capacity: 1000,
-        knn_neighbours: 500,
-        knn_sample: 5000,
+        knn: lambdarec_trainer::knn::KnnParams {
+            capacity: 1000,
+            ..Default::default()
+        },
     };
     let weights = ModelWeights {
         n_items: 5,
